@@ -1,0 +1,35 @@
+"""Raw attention: the last language-model layer's attention, heads averaged.
+
+The map of answer token k is mean_heads(A_L)[query position of k, image positions].
+"""
+
+import torch
+
+from xbench.api import Method, RelevanceMap
+from xbench.hookspecs import hookimpl
+from xbench.maps import combine_tokens, rows_to_token_maps
+
+
+class RawAttention(Method):
+    name = "raw_attention"
+    description = "last LLM layer's attention from the answer to the image, heads averaged"
+    needs = frozenset({"attentions"})
+
+    @classmethod
+    def default_params(cls):
+        return {"layer": -1, "token": "mean"}
+
+    def explain(self, vlm, generations):
+        maps = []
+        for gen in generations:
+            with torch.no_grad():
+                out = vlm.forward(gen, output_attentions=True)
+            att = out.attentions[int(self.params["layer"])][0].float().mean(dim=0)
+            per_token = rows_to_token_maps(att[gen.query_positions], gen)
+            maps.append(RelevanceMap(combine_tokens(per_token, self.params["token"]), per_token))
+        return maps
+
+
+@hookimpl
+def xbench_register_methods(registry):
+    registry.register(RawAttention)

@@ -1,0 +1,108 @@
+"""easy-vqa (PyPI ``easy-vqa``): 64x64 images of one coloured shape; the zero-download default task.
+
+Prompts follow LLaVA-1.5's short-answer instruction; scoring is exact match after
+lower-casing and stripping a final period. The ground-truth mask is the set of pixels
+whose colour differs from the background (the image's most common colour) by more than
+``mask_tolerance`` in some channel, which leaves out anti-aliasing halos.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from typing import Iterator
+
+import numpy as np
+
+from xbench.api import Sample, SampleError, Task
+from xbench.hookspecs import hookimpl
+
+COLOURS = ("black", "blue", "brown", "gray", "green", "red", "teal", "yellow")
+SHAPES = ("circle", "rectangle", "triangle")
+INSTRUCTION = "Answer the question using a single word or phrase."
+
+
+def question_kind(question: str, answer: str) -> str:
+    """colour | shape | yes/no colour | yes/no shape."""
+    words = set(question.lower().rstrip("?").split())
+    if answer in ("yes", "no"):
+        return "yes/no colour" if words & set(COLOURS) else "yes/no shape"
+    return "colour" if answer in COLOURS else "shape"
+
+
+def background_mask(image, tolerance: int = 16) -> np.ndarray:
+    """Boolean H x W: pixels differing from the most common colour by more than ``tolerance``."""
+    arr = np.asarray(image.convert("RGB"), dtype=np.int16)
+    colours, counts = np.unique(arr.reshape(-1, 3), axis=0, return_counts=True)
+    background = colours[counts.argmax()]
+    return np.abs(arr - background).max(axis=-1) > tolerance
+
+
+def normalise_answer(text: str) -> str:
+    return text.strip().lower().rstrip(".").strip()
+
+
+class EasyVQA(Task):
+    name = "easyvqa"
+    description = "easy-vqa (PyPI): one coloured shape per 64x64 image; 13 answers, 74% yes/no"
+    splits = ("test", "train")
+    max_new_tokens = 4
+    answer_metrics = {"accuracy": True}
+
+    def __init__(self, split=None, data_dir=None, mask_tolerance: int = 16, **params) -> None:
+        super().__init__(split, data_dir, mask_tolerance=int(mask_tolerance), **params)
+        import easy_vqa
+
+        if self.split == "train":
+            self._questions = easy_vqa.get_train_questions()
+            self._paths = easy_vqa.get_train_image_paths()
+        else:
+            self._questions = easy_vqa.get_test_questions()
+            self._paths = easy_vqa.get_test_image_paths()
+
+    def samples(self, limit=None, seed=0) -> Iterator[Sample | SampleError]:
+        """Questions in a seeded shuffled order (the same ids for the same seed), first ``limit``."""
+        texts, answers, image_ids = self._questions
+        order = list(range(len(texts)))
+        random.Random(seed).shuffle(order)
+        for idx in order[:limit]:
+            sid = f"{self.split}-{idx}"
+            path = self._paths.get(image_ids[idx])
+            if path is None:
+                yield SampleError(sid, f"easy-vqa {self.split} question {idx} names image {image_ids[idx]}, not found")
+                continue
+            yield Sample(
+                id=sid,
+                question=texts[idx],
+                answers=[answers[idx]],
+                image_path=path,
+                meta={"image_id": image_ids[idx], "kind": question_kind(texts[idx], answers[idx])},
+            )
+
+    def prompt(self, sample: Sample) -> str:
+        return f"{sample.question}\n{INSTRUCTION}"
+
+    def ground_truth_mask(self, sample: Sample) -> np.ndarray:
+        return background_mask(sample.load_image(), self.params["mask_tolerance"])
+
+    def score(self, sample: Sample, answer: str) -> dict[str, float]:
+        return {"accuracy": float(normalise_answer(answer) in {normalise_answer(a) for a in sample.answers})}
+
+    def aggregate(self, records):
+        """Accuracy overall and per question kind (``accuracy[colour]``...)."""
+        out = super().aggregate(records)
+        by_kind: dict[str, list[float]] = {}
+        for r in records:
+            by_kind.setdefault(r["meta"]["kind"], []).append(r["scores"]["accuracy"])
+        out.update({f"accuracy[{k}]": float(np.mean(v)) for k, v in sorted(by_kind.items())})
+        return out
+
+    def data_hash(self) -> str:
+        texts, answers, image_ids = self._questions
+        h = hashlib.sha256(repr((texts, answers, image_ids)).encode())
+        return h.hexdigest()[:16]
+
+
+@hookimpl
+def xbench_register_tasks(registry):
+    registry.register(EasyVQA)

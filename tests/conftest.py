@@ -1,0 +1,45 @@
+"""Shared fixtures: an isolated XBENCH_HOME, the plugin set, tiny models built offline."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def xbench_home(tmp_path_factory) -> Path:
+    """Built zoo models and caches go to a per-session folder, never the user's cache."""
+    home = Path(os.environ.get("XBENCH_TEST_HOME") or tmp_path_factory.mktemp("xbench-home"))
+    os.environ["XBENCH_HOME"] = str(home)
+    return home
+
+
+@pytest.fixture(scope="session")
+def plugins():
+    from xbench.plugins import build
+
+    return build()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(plugins) -> Path:
+    return plugins.registries.models.get("tiny-random-llava").locate()
+
+
+@pytest.fixture(scope="session")
+def tiny_vlm(plugins, tiny_model_dir):
+    """tiny-random-llava with eager attention on CPU (shared: tests must not modify it)."""
+    from xbench.models import load_vlm
+
+    return load_vlm("tiny-random-llava", plugins.registries, needs=frozenset({"attentions"}), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def easyvqa_samples(plugins):
+    task = plugins.registries.tasks.get("easyvqa")()
+    return task, list(task.samples(limit=8, seed=0))

@@ -1,0 +1,289 @@
+"""The contracts every plugin works against.
+
+Data flow of one run (one model x one task x one method)::
+
+    Task.samples() -> Sample -> VLM.generate() -> Generation
+                               -> Method.explain(vlm, generations) -> RelevanceMap
+                               -> Task.score(sample, answer), Metric.compute(...) -> record
+
+Methods never load models or read files; tasks never touch the model; the runner
+never names a method, task or model.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from xbench.errors import BadImageError, MapValidationError
+
+# --------------------------------------------------------------------------- samples
+
+
+@dataclass
+class Sample:
+    """One question about one image.
+
+    ``image_path`` is opened lazily by :meth:`load_image` (a task may instead set
+    ``image`` directly). ``answers`` holds every gold answer used for scoring;
+    ``gt_mask`` is a boolean ``H x W`` array on image pixels, when the task has one.
+    """
+
+    id: str
+    question: str
+    answers: list[str]
+    image_path: Path | None = None
+    image: Any = None  # PIL.Image.Image once loaded
+    gt_mask: np.ndarray | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def load_image(self):
+        """Return the image as RGB PIL, opening ``image_path`` on first use.
+
+        Raises :class:`BadImageError` naming the file when it is missing or unreadable.
+        """
+        if self.image is None:
+            from PIL import Image, UnidentifiedImageError
+
+            if self.image_path is None:
+                raise BadImageError(f"sample {self.id!r} has neither an image nor an image path")
+            try:
+                with Image.open(self.image_path) as im:
+                    im.load()
+                    self.image = im.convert("RGB")
+            except FileNotFoundError:
+                raise BadImageError(f"image file not found: {self.image_path}") from None
+            except (UnidentifiedImageError, OSError, ValueError) as exc:
+                raise BadImageError(f"cannot read image {self.image_path}: {exc}") from None
+            if min(self.image.size) < 1:
+                raise BadImageError(f"image {self.image_path} is empty ({self.image.size})")
+        return self.image
+
+
+@dataclass
+class SampleError:
+    """A sample a task could not build (bad line, missing answers...).
+
+    The runner records it as a per-sample error and carries on.
+    """
+
+    id: str
+    error: str
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- model output
+
+
+@dataclass
+class Generation:
+    """What a VLM adapter returns for one sample.
+
+    * ``prompt_ids``: the unpadded prompt token ids (image placeholders expanded);
+    * ``answer_ids``: generated ids up to (excluding) end-of-sequence; when the model
+      ends at once this holds that single end token, so there is always a target;
+    * ``image_positions``: indices into ``prompt_ids`` of the image tokens, row-major
+      over ``grid`` (h, w);
+    * ``pixel_values``: the processed image tensor ``[1, C, H, W]`` for re-forwards;
+    * ``hidden_states``: last-layer hidden states ``[len(prompt_ids) + len(answer_ids) - 1, d]``
+      computed during generation, kept only when the method needs them.
+
+    The query position of answer token ``k`` (the position whose logits produced it)
+    is ``prompt_len - 1 + k``.
+    """
+
+    sample_id: str
+    text: str
+    prompt_ids: list[int]
+    answer_ids: list[int]
+    image_positions: list[int]
+    grid: tuple[int, int]
+    pixel_values: Any = None
+    hidden_states: Any = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def prompt_len(self) -> int:
+        return len(self.prompt_ids)
+
+    @property
+    def query_positions(self) -> list[int]:
+        """Positions whose outputs predicted each answer token."""
+        return [self.prompt_len - 1 + k for k in range(len(self.answer_ids))]
+
+
+@dataclass
+class RelevanceMap:
+    """A method's answer: relevance over the image-patch grid.
+
+    ``grid`` is float32 ``[h, w]`` (the common currency of all metrics);
+    ``per_token`` optionally ``[T, h, w]`` for each answer token; ``extras`` holds
+    scalars such as a confidence. Validation happens in :meth:`validate`.
+    """
+
+    grid: np.ndarray
+    per_token: np.ndarray | None = None
+    extras: dict[str, float] = field(default_factory=dict)
+
+    def validate(self, expected_grid: tuple[int, int], method: str) -> "RelevanceMap":
+        """Coerce to float32 and check shape and finiteness; errors name ``method``."""
+        grid = np.asarray(self.grid, dtype=np.float32)
+        if grid.shape != tuple(expected_grid):
+            raise MapValidationError(
+                f"method {method!r} returned a map of shape {grid.shape}, expected {tuple(expected_grid)}"
+            )
+        if not np.all(np.isfinite(grid)):
+            raise MapValidationError(f"method {method!r} returned a map with NaN or infinite values")
+        self.grid = grid
+        if self.per_token is not None:
+            pt = np.asarray(self.per_token, dtype=np.float32)
+            if pt.ndim != 3 or pt.shape[1:] != tuple(expected_grid) or not np.all(np.isfinite(pt)):
+                raise MapValidationError(
+                    f"method {method!r} returned per-token maps of shape {pt.shape} "
+                    f"(expected [T, {expected_grid[0]}, {expected_grid[1]}], finite)"
+                )
+            self.per_token = pt
+        for key, value in self.extras.items():
+            if not isinstance(value, (int, float)) or not math.isfinite(float(value)):
+                raise MapValidationError(f"method {method!r} returned a non-finite extra {key!r}={value!r}")
+        return self
+
+
+# --------------------------------------------------------------------------- plugins
+
+
+class Method:
+    """Base class of explanation methods. One subclass per module in ``methods/``.
+
+    Subclasses set ``name``, ``description`` and ``needs`` (a subset of
+    ``{"attentions", "gradients", "hidden_states"}``) and implement :meth:`explain`.
+    Constructor keyword arguments are the method's parameters (``--param k=v``);
+    :attr:`params` records them for the summary.
+    """
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    needs: ClassVar[frozenset[str]] = frozenset()
+    seed: int = 0  # set by the runner; use :meth:`rng` for any random choice
+
+    def rng(self, sample_id: str) -> np.random.Generator:
+        """A generator fixed by the run seed and the sample id (independent of batching)."""
+        import hashlib
+
+        digest = hashlib.sha256(f"{self.seed}:{self.name}:{sample_id}".encode()).digest()
+        return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+
+    def __init__(self, **params: Any) -> None:
+        unknown = set(params) - set(self.default_params())
+        if unknown:
+            from xbench.errors import ParameterError
+
+            raise ParameterError(
+                f"method {self.name!r} has no parameter(s) {sorted(unknown)}; "
+                f"it takes {sorted(self.default_params()) or 'none'}"
+            )
+        self.params = {**self.default_params(), **params}
+
+    @classmethod
+    def default_params(cls) -> dict[str, Any]:
+        """The parameters this method accepts, with their defaults."""
+        return {}
+
+    @property
+    def label(self) -> str:
+        """The name plus the parameters that differ from their defaults (leaderboard rows)."""
+        changed = {k: v for k, v in self.params.items() if self.default_params().get(k) != v}
+        return self.name + ("" if not changed else " " + ",".join(f"{k}={v}" for k, v in sorted(changed.items())))
+
+    def explain(self, vlm: "VLM", generations: Sequence[Generation]) -> list[RelevanceMap]:
+        """Return one map per generation, on each generation's ``grid``."""
+        raise NotImplementedError
+
+
+class Task:
+    """Base class of task adapters. One subclass per module in ``tasks/``.
+
+    ``samples`` yields :class:`Sample` (or :class:`SampleError` for a sample that
+    cannot be built); ``prompt`` gives the question text with the task's instruction,
+    which the model adapter wraps in its family's conversation template.
+    """
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    splits: ClassVar[tuple[str, ...]] = ("test",)
+    max_new_tokens: ClassVar[int] = 8
+    #: direction of each answer metric ``score``/``aggregate`` return (None: no direction)
+    answer_metrics: ClassVar[Mapping[str, bool | None]] = {"accuracy": True}
+
+    def __init__(self, split: str | None = None, data_dir: str | Path | None = None, **params: Any) -> None:
+        from xbench.errors import ParameterError
+
+        self.split = split or self.splits[0]
+        if self.split not in self.splits:
+            raise ParameterError(f"task {self.name!r} has no split {self.split!r}; choose from {list(self.splits)}")
+        self.data_dir = Path(data_dir) if data_dir else None
+        self.params = dict(params)
+
+    def samples(self, limit: int | None = None, seed: int = 0) -> Iterator[Sample | SampleError]:
+        raise NotImplementedError
+
+    def prompt(self, sample: Sample) -> str:
+        return sample.question
+
+    def score(self, sample: Sample, answer: str) -> dict[str, float]:
+        raise NotImplementedError
+
+    def ground_truth_mask(self, sample: Sample) -> np.ndarray | None:
+        """Boolean ``H x W`` mask of the evidence on image pixels, or None (default: ``sample.gt_mask``)."""
+        return sample.gt_mask
+
+    def aggregate(self, records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+        """Run-level answer metrics from the run's successful records (default: mean of each score).
+
+        Each record has ``scores`` (what :meth:`score` returned) and ``meta`` (the sample's meta).
+        A key ``"name[group]"`` takes its direction from ``name`` in :attr:`answer_metrics`.
+        """
+        sums: dict[str, list[float]] = {}
+        for r in records:
+            for k, v in r["scores"].items():
+                if v is not None:
+                    sums.setdefault(k, []).append(float(v))
+        return {k: float(np.mean(v)) for k, v in sums.items()}
+
+    def data_hash(self) -> str | None:
+        """A hash identifying the data read (for provenance); None when unknown."""
+        return None
+
+
+class Metric:
+    """A per-sample map metric. ``compute`` returns a float, or None when it does not apply
+    (for example no ground-truth mask); the run summary averages the floats."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    category: ClassVar[str] = ""  # answer | agreement | faithfulness | localisation | confidence | cost
+    higher_is_better: ClassVar[bool | None] = True
+
+    def compute(self, sample: Sample, generation: Generation, rmap: RelevanceMap) -> float | None:
+        raise NotImplementedError
+
+
+class VLM:
+    """What a model-family adapter offers to the runner and to methods (see xbench.models)."""
+
+    name: str
+    device: Any
+    dtype: Any
+    model: Any
+
+    def generate(
+        self, samples: Sequence[Sample], prompts: Sequence[str], max_new_tokens: int, keep: frozenset[str] = frozenset()
+    ) -> list[Generation]:
+        raise NotImplementedError
+
+    def forward(self, generation: Generation, *, output_attentions: bool = False, inputs_embeds=None):
+        raise NotImplementedError

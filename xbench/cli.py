@@ -1,0 +1,193 @@
+"""``xbench`` command line. Subcommands register themselves in :data:`COMMANDS`.
+
+Errors the user can fix print one line (``xbench: error: ...``) and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Callable
+
+from xbench.errors import ParameterError, XbenchError
+
+COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
+
+
+def command(name: str, add_arguments: Callable[[argparse.ArgumentParser], None]):
+    """Register ``fn(args) -> exit code`` as subcommand ``name``."""
+
+    def deco(fn):
+        COMMANDS[name] = (add_arguments, fn)
+        return fn
+
+    return deco
+
+
+def parse_value(text: str):
+    """``--param`` values: JSON when it parses (numbers, true/false, lists), else the string."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def parse_params(pairs: list[str] | None, flag: str) -> dict:
+    params = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ParameterError(f"{flag} expects key=value, got {pair!r}")
+        params[key.strip()] = parse_value(value)
+    return params
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+# --------------------------------------------------------------------------- run
+def _run_args(p: argparse.ArgumentParser) -> None:
+    from xbench.runner import DEFAULT_MODEL, DEFAULT_TASK
+
+    p.add_argument("--method", required=True, help="explanation method (see `xbench plugins`)")
+    p.add_argument("--task", default=DEFAULT_TASK, help=f"task adapter (default {DEFAULT_TASK})")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"zoo name or local HF directory (default {DEFAULT_MODEL})")
+    p.add_argument("--split", help="task split (default: the task's first)")
+    p.add_argument("--data-dir", default=os.environ.get("XBENCH_DATA_DIR"), help="task data directory ($XBENCH_DATA_DIR)")
+    p.add_argument("--limit", type=positive_int, help="number of samples (default: all)")
+    p.add_argument("--batch-size", type=positive_int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, help="run directory (default runs/<method>-<task>-<model>-<time>)")
+    p.add_argument("--resume", action="store_true", help="continue a run, skipping recorded sample ids")
+    p.add_argument("--param", action="append", metavar="KEY=VALUE", help="method parameter (repeatable)")
+    p.add_argument("--task-param", action="append", metavar="KEY=VALUE", help="task parameter (repeatable)")
+    p.add_argument("--metrics", help="comma-separated metric names (default: all registered)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when present)")
+    p.add_argument("--dtype", help="float32, bfloat16, float16 (default: bfloat16 on GPU, float32 on CPU)")
+    p.add_argument("--max-new-tokens", type=positive_int)
+    p.add_argument("--warmup", type=int, default=1, help="untimed warm-up batches (default 1)")
+    p.add_argument("--fail-fast", action="store_true", help="stop at the first failing sample")
+    p.add_argument("--no-progress", action="store_true")
+
+
+@command("run", _run_args)
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run one method on one task and model; write records and a summary."""
+    from xbench.runner import RunConfig, run
+
+    config = RunConfig(
+        method=args.method,
+        task=args.task,
+        model=args.model,
+        limit=args.limit,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        out=args.out,
+        resume=args.resume,
+        split=args.split,
+        data_dir=args.data_dir,
+        method_params=parse_params(args.param, "--param"),
+        task_params=parse_params(args.task_param, "--task-param"),
+        metrics=[m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None,
+        device=args.device,
+        dtype=args.dtype,
+        max_new_tokens=args.max_new_tokens,
+        warmup=args.warmup,
+        fail_fast=args.fail_fast,
+        progress=not args.no_progress,
+    )
+    summary = run(config)
+    print(f"run {summary['run_id']}: {summary['n_ok']} samples explained, {summary['n_errors']} errors")
+    print(f"records: {Path(summary['config']['out']) / 'samples.jsonl'}")
+    for name, m in summary["metrics"].items():
+        if m["value"] is not None:
+            print(f"  {name:28s} {m['value']:.4g}")
+    return 0
+
+
+# --------------------------------------------------------------------------- leaderboard
+def _leaderboard_args(p: argparse.ArgumentParser) -> None:
+    from xbench.leaderboard import FORMATS
+
+    p.add_argument("dir", nargs="?", default="results", type=Path, help="folder of runs (default results)")
+    p.add_argument("--format", default="github", choices=FORMATS)
+    p.add_argument("--task", help="only this task")
+    p.add_argument("--sort-by", help="metric column to sort by (best first)")
+    p.add_argument("--output", type=Path, help="write to this file instead of stdout")
+
+
+@command("leaderboard", _leaderboard_args)
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    """Tables of methods x metrics, one per task and model, from run summaries."""
+    from xbench.leaderboard import render
+
+    text = render(args.dir, args.format, args.task, args.sort_by)
+    if args.output:
+        args.output.write_text(text)
+        print(f"wrote {args.output}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+# --------------------------------------------------------------------------- plugins
+@command("plugins", lambda p: None)
+def cmd_plugins(args: argparse.Namespace) -> int:
+    """Every registered method, task, metric, model and model family with its plugin."""
+    from tabulate import tabulate
+
+    from xbench.plugins import REGISTRATION_HOOKS, default
+
+    plugins = default()
+    rows = []
+    for attr in REGISTRATION_HOOKS.values():
+        registry = getattr(plugins.registries, attr)
+        for e in registry:
+            rows.append([registry.kind, e.name, e.origin, getattr(e.obj, "description", "")])
+    print(tabulate(rows, headers=["kind", "name", "from", "description"], tablefmt="github"))
+    for msg in plugins.broken.values():
+        print(f"broken: {msg}")
+    return 0
+
+
+# --------------------------------------------------------------------------- main
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="xbench", description="Benchmark explanation methods on VLMs.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (add_arguments, fn) in COMMANDS.items():
+        p = sub.add_parser(name, help=(fn.__doc__ or "").strip().splitlines()[0], description=fn.__doc__)
+        add_arguments(p)
+        p.set_defaults(func=fn)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except XbenchError as exc:
+        print(f"xbench: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("xbench: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if os.environ.get("XBENCH_DEBUG"):
+            raise
+        print(f"xbench: internal error: {type(exc).__name__}: {exc} (set XBENCH_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""Shared helpers turning model tensors into patch-grid maps, and masks into grid weights."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from xbench.api import Generation
+from xbench.errors import ParameterError
+
+TOKEN_CHOICES = ("mean", "first", "last")
+
+
+def rows_to_token_maps(rows, generation: Generation) -> np.ndarray:
+    """``rows``: ``[K, T]`` relevance of each answer token's query position over all positions.
+
+    Returns ``[K, h, w]`` float32: the image-token columns laid on the patch grid.
+    """
+    h, w = generation.grid
+    cols = rows[:, generation.image_positions]
+    arr = cols.detach().float().cpu().numpy() if hasattr(cols, "detach") else np.asarray(cols, dtype=np.float32)
+    return arr.reshape(len(arr), h, w).astype(np.float32)
+
+
+def combine_tokens(per_token: np.ndarray, how: str) -> np.ndarray:
+    """One map from per-answer-token maps: their mean, or the first / last token's."""
+    if how == "mean":
+        return per_token.mean(axis=0)
+    if how == "first":
+        return per_token[0]
+    if how == "last":
+        return per_token[-1]
+    raise ParameterError(f"token={how!r} is not one of {TOKEN_CHOICES}")
+
+
+def mask_to_grid(mask: np.ndarray, grid: Sequence[int]) -> np.ndarray:
+    """Fraction of each patch covered by a pixel mask, ``[h, w]`` float32.
+
+    The mask is centre-cropped to a square first, matching CLIP's resize-shortest-edge
+    + centre-crop preprocessing, then area-averaged onto the grid.
+    """
+    from PIL import Image
+
+    mask = np.asarray(mask, dtype=bool)
+    H, W = mask.shape
+    side = min(H, W)
+    top, left = (H - side) // 2, (W - side) // 2
+    square = mask[top : top + side, left : left + side].astype(np.float32)
+    h, w = grid
+    if side % h == 0 and side % w == 0:
+        return square.reshape(h, side // h, w, side // w).mean(axis=(1, 3))
+    img = Image.fromarray(square, mode="F").resize((w, h), Image.Resampling.BOX)
+    return np.asarray(img, dtype=np.float32)

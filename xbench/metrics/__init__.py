@@ -1,0 +1,1 @@
+"""Per-sample map metrics (see :class:`xbench.api.Metric`)."""

@@ -1,0 +1,97 @@
+"""Run records on disk: ``samples.jsonl`` (one line per sample) and ``summary.json``.
+
+Each record is one ``write`` of a complete line, flushed and fsynced before the next
+sample starts; a line cut short by a crash is dropped (and truncated away) on resume.
+``summary.json`` is replaced atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+SAMPLES = "samples.jsonl"
+SUMMARY = "summary.json"
+
+
+def to_jsonable(obj: Any) -> Any:
+    """numpy scalars/arrays and paths to plain JSON types."""
+    import numpy as np
+
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return to_jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, float) and obj != obj:  # NaN is not JSON
+        return None
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def read_records(path: Path, repair: bool = False) -> list[dict]:
+    """Complete records of a ``samples.jsonl``; with ``repair`` a torn last line is truncated away."""
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    records, good_end = [], 0
+    for line in data.splitlines(keepends=True):
+        if not line.endswith(b"\n"):
+            break
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            break
+        good_end += len(line)
+    if repair and good_end < len(data):
+        with open(path, "r+b") as fh:
+            fh.truncate(good_end)
+    return records
+
+
+class RecordWriter:
+    """Appends records to ``samples.jsonl``, one flushed and fsynced line each."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    def append(self, record: dict) -> None:
+        line = (json.dumps(to_jsonable(record), allow_nan=False) + "\n").encode()
+        os.write(self._fd, line)
+        os.fsync(self._fd)
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+    def __enter__(self) -> "RecordWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as fh:
+        json.dump(to_jsonable(obj), fh, indent=2, allow_nan=False)
+        fh.write("\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def iter_summaries(root: Path) -> Iterator[tuple[Path, dict]]:
+    """Every ``summary.json`` under ``root`` (or ``root`` itself if it is one)."""
+    paths = [root] if root.is_file() else sorted(root.rglob(SUMMARY))
+    for p in paths:
+        try:
+            yield p, json.loads(p.read_text())
+        except (OSError, ValueError):
+            continue

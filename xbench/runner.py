@@ -1,0 +1,374 @@
+"""The run loop: for each batch, generate -> explain (timed) -> score -> append records.
+
+No method, task or model name appears here: everything comes from the registries.
+A failure inside a batch is retried on its halves down to single samples (this also
+absorbs CUDA out-of-memory); what still fails becomes a per-sample error record and
+the run goes on (``fail_fast`` stops instead).
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import asdict, dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from xbench import cost, provenance
+from xbench.api import Generation, RelevanceMap, Sample, SampleError
+from xbench.errors import RunDirectoryError, XbenchError
+from xbench.models import load_vlm
+from xbench.plugins import XbenchPlugins, default
+from xbench.records import SAMPLES, SUMMARY, RecordWriter, read_records, write_json_atomic
+
+DEFAULT_TASK = "easyvqa"
+DEFAULT_MODEL = "tiny-random-llava"
+INLINE_MAP_LIMIT = 1024  # grids with more cells go to maps/<id>.npy
+
+
+@dataclass
+class RunConfig:
+    method: str
+    task: str = DEFAULT_TASK
+    model: str = DEFAULT_MODEL
+    limit: int | None = None
+    batch_size: int = 4
+    seed: int = 0
+    out: Path | None = None
+    resume: bool = False
+    split: str | None = None
+    data_dir: str | None = None
+    method_params: dict[str, Any] = field(default_factory=dict)
+    task_params: dict[str, Any] = field(default_factory=dict)
+    metrics: list[str] | None = None  # None: every registered metric
+    device: str | None = None
+    dtype: str | None = None
+    max_new_tokens: int | None = None
+    warmup: int = 1
+    fail_fast: bool = False
+    progress: bool = True
+
+    def out_dir(self) -> Path:
+        if self.out is not None:
+            return Path(self.out)
+        slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(self.model).name)
+        return Path("runs") / f"{self.method}-{self.task}-{slug}-{provenance.now().replace(':', '')}"
+
+
+@dataclass
+class Outcome:
+    """A sample's path through one batch: its generation, map and costs, or an error."""
+
+    sample: Sample | SampleError
+    generation: Generation | None = None
+    rmap: RelevanceMap | None = None
+    generate_s: float = 0.0
+    explain_s: float = 0.0
+    generate_peak_gpu: int | None = None  # bytes; None off-GPU
+    explain_peak_gpu: int | None = None
+    error: str | None = None
+    stage: str | None = None
+
+
+def seed_everything(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def batched(items: Iterable, size: int) -> Iterator[list]:
+    it = iter(items)
+    while chunk := list(islice(it, size)):
+        yield chunk
+
+
+def call_splitting(fn: Callable[[list], list], items: list, device, fail_fast: bool):
+    """``fn(items)`` timed; on failure retried on halves down to single items.
+
+    Yields ``(item, result | Exception, seconds_per_item, peak_gpu_bytes)``.
+    """
+    try:
+        with cost.measure(device) as m:
+            results = fn(items)
+        if len(results) != len(items):
+            raise XbenchError(f"returned {len(results)} results for {len(items)} inputs")
+    except Exception as exc:
+        if fail_fast:
+            raise
+        if len(items) == 1:
+            yield items[0], exc, 0.0, None
+            return
+        if _is_oom(exc):
+            _free_cuda()
+        half = len(items) // 2
+        yield from call_splitting(fn, items[:half], device, fail_fast)
+        yield from call_splitting(fn, items[half:], device, fail_fast)
+        return
+    for item, result in zip(items, results):
+        yield item, result, m.seconds / len(items), m.peak_gpu_bytes
+
+
+def _is_oom(exc: Exception) -> bool:
+    return "out of memory" in str(exc).lower()
+
+
+def _free_cuda() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def describe(exc: Exception) -> str:
+    return str(exc) if isinstance(exc, XbenchError) else f"{type(exc).__name__}: {exc}"
+
+
+class Run:
+    """One model x one task x one method, streaming records into ``out_dir``."""
+
+    def __init__(self, config: RunConfig, plugins: XbenchPlugins | None = None) -> None:
+        self.config = config
+        self.plugins = plugins or default()
+        reg = self.plugins.registries
+        self.method = reg.methods.get(config.method)(**config.method_params)
+        self.method.seed = config.seed
+        self.task = reg.tasks.get(config.task)(config.split, config.data_dir, **config.task_params)
+        metric_names = config.metrics if config.metrics is not None else reg.metrics.names()
+        self.metrics = [reg.metrics.get(n)() for n in metric_names]
+        self.out_dir = config.out_dir()
+        self.max_new_tokens = config.max_new_tokens or self.task.max_new_tokens
+        self.vlm = None
+
+    # ---------------------------------------------------------------- top level
+    def execute(self) -> dict:
+        cfg = self.config
+        records_path = self._prepare_out_dir()
+        done = {r["id"] for r in read_records(records_path, repair=True)}
+        seed_everything(cfg.seed)
+        started = provenance.now()
+        self.vlm = load_vlm(cfg.model, self.plugins.registries, needs=self.method.needs, device=cfg.device, dtype=cfg.dtype)
+        run_info = {
+            "run_id": self.out_dir.name,
+            "out_dir": str(self.out_dir),
+            "method": cfg.method,
+            "task": cfg.task,
+            "model": self.vlm.name,
+            "config": self._config_dict(),
+        }
+        self.plugins.hook.xbench_run_started(run=run_info)
+        pending = (s for s in self.task.samples(cfg.limit, cfg.seed) if s.id not in done)
+        total = None if cfg.limit is None else max(cfg.limit - len(done), 0)
+        with RecordWriter(records_path) as writer, _progress(cfg.progress, total, self.method.name) as bar:
+            for i, batch in enumerate(batched(pending, cfg.batch_size)):
+                if i < 1 and cfg.warmup:
+                    self._warm_up(batch)
+                for outcome in self.process(batch):
+                    record = self.record(outcome)
+                    writer.append(record)
+                    self.plugins.hook.xbench_sample_recorded(run=run_info, record=record)
+                    bar.update(1)
+        summary = self.summarise(read_records(records_path), started)
+        write_json_atomic(self.out_dir / SUMMARY, summary)
+        self.plugins.hook.xbench_run_finished(run=run_info, summary=summary)
+        return summary
+
+    def _prepare_out_dir(self) -> Path:
+        path = self.out_dir / SAMPLES
+        if path.exists() and path.stat().st_size > 0 and not self.config.resume:
+            raise RunDirectoryError(
+                f"{self.out_dir} already holds records; pass --resume to continue it or choose another --out"
+            )
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def _warm_up(self, batch: list) -> None:
+        """One untimed generate + explain on the first usable samples (errors surface later)."""
+        usable = [s for s in batch if isinstance(s, Sample)]
+        try:
+            usable = [s for s in usable if s.load_image() is not None]
+            if usable:
+                gens = self.vlm.generate(usable, [self.task.prompt(s) for s in usable], self.max_new_tokens, self.method.needs)
+                self.method.explain(self.vlm, gens)
+        except Exception:
+            if self.config.fail_fast:
+                raise
+
+    # ---------------------------------------------------------------- one batch
+    def process(self, batch: Sequence[Sample | SampleError]) -> list[Outcome]:
+        """Generate, explain and validate a batch; every input gets exactly one outcome."""
+        outcomes = {id(s): Outcome(s) for s in batch}
+        ready = []
+        for s in batch:
+            if isinstance(s, SampleError):
+                self._fail(outcomes[id(s)], s.error, "data")
+                continue
+            try:
+                s.load_image()
+                ready.append(s)
+            except Exception as exc:
+                if self.config.fail_fast:
+                    raise
+                self._fail(outcomes[id(s)], describe(exc), "image")
+
+        def generate(samples):
+            return self.vlm.generate(samples, [self.task.prompt(s) for s in samples], self.max_new_tokens, self.method.needs)
+
+        generated = []
+        for s, result, secs, peak in call_splitting(generate, ready, self.vlm.device, self.config.fail_fast):
+            o = outcomes[id(s)]
+            if isinstance(result, Exception):
+                self._fail(o, f"generation failed: {describe(result)}", "generate")
+            else:
+                o.generation, o.generate_s, o.generate_peak_gpu = result, secs, peak
+                generated.append(o)
+
+        def explain(items):
+            return self.method.explain(self.vlm, [o.generation for o in items])
+
+        for o, result, secs, peak in call_splitting(explain, generated, self.vlm.device, self.config.fail_fast):
+            if isinstance(result, Exception):
+                self._fail(o, f"method {self.method.name!r} failed: {describe(result)}", "explain")
+                continue
+            try:
+                o.rmap = result.validate(o.generation.grid, self.method.name)
+            except XbenchError as exc:
+                if self.config.fail_fast:
+                    raise
+                self._fail(o, str(exc), "explain")
+                continue
+            o.explain_s, o.explain_peak_gpu = secs, peak
+        return [outcomes[id(s)] for s in batch]
+
+    @staticmethod
+    def _fail(outcome: Outcome, message: str, stage: str) -> None:
+        outcome.error, outcome.stage = message, stage
+
+    # ---------------------------------------------------------------- records
+    def record(self, o: Outcome) -> dict:
+        s = o.sample
+        if o.error is not None:
+            return {"id": s.id, "error": o.error, "stage": o.stage, "meta": getattr(s, "meta", {})}
+        gen, rmap = o.generation, o.rmap
+        record = {
+            "id": s.id,
+            "question": s.question,
+            "gold": s.answers,
+            "answer": gen.text,
+            "answer_ids": gen.answer_ids,
+            "prompt_len": gen.prompt_len,
+            "meta": s.meta,
+            "scores": self.task.score(s, gen.text),
+            "metrics": self._map_metrics(s, gen, rmap),
+            "extras": rmap.extras,
+            "generate_ms": o.generate_s * 1e3,
+            "explain_ms": o.explain_s * 1e3,
+            "generate_peak_gpu_mib": _mib(o.generate_peak_gpu),
+            "explain_peak_gpu_mib": _mib(o.explain_peak_gpu),
+            "grid": list(rmap.grid.shape),
+        }
+        if rmap.grid.size <= INLINE_MAP_LIMIT:
+            record["map"] = np.round(rmap.grid, 6)
+        else:
+            maps_dir = self.out_dir / "maps"
+            maps_dir.mkdir(exist_ok=True)
+            name = re.sub(r"[^A-Za-z0-9_.-]+", "_", s.id) + ".npy"
+            np.save(maps_dir / name, rmap.grid)
+            record["map_file"] = f"maps/{name}"
+        return record
+
+    def _map_metrics(self, sample: Sample, gen: Generation, rmap: RelevanceMap) -> dict:
+        if sample.gt_mask is None:
+            try:
+                sample.gt_mask = self.task.ground_truth_mask(sample)
+            except Exception as exc:  # a bad mask spoils localisation only, not the record
+                sample.meta["mask_error"] = describe(exc)
+        values = {}
+        for metric in self.metrics:
+            try:
+                values[metric.name] = metric.compute(sample, gen, rmap)
+            except Exception as exc:
+                if self.config.fail_fast:
+                    raise
+                values[metric.name] = None
+                sample.meta.setdefault("metric_errors", {})[metric.name] = describe(exc)
+        return values
+
+    # ---------------------------------------------------------------- summary
+    def summarise(self, records: list[dict], started: str) -> dict:
+        ok = [r for r in records if "error" not in r]
+        errors = [r for r in records if "error" in r]
+        metrics: dict[str, dict] = {}
+        for name, value in self.task.aggregate(ok).items():
+            base = name.split("[", 1)[0]
+            metrics[name] = _metric(value, len(ok), "answer", self.task.answer_metrics.get(base, True))
+        for metric in self.metrics:
+            vals = [r["metrics"][metric.name] for r in ok if r["metrics"].get(metric.name) is not None]
+            if vals:
+                metrics[metric.name] = _metric(float(np.mean(vals)), len(vals), metric.category, metric.higher_is_better)
+        for key in ("explain_ms", "generate_ms"):
+            stats = cost.percentiles([r[key] for r in ok])
+            for p in ("p50", "p95"):
+                if stats[p] is not None:
+                    metrics[f"{key}_{p}"] = _metric(stats[p], len(ok), "cost", False)
+        for key in ("generate_peak_gpu_mib", "explain_peak_gpu_mib"):
+            gpu = [r[key] for r in ok if r[key] is not None]
+            metrics[key] = _metric(max(gpu) if gpu else None, len(gpu), "cost", False)
+        metrics["peak_rss_mib"] = _metric(cost.peak_rss_mib(), 1, "cost", False)
+        stages: dict[str, int] = {}
+        for r in errors:
+            stages[r.get("stage", "?")] = stages.get(r.get("stage", "?"), 0) + 1
+        vlm = self.vlm
+        return {
+            "run_id": self.out_dir.name,
+            "method": {"name": self.method.name, "label": self.method.label, "params": self.method.params},
+            "task": {
+                "name": self.task.name,
+                "split": self.task.split,
+                "params": self.task.params,
+                "data_hash": self.task.data_hash(),
+            },
+            "model": {
+                "id": vlm.name,
+                "config_hash": vlm.config_hash,
+                "model_hash": vlm.model_hash,
+                "dtype": str(vlm.dtype).replace("torch.", ""),
+                "attn_implementation": getattr(vlm, "attn_implementation", None),
+            },
+            "n_records": len(records),
+            "n_ok": len(ok),
+            "n_errors": len(errors),
+            "errors_by_stage": stages,
+            "metrics": metrics,
+            "config": self._config_dict(),
+            "provenance": {**provenance.environment(vlm.device), "started": started, "finished": provenance.now()},
+        }
+
+    def _config_dict(self) -> dict:
+        d = asdict(self.config)
+        d["out"] = str(self.out_dir)
+        d["max_new_tokens"] = self.max_new_tokens
+        return d
+
+
+def _metric(value, n: int, category: str, higher_is_better: bool | None) -> dict:
+    return {"value": value, "n": n, "category": category, "higher_is_better": higher_is_better}
+
+
+def _mib(n_bytes: int | None) -> float | None:
+    return None if n_bytes is None else n_bytes / 2**20
+
+
+def _progress(enabled: bool, total: int | None, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="sample", disable=not enabled, leave=False)
+
+
+def run(config: RunConfig, plugins: XbenchPlugins | None = None) -> dict:
+    """Execute one run and return its summary (also written to ``<out>/summary.json``)."""
+    return Run(config, plugins).execute()

@@ -1,0 +1,145 @@
+"""Tiny LLaVA-architecture models built offline: word-level tokenizer, CLIP tower, Llama LM.
+
+Everything is deterministic: the vocabulary is sorted, weights come from a seeded init.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+SPECIAL_TOKENS = ("<pad>", "<unk>", "<s>", "</s>", "<image>")
+#: words of LLaVA-1.5's templates and instructions used by xbench's tasks
+TEMPLATE_TEXT = (
+    "USER: ASSISTANT: Answer the question using a single word or phrase. "
+    "Answer the question with yes or no. Please answer this question with one word."
+)
+_WORD = re.compile(r"\w+|[^\w\s]+")
+
+
+def words_of(text: str) -> list[str]:
+    """Split text the way the tokenizer's pre-tokenizer does (lower-cased)."""
+    return _WORD.findall(text.lower())
+
+
+def easyvqa_vocabulary() -> list[str]:
+    """Every word of easy-vqa's questions and answers plus the prompt templates, sorted."""
+    import easy_vqa
+
+    words: set[str] = set(words_of(TEMPLATE_TEXT))
+    for questions, answers, _ in (easy_vqa.get_train_questions(), easy_vqa.get_test_questions()):
+        for q in questions:
+            words.update(words_of(q))
+    for a in easy_vqa.get_answers():
+        words.update(words_of(a))
+    return sorted(words)
+
+
+def build_tokenizer(words: list[str]):
+    """A word-level fast tokenizer (lower-casing, whitespace/punctuation split)."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate(list(SPECIAL_TOKENS) + [w for w in words if w not in SPECIAL_TOKENS])}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.normalizer = normalizers.Lowercase()
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    core.decoder = decoders.WordPiece()
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=core, pad_token="<pad>", unk_token="<unk>", bos_token="<s>", eos_token="</s>"
+    )
+    tok.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    tok.padding_side = "left"
+    return tok
+
+
+@dataclass(frozen=True)
+class TinyLlavaShape:
+    """Sizes of a tiny LLaVA. ``vision_feature_layer=-1``: a 2-layer tower has no useful -2."""
+
+    image_size: int = 64
+    patch_size: int = 8
+    vision_hidden: int = 64
+    vision_layers: int = 2
+    vision_heads: int = 4
+    text_hidden: int = 64
+    text_layers: int = 2
+    text_heads: int = 4
+    max_positions: int = 256
+
+
+def build_processor(tokenizer, shape: TinyLlavaShape):
+    from transformers import LlavaProcessor
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    image_processor = CLIPImageProcessorPil(
+        size={"shortest_edge": shape.image_size}, crop_size={"height": shape.image_size, "width": shape.image_size}
+    )
+    return LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=shape.patch_size,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        image_token="<image>",
+    )
+
+
+def build_config(tokenizer, shape: TinyLlavaShape):
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+
+    vision = CLIPVisionConfig(
+        image_size=shape.image_size,
+        patch_size=shape.patch_size,
+        hidden_size=shape.vision_hidden,
+        intermediate_size=shape.vision_hidden * 2,
+        num_hidden_layers=shape.vision_layers,
+        num_attention_heads=shape.vision_heads,
+        projection_dim=shape.vision_hidden,
+    )
+    text = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=shape.text_hidden,
+        intermediate_size=shape.text_hidden * 2,
+        num_hidden_layers=shape.text_layers,
+        num_attention_heads=shape.text_heads,
+        num_key_value_heads=shape.text_heads,
+        max_position_embeddings=shape.max_positions,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    return LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="default",
+    )
+
+
+def build_tiny_llava(out_dir: Path, shape: TinyLlavaShape = TinyLlavaShape(), seed: int = 0):
+    """Write a randomly initialised tiny LLaVA (weights, tokenizer, processor) to ``out_dir``; return the model."""
+    import torch
+    from transformers import LlavaForConditionalGeneration
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    tokenizer = build_tokenizer(easyvqa_vocabulary())
+    processor = build_processor(tokenizer, shape)
+    config = build_config(tokenizer, shape)
+    config._attn_implementation = "eager"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlavaForConditionalGeneration(config).eval()
+    save_model(model, processor, out_dir)
+    return model
+
+
+def save_model(model, processor, out_dir: Path) -> None:
+    """Save weights as safetensors plus tokenizer and processor in Hugging Face layout."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    processor.save_pretrained(out_dir)
