@@ -15,6 +15,8 @@ from typing import Callable
 from xbench.errors import ParameterError, XbenchError
 
 COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
+#: modules whose ``@command`` functions join the CLI (imported when the parser is built)
+COMMAND_MODULES: tuple[str, ...] = ()
 
 
 def command(name: str, add_arguments: Callable[[argparse.ArgumentParser], None]):
@@ -162,6 +164,10 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
+    import importlib
+
+    for module in COMMAND_MODULES:
+        importlib.import_module(module)
     parser = argparse.ArgumentParser(prog="xbench", description="Benchmark explanation methods on VLMs.")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (add_arguments, fn) in COMMANDS.items():
