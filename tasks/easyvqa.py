@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+from pathlib import Path
 from typing import Iterator
 
 import numpy as np
@@ -75,7 +76,7 @@ class EasyVQA(Task):
                 id=sid,
                 question=texts[idx],
                 answers=[answers[idx]],
-                image_path=path,
+                image_path=Path(path),
                 meta={"image_id": image_ids[idx], "kind": question_kind(texts[idx], answers[idx])},
             )
 

@@ -1,0 +1,66 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from xbench.errors import ParameterError
+from xbench.tasks.easyvqa import EasyVQA, background_mask, question_kind
+
+
+def test_real_data_splits():
+    test, train = EasyVQA("test"), EasyVQA("train")
+    assert len(test._questions[0]) == 9673 and len(train._questions[0]) == 38575
+    with pytest.raises(ParameterError, match="no split 'val'"):
+        EasyVQA("val")
+
+
+def test_samples_are_lazy_and_prompt_is_llava_style():
+    task = EasyVQA()
+    s = next(task.samples(limit=1))
+    assert s.image is None and s.image_path.exists()
+    assert task.prompt(s) == s.question + "\nAnswer the question using a single word or phrase."
+    assert s.load_image().size == (64, 64)
+
+
+def test_exact_match_scoring():
+    task = EasyVQA()
+    s = next(task.samples(limit=1))
+    gold = s.answers[0]
+    assert task.score(s, gold)["accuracy"] == 1.0
+    assert task.score(s, gold.upper() + ".")["accuracy"] == 1.0
+    assert task.score(s, gold + " shape")["accuracy"] == 0.0
+
+
+def test_question_kinds():
+    assert question_kind("what color is the shape?", "red") == "colour"
+    assert question_kind("what shape is this?", "circle") == "shape"
+    assert question_kind("is there a red shape in the image?", "no") == "yes/no colour"
+    assert question_kind("does the image contain a circle?", "yes") == "yes/no shape"
+
+
+def test_mask_is_the_non_background_pixels():
+    img = np.full((10, 12, 3), (240, 250, 245), np.uint8)
+    img[2:5, 3:9] = (200, 0, 0)
+    img[6, 6] = (235, 248, 244)  # anti-aliasing halo, within tolerance
+    mask = background_mask(Image.fromarray(img))
+    expected = np.zeros((10, 12), bool)
+    expected[2:5, 3:9] = True
+    np.testing.assert_array_equal(mask, expected)
+
+
+def test_real_mask_covers_the_shape():
+    task = EasyVQA()
+    s = next(task.samples(limit=1))
+    m = task.ground_truth_mask(s)
+    assert m.shape == (64, 64) and 0.01 < m.mean() < 0.7
+
+
+def test_aggregate_by_kind():
+    task = EasyVQA()
+    recs = [
+        {"scores": {"accuracy": 1.0}, "meta": {"kind": "colour"}},
+        {"scores": {"accuracy": 0.0}, "meta": {"kind": "colour"}},
+        {"scores": {"accuracy": 1.0}, "meta": {"kind": "shape"}},
+    ]
+    agg = task.aggregate(recs)
+    assert agg["accuracy"] == pytest.approx(2 / 3)
+    assert agg["accuracy[colour]"] == 0.5 and agg["accuracy[shape]"] == 1.0
