@@ -35,7 +35,8 @@ def test_example_outside_plugin_installs_and_runs(tmp_path):
     assert pip.returncode == 0, pip.stderr
     env = {**os.environ, "PYTHONPATH": str(target)}
     cli = [sys.executable, "-m", "xbench.cli"]
-    listed = subprocess.run(cli + ["plugins"], capture_output=True, text=True, env=env)
+    # cwd outside the checkout, so the installed xbench is imported, not the source folder
+    listed = subprocess.run(cli + ["plugins"], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert listed.returncode == 0, listed.stderr
     line = next(l for l in listed.stdout.splitlines() if "center_prior" in l)
     assert "plugin 'center_prior' (xbench-center-prior 0.1.0)" in line
@@ -43,7 +44,7 @@ def test_example_outside_plugin_installs_and_runs(tmp_path):
     ran = subprocess.run(
         cli + ["run", "--method", "center_prior", "--model", "tiny-random-llava", "--limit", "2", "--out", str(out),
                "--no-progress", "--warmup", "0"],
-        capture_output=True, text=True, env=env,
+        capture_output=True, text=True, env=env, cwd=tmp_path,
     )
     assert ran.returncode == 0, ran.stderr
     assert "2 samples explained, 0 errors" in ran.stdout
