@@ -75,11 +75,12 @@ class VQAv2(Task):
         fmt = {"split": self.split}
         try:
             params["image_name"].format(image_id=0, **fmt)
-            self.image_dir = params["image_dir"].format(**fmt)
+            image_dir = params["image_dir"].format(**fmt)
         except (KeyError, IndexError, ValueError) as exc:
             raise ParameterError(f"vqa_v2 image_dir/image_name templates may use {{split}} and {{image_id}} only: {exc}") from None
         questions_name = params["questions_file"].format(**fmt)
         self.root = data_root(self.name, data_dir, questions_name)
+        self.image_folder = self.root / image_dir
         self.questions_path = data_file(self.root, questions_name, "VQA v2 questions")
         self.annotations_path = data_file(self.root, params["annotations_file"].format(**fmt), "VQA v2 annotations")
         self._questions = self._load_questions()
@@ -138,7 +139,7 @@ class VQAv2(Task):
             id=sid,
             question=str(q["question"]),
             answers=list(answers),
-            image_path=self.root / self.image_dir / image_name,
+            image_path=self.image_folder / image_name,
             meta=meta,
         )
 
