@@ -34,6 +34,19 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+class _Question(NamedTuple):
+    question_id: Any
+    image_id: Any
+    question: Any
+
+
+def _compact_question(obj: dict) -> Any:
+    """``json.load`` hook turning each complete question object into a small tuple."""
+    if "question_id" in obj and "image_id" in obj and "question" in obj and "answers" not in obj:
+        return _Question(obj["question_id"], obj["image_id"], obj["question"])
+    return obj
+
+
 class _Annotation(NamedTuple):
     answers: tuple  # the human answers (str), or the raw entries when one is malformed
     answer_type: Any
@@ -89,7 +102,7 @@ class VQAv2(Task):
 
     # ------------------------------------------------------------------ loading
     def _load_questions(self) -> list:
-        data = load_json(self.questions_path, "an object with a 'questions' list")
+        data = load_json(self.questions_path, "an object with a 'questions' list", object_hook=_compact_question)
         questions = data.get("questions") if isinstance(data, dict) else None
         if not isinstance(questions, list):
             raise DataError(f"{str(self.questions_path)!r} has no 'questions' list; is it a VQA v2 questions file?")
@@ -117,13 +130,13 @@ class VQAv2(Task):
     def _sample(self, idx: int, seen: set) -> Sample | SampleError:
         where = f"{self.questions_path.name}: questions[{idx}]"
         q = self._questions[idx]
-        if not isinstance(q, dict) or not all(k in q for k in ("question_id", "image_id", "question")):
+        if not isinstance(q, _Question):
             return SampleError(f"questions[{idx}]", f"{where} lacks question_id, image_id or question")
-        qid = q["question_id"]
+        qid = q.question_id
         if qid in seen:
             return SampleError(f"questions[{idx}]", f"{where} repeats question_id {qid}")
         seen.add(qid)
-        sid, meta = str(qid), {"question_id": qid, "image_id": q["image_id"]}
+        sid, meta = str(qid), {"question_id": qid, "image_id": q.image_id}
         ann = self._annotations.get(qid)
         if ann is None:
             return SampleError(sid, f"{where}: question_id {qid} has no entry in {self.annotations_path.name}", meta)
@@ -131,13 +144,13 @@ class VQAv2(Task):
         if not isinstance(answers, tuple) or not answers or not all(isinstance(a, str) for a in answers):
             return SampleError(sid, f"{self.annotations_path.name}: question_id {qid} has no usable human answers", meta)
         try:
-            image_name = self.params["image_name"].format(split=self.split, image_id=int(q["image_id"]))
+            image_name = self.params["image_name"].format(split=self.split, image_id=int(q.image_id))
         except (TypeError, ValueError):
-            return SampleError(sid, f"{where} has a non-integer image_id {q['image_id']!r}", meta)
+            return SampleError(sid, f"{where} has a non-integer image_id {q.image_id!r}", meta)
         meta.update(answer_type=ann.answer_type, question_type=ann.question_type)
         return Sample(
             id=sid,
-            question=str(q["question"]),
+            question=str(q.question),
             answers=list(answers),
             image_path=self.image_folder / image_name,
             meta=meta,

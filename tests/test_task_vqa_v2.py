@@ -192,6 +192,19 @@ def test_bad_entries_become_sample_errors(plugins, tmp_path):
     err = out["2001"]
     assert isinstance(err, SampleError) and "v2_mscoco_val2014_annotations.json" in err.error and "2001" in err.error
     assert isinstance(out["2002"], SampleError) and "no usable human answers" in out["2002"].error
+    # a question entry without its image id, and a human answer without text
+    qfile = tmp_path / "vqa" / "v2_OpenEnded_mscoco_val2014_questions.json"
+    data = json.loads(qfile.read_text())
+    del data["questions"][0]["image_id"]
+    qfile.write_text(json.dumps(data))
+    afile = tmp_path / "vqa" / "v2_mscoco_val2014_annotations.json"
+    data = json.loads(afile.read_text())
+    del data["annotations"][1]["answers"][4]["answer"]
+    afile.write_text(json.dumps(data))
+    out = {s.id: s for s in make_task(plugins, tmp_path / "vqa").samples()}
+    assert "questions[0]" in out and "lacks question_id, image_id or question" in out["questions[0]"].error
+    assert "v2_OpenEnded_mscoco_val2014_questions.json" in out["questions[0]"].error
+    assert isinstance(out["1002"], SampleError) and "1002 has no usable human answers" in out["1002"].error
 
 
 def test_missing_or_wrong_files_fail_before_the_run(plugins, tmp_path):

@@ -77,10 +77,17 @@ def data_file(root: Path, name: str | Path, what: str) -> Path:
 
 
 def load_json(path: Path, what: str, object_hook: Callable[[dict], Any] | None = None) -> Any:
-    """Parse a JSON file; unreadable or invalid JSON is a :class:`DataError` saying what was expected."""
+    """Parse a JSON file; unreadable or invalid JSON is a :class:`DataError` saying what was expected.
+
+    The raw bytes are dropped once decoded, before parsing, so a large file costs its text
+    once (not bytes + text) on top of the parsed objects; ``object_hook`` may shrink those.
+    """
     try:
         with open(path, "rb") as fh:
-            return json.load(fh, object_hook=object_hook)
+            raw = fh.read()
+        text = raw.decode(json.detect_encoding(raw), "surrogatepass")
+        del raw
+        return json.loads(text, object_hook=object_hook)
     except OSError as exc:
         raise DataError(f"cannot read {str(path)!r}: {exc.strerror or exc}") from None
     except (ValueError, RecursionError) as exc:
