@@ -250,3 +250,11 @@ def test_leaderboard_groups_by_task(pope_run, tmp_path):
     assert "accuracy[number] ↑" in vqa_section and "f1" not in vqa_section
     assert main(["leaderboard", str(base / "runs"), "--task", "vqa_v2", "--output", str(table)]) == 0
     assert "pope" not in table.read_text()
+
+
+def test_data_dir_defaults_to_the_environment(monkeypatch, tmp_path):
+    from xbench.cli import build_parser
+
+    monkeypatch.setenv("XBENCH_DATA_DIR", str(tmp_path))
+    args = build_parser().parse_args(["run", "--method", "rollout", "--task", "pope"])
+    assert args.data_dir == str(tmp_path)
