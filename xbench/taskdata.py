@@ -1,4 +1,4 @@
-"""Helpers for task adapters that read official dataset files from a local folder.
+"""Shared code for task adapters that read official dataset files from a local folder.
 
 Nothing here downloads. A missing folder or file, or a file that is wrong as a whole, is a
 :class:`~xbench.errors.DataError` naming the path and what was expected there.
