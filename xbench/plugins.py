@@ -27,6 +27,9 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "xbench.methods.raw_attention",
     "xbench.methods.rollout",
     "xbench.tasks.easyvqa",
+    "xbench.tasks.vqa_v2",
+    "xbench.tasks.gqa",
+    "xbench.tasks.pope",
 )
 
 #: registration hook name -> attribute of :class:`Registries`
