@@ -44,17 +44,25 @@ class Sample:
     def load_image(self):
         """Return the image as RGB PIL, opening ``image_path`` on first use.
 
-        Raises :class:`BadImageError` naming the file when it is missing or unreadable.
+        Raises :class:`BadImageError` naming the file when it is missing or unreadable, or
+        larger than PIL's decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``): such
+        files are refused before they are decoded.
         """
         if self.image is None:
+            import warnings
+
             from PIL import Image, UnidentifiedImageError
 
             if self.image_path is None:
                 raise BadImageError(f"sample {self.id!r} has neither an image nor an image path")
             try:
-                with Image.open(self.image_path) as im:
-                    im.load()
-                    self.image = im.convert("RGB")
+                with warnings.catch_warnings():
+                    warnings.simplefilter("error", Image.DecompressionBombWarning)
+                    with Image.open(self.image_path) as im:
+                        im.load()
+                        self.image = im.convert("RGB")
+            except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+                raise BadImageError(f"image {self.image_path} refused as too large: {exc}") from None
             except FileNotFoundError:
                 raise BadImageError(f"image file not found: {self.image_path}") from None
             except (UnidentifiedImageError, OSError, ValueError) as exc:

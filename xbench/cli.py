@@ -196,4 +196,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    # ``python -m xbench.cli``: use the importable module, where COMMAND_MODULES register their commands
+    from xbench.cli import main as _main
+
+    sys.exit(_main())
