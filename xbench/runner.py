@@ -98,6 +98,8 @@ def call_splitting(fn: Callable[[list], list], items: list, device):
     Yields ``(item, result | Exception, seconds_per_item, peak_gpu_bytes)``; an exception
     is yielded only for a single item that failed on its own.
     """
+    if not items:  # every sample of the batch failed earlier (e.g. unreadable images)
+        return
     try:
         with cost.measure(device) as m:
             results = fn(items)
@@ -143,6 +145,8 @@ class Run:
         reg = self.plugins.registries
         if config.warmup < 0:
             raise ParameterError(f"warmup must be 0 or more batches, got {config.warmup}")
+        if not 0 <= config.seed < 2**32:
+            raise ParameterError(f"seed must be between 0 and 2**32 - 1 (numpy's range), got {config.seed}")
         method_cls, task_cls = reg.methods.get(config.method), reg.tasks.get(config.task)
         try:
             self.method = method_cls(**config.method_params)
@@ -198,7 +202,10 @@ class Run:
             raise RunDirectoryError(
                 f"{self.out_dir} already holds records; pass --resume to continue it or choose another --out"
             )
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RunDirectoryError(f"cannot create the run directory {self.out_dir}: {exc}") from None
         return path
 
     def _warm_up(self, batch: list) -> None:

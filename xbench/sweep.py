@@ -156,8 +156,8 @@ def plan(suite: dict, out: Path, registries: Registries) -> list[Cell]:
     tasks = _tasks(suite.get("tasks", [DEFAULT_TASK]), registries)
     methods = _methods(suite.get("methods"), registries)
     seeds = suite.get("seeds", [0])
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
-        raise SuiteError(f"suite seeds must be a non-empty list of integers, got {seeds!r}")
+    if not isinstance(seeds, list) or not seeds or not all(_is_seed(s) for s in seeds):
+        raise SuiteError(f"suite seeds must be a non-empty list of integers from 0 to 2**32 - 1, got {seeds!r}")
     if len(set(seeds)) != len(seeds):
         raise SuiteError(f"suite seeds repeat a value: {seeds}")
     out = Path(out).resolve()
@@ -186,6 +186,10 @@ def plan(suite: dict, out: Path, registries: Registries) -> list[Cell]:
                     labels = {"task": task, "model": model, "method": method, "params": params, "seed": seed}
                     cells.append(Cell(key, config, labels))
     return cells
+
+
+def _is_seed(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**32
 
 
 def _model_label(model: str, registries: Registries) -> str:
