@@ -306,7 +306,8 @@ def is_complete(cell: Cell) -> bool:
 def run_cell(cell: Cell, plugins=None) -> dict:
     """Run one cell (resuming what is on disk); never raises: a failure is written to ``error.json``.
 
-    Returns ``{"key", "status": "ok" | "failed", "n_ok", "n_errors", "wall_s", "error"}``.
+    Returns ``{"key", "status": "ok" | "failed", "n_ok", "n_errors", "wall_s", "error", "host", "pid"}``
+    (``host`` and ``pid``: the process that ran it).
     """
     from xbench.runner import run
 
@@ -316,7 +317,7 @@ def run_cell(cell: Cell, plugins=None) -> dict:
         check_reusable(cell)
         summary = run(cell.config, plugins)
     except Exception as exc:  # one cell's failure must not stop the sweep
-        return record_failure(cell, exc, time.perf_counter() - start, traceback.format_exc())
+        return {**record_failure(cell, exc, time.perf_counter() - start, traceback.format_exc()), **_where()}
     (cell.out / ERROR).unlink(missing_ok=True)
     return {
         "key": cell.key,
@@ -325,7 +326,14 @@ def run_cell(cell: Cell, plugins=None) -> dict:
         "n_errors": summary["n_errors"],
         "wall_s": round(time.perf_counter() - start, 3),
         "error": None,
+        **_where(),
     }
+
+
+def _where() -> dict:
+    import platform
+
+    return {"host": platform.node(), "pid": os.getpid()}
 
 
 def record_failure(cell: Cell, exc: BaseException, wall_s: float = 0.0, tb: str | None = None) -> dict:
