@@ -38,31 +38,37 @@ def to_jsonable(obj: Any) -> Any:
 
 
 def read_records(path: Path, repair: bool = False) -> list[dict]:
-    """Complete records of a ``samples.jsonl``; with ``repair`` a torn last line is truncated away.
+    """Complete records of a ``samples.jsonl`` (see :func:`iter_records`)."""
+    return list(iter_records(path, repair))
 
-    Only the last line can be torn (a crash during its ``write``); a bad line with records
-    after it means the file was damaged some other way: :class:`RunDirectoryError` names it.
+
+def iter_records(path: Path, repair: bool = False) -> Iterator[dict]:
+    """Stream the complete records of a ``samples.jsonl``, one line in memory at a time.
+
+    Only the last line can be torn (a crash during its ``write``): it is skipped, and with
+    ``repair`` truncated away once the file has been read to its end. A bad line with
+    records after it means the file was damaged some other way: :class:`RunDirectoryError`
+    names it.
     """
     if not path.exists():
-        return []
-    data = path.read_bytes()
-    records, good_end = [], 0
-    lines = data.splitlines(keepends=True)
-    for number, line in enumerate(lines, 1):
-        record = _parse_record(line)
-        if record is None:
-            if number < len(lines):
+        return
+    good_end, bad_line = 0, None
+    with open(path, "rb") as fh:
+        for number, line in enumerate(fh, 1):
+            if bad_line is not None:
                 raise RunDirectoryError(
-                    f"{path} line {number} is not a complete JSON record with an 'id' and records follow it; "
+                    f"{path} line {bad_line} is not a complete JSON record with an 'id' and records follow it; "
                     "the file was damaged (move it away to start the run again)"
                 )
-            break
-        records.append(record)
-        good_end += len(line)
-    if repair and good_end < len(data):
+            record = _parse_record(line)
+            if record is None:
+                bad_line = number
+                continue
+            good_end += len(line)
+            yield record
+    if repair and bad_line is not None:
         with open(path, "r+b") as fh:
             fh.truncate(good_end)
-    return records
 
 
 def _parse_record(line: bytes) -> dict | None:

@@ -23,7 +23,7 @@ from xbench.api import Generation, RelevanceMap, Sample, SampleError
 from xbench.errors import MapValidationError, ParameterError, RunDirectoryError, XbenchError
 from xbench.models import load_vlm
 from xbench.plugins import XbenchPlugins, default
-from xbench.records import SAMPLES, SUMMARY, RecordWriter, read_records, write_json_atomic
+from xbench.records import SAMPLES, SUMMARY, RecordWriter, iter_records, write_json_atomic
 
 DEFAULT_TASK = "easyvqa"
 DEFAULT_MODEL = "tiny-random-llava"
@@ -167,7 +167,7 @@ class Run:
     def execute(self) -> dict:
         cfg = self.config
         records_path = self._prepare_out_dir()
-        done = {r["id"] for r in read_records(records_path, repair=True)}
+        done = {r["id"] for r in iter_records(records_path, repair=True)}
         seed_everything(cfg.seed)
         started = provenance.now()
         self.vlm = load_vlm(cfg.model, self.plugins.registries, needs=self.method.needs, device=cfg.device, dtype=cfg.dtype)
@@ -191,7 +191,8 @@ class Run:
                     writer.append(record)
                     self.plugins.hook.xbench_sample_recorded(run=run_info, record=record)
                     bar.update(1)
-        summary = self.summarise(read_records(records_path), started)
+        # maps are left out: memory stays flat in the number of samples (maps are the bulk of a record)
+        summary = self.summarise([_without_map(r) for r in iter_records(records_path)], started)
         write_json_atomic(self.out_dir / SUMMARY, summary)
         self.plugins.hook.xbench_run_finished(run=run_info, summary=summary)
         return summary
@@ -392,6 +393,11 @@ class Run:
         d["out"] = str(self.out_dir)
         d["max_new_tokens"] = self.max_new_tokens
         return d
+
+
+def _without_map(record: dict) -> dict:
+    record.pop("map", None)
+    return record
 
 
 def _metric(value, n: int, category: str, higher_is_better: bool | None) -> dict:

@@ -41,7 +41,7 @@ from typing import Any, Callable, ClassVar, Sequence
 
 from xbench import provenance
 from xbench.errors import ParameterError, UnknownNameError, XbenchError
-from xbench.records import SAMPLES, SUMMARY, read_records, write_json_atomic
+from xbench.records import SAMPLES, SUMMARY, iter_records, write_json_atomic
 from xbench.registry import Registries, Registry
 from xbench.runner import DEFAULT_MODEL, DEFAULT_TASK, RunConfig, describe
 
@@ -298,7 +298,7 @@ def is_complete(cell: Cell) -> bool:
         return False
     try:
         check_reusable(cell)
-        return summary.get("n_records") == len(read_records(cell.out / SAMPLES))
+        return summary.get("n_records") == sum(1 for _ in iter_records(cell.out / SAMPLES))
     except XbenchError:
         return False
 
