@@ -209,3 +209,17 @@ def test_suite_out_defaults_to_runs_and_suite_name(plugins, tmp_path, monkeypatc
     assert planned.out == (tmp_path / "runs" / "suite").resolve()
     with pytest.raises(SuiteError, match="not found"):
         prepare(tmp_path / "missing.toml", plugins=plugins)
+
+
+def test_an_unreachable_ray_cluster_is_a_clear_error(monkeypatch):
+    import types
+
+    fake = types.SimpleNamespace(is_initialized=lambda: False)
+
+    def init(**kwargs):
+        raise ConnectionError(f"could not connect to {kwargs['address']}")
+
+    fake.init = init
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    with pytest.raises(ExecutorError, match=r"cannot start or reach Ray at '10.0.0.9:6379': ConnectionError: could not"):
+        RayExecutor(address="10.0.0.9:6379").run([], lambda r: None)

@@ -400,8 +400,9 @@ class RayExecutor(Executor):
         if started:
             try:
                 ray.init(address=self.address, include_dashboard=False, logging_level=logging.WARNING)
-            except (ConnectionError, RuntimeError, ValueError) as exc:
-                raise ExecutorError(f"cannot start or reach Ray at {self.address or 'a new local instance'}: {exc}") from None
+            except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ValueError... by case
+                where = f"Ray at {self.address!r}" if self.address else "a local Ray instance"
+                raise ExecutorError(f"cannot start or reach {where}: {type(exc).__name__}: {exc}") from None
         try:
             remote = ray.remote(run_cell).options(**self.resources(ray))
             pending = {remote.remote(cell): cell for cell in cells}
