@@ -46,15 +46,30 @@ def load_average() -> list[float] | None:
         return None
 
 
+def position_trend(samples: Path) -> dict:
+    """Median per-sample compute (generate + explain, ms) in the first and last fifth of a run.
+
+    Equal medians mean a sample costs the same however many came before it: time is
+    linear in n whatever the load on the machine was.
+    """
+    per = [r["generate_ms"] + r["explain_ms"] for r in map(json.loads, samples.read_text().splitlines()) if "error" not in r]
+    k = max(len(per) // 5, 1)
+    first, last = float(np.median(per[:k])), float(np.median(per[-k:]))
+    return {"first_fifth_ms": round(first, 2), "last_fifth_ms": round(last, 2), "last_over_first": round(last / first, 3)}
+
+
 def measure(n: int, args: argparse.Namespace, work: Path) -> dict:
     """One run of ``n`` samples in a fresh process: wall seconds, child peak RSS, its summary."""
     out = work / f"n{n}"
     cmd = [sys.executable, "-m", "xbench.cli", "run", "--method", args.method, "--model", args.model,
            "--limit", str(n), "--batch-size", str(args.batch_size), "--warmup", "1", "--no-progress",
            "--device", args.device, "--out", str(out)]  # fmt: skip
+    env = dict(os.environ)
+    if args.threads:
+        env.update(OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     load_before = load_average()
     start = time.perf_counter()
-    child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     _, status, usage = os.wait4(child.pid, 0)
     wall = time.perf_counter() - start
     stderr = child.stderr.read().decode()
@@ -73,6 +88,7 @@ def measure(n: int, args: argparse.Namespace, work: Path) -> dict:
         "explain_ms_p50": m.get("explain_ms_p50", {}).get("value"),
         "generate_ms_p50": m.get("generate_ms_p50", {}).get("value"),
         "load_average_before": load_before,
+        "position_trend": position_trend(out / "samples.jsonl"),
         "device_name": summary["provenance"]["device_name"],
     }
 
@@ -100,6 +116,7 @@ def write(points: list[dict], args: argparse.Namespace, out: Path) -> dict:
         "task": "easyvqa",
         "batch_size": args.batch_size,
         "device": args.device,
+        "threads": args.threads,
         "device_name": first["device_name"],
         "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
@@ -115,18 +132,19 @@ def write(points: list[dict], args: argparse.Namespace, out: Path) -> dict:
     rows = "\n".join(
         f"| {p['n']} | {p['wall_s']:.1f} | {linear['a_s'] + linear['b_s_per_sample'] * p['n']:.1f} | "
         f"{p['cpu_s']:.1f} | {p['peak_rss_mib']:.1f} | {p['explain_ms_p50']:.1f} | {p['generate_ms_p50']:.1f} | "
-        f"{p['n_ok']} | {p['load_average_before']} |"
+        f"{p['position_trend']['first_fifth_ms']:.0f} / {p['position_trend']['last_fifth_ms']:.0f} | {p['n_ok']} | {p['load_average_before']} |"
         for p in points
     )
     md = f"""# Scaling: wall time and peak RSS vs number of samples
 
 `xbench run --method {args.method} --model {args.model} --task easyvqa --batch-size {args.batch_size} --warmup 1
---device {args.device}`, each size in a fresh process (`python benchmarks/scaling.py`), commit {commit}, {result['date']}.
+--device {args.device}`{f" with OMP_NUM_THREADS={args.threads}" if args.threads else ""}, each size in a fresh process
+(`python benchmarks/scaling.py{f" --threads {args.threads}" if args.threads else ""}`), commit {commit}, {result['date']}.
 Device: {first['device_name']}; CPU: {result['cpu']} ({result['cpu_count']} cores, shared with other jobs: the
 load average before each point is listed).
 
-| samples | wall (s) | fit (s) | CPU time (s) | peak RSS (MiB) | explain p50 (ms) | generate p50 (ms) | ok | load avg before |
-|---|---|---|---|---|---|---|---|---|
+| samples | wall (s) | fit (s) | CPU time (s) | peak RSS (MiB) | explain p50 (ms) | generate p50 (ms) | sample ms, first / last fifth | ok | load avg before |
+|---|---|---|---|---|---|---|---|---|---|
 {rows}
 
 - Fit: wall = {linear['a_s']:.2f} s + {linear['b_s_per_sample'] * 1000:.2f} ms x n, R^2 = {linear['r2']:.4f}
@@ -149,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default=DEFAULT_MODEL)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, help="OMP/MKL threads of each run (default: torch's choice); 1 keeps "
+                   "CPU time meaningful on cores shared with other jobs")
     p.add_argument("--out", type=Path, default=ROOT / "results" / "scaling")
     args = p.parse_args(argv)
     points = []
