@@ -171,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
                    "CPU time meaningful on cores shared with other jobs")
     p.add_argument("--out", type=Path, default=ROOT / "results" / "scaling")
     args = p.parse_args(argv)
+    if len(set(args.sizes)) < 2:
+        p.error("--sizes needs at least two different sizes to fit a line")
     points = []
     with tempfile.TemporaryDirectory(prefix="xbench-scaling-") as tmp:
         for n in args.sizes:
