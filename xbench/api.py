@@ -44,17 +44,25 @@ class Sample:
     def load_image(self):
         """Return the image as RGB PIL, opening ``image_path`` on first use.
 
-        Raises :class:`BadImageError` naming the file when it is missing or unreadable.
+        Raises :class:`BadImageError` naming the file when it is missing or unreadable, or
+        larger than PIL's decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``): such
+        files are refused before they are decoded. See :func:`to_rgb` for the conversion.
         """
         if self.image is None:
+            import warnings
+
             from PIL import Image, UnidentifiedImageError
 
             if self.image_path is None:
                 raise BadImageError(f"sample {self.id!r} has neither an image nor an image path")
             try:
-                with Image.open(self.image_path) as im:
-                    im.load()
-                    self.image = im.convert("RGB")
+                with warnings.catch_warnings():
+                    warnings.simplefilter("error", Image.DecompressionBombWarning)
+                    with Image.open(self.image_path) as im:
+                        im.load()
+                        self.image = to_rgb(im, self.image_path)
+            except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+                raise BadImageError(f"image {self.image_path} refused as too large: {exc}") from None
             except FileNotFoundError:
                 raise BadImageError(f"image file not found: {self.image_path}") from None
             except (UnidentifiedImageError, OSError, ValueError) as exc:
@@ -62,6 +70,24 @@ class Sample:
             if min(self.image.size) < 1:
                 raise BadImageError(f"image {self.image_path} is empty ({self.image.size})")
         return self.image
+
+
+def to_rgb(image, source: Any = "image"):
+    """An 8-bit RGB copy of a PIL image.
+
+    Grayscale, palette, RGBA (alpha dropped), CMYK... convert as PIL converts them; 16- and
+    32-bit integer grayscale is scaled from the 16-bit range (PIL would clip it at 255,
+    turning most of the image white); floating-point images are refused, their range being
+    unknown.
+    """
+    from PIL import Image
+
+    if image.mode.startswith("I"):
+        scaled = np.clip(np.asarray(image, dtype=np.float64) / 257.0, 0, 255)
+        image = Image.fromarray(np.round(scaled).astype(np.uint8), "L")
+    elif image.mode == "F":
+        raise BadImageError(f"image {source} has floating-point pixels (mode F) of unknown range; save it as 8-bit")
+    return image.convert("RGB")
 
 
 @dataclass

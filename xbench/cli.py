@@ -16,7 +16,9 @@ from xbench.errors import ParameterError, XbenchError
 
 COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
 #: modules whose ``@command`` functions join the CLI (imported when the parser is built)
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = (
+    "xbench.cli_sweep",
+)
 
 
 def command(name: str, add_arguments: Callable[[argparse.ArgumentParser], None]):
@@ -196,4 +198,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    # ``python -m xbench.cli``: use the importable module, where COMMAND_MODULES register their commands
+    from xbench.cli import main as _main
+
+    sys.exit(_main())

@@ -12,6 +12,8 @@ import os
 from pathlib import Path
 from typing import Any, Iterator
 
+from xbench.errors import RunDirectoryError
+
 SAMPLES = "samples.jsonl"
 SUMMARY = "summary.json"
 
@@ -36,23 +38,48 @@ def to_jsonable(obj: Any) -> Any:
 
 
 def read_records(path: Path, repair: bool = False) -> list[dict]:
-    """Complete records of a ``samples.jsonl``; with ``repair`` a torn last line is truncated away."""
+    """Complete records of a ``samples.jsonl`` (see :func:`iter_records`)."""
+    return list(iter_records(path, repair))
+
+
+def iter_records(path: Path, repair: bool = False) -> Iterator[dict]:
+    """Stream the complete records of a ``samples.jsonl``, one line in memory at a time.
+
+    Only the last line can be torn (a crash during its ``write``): it is skipped, and with
+    ``repair`` truncated away once the file has been read to its end. A bad line with
+    records after it means the file was damaged some other way: :class:`RunDirectoryError`
+    names it.
+    """
     if not path.exists():
-        return []
-    data = path.read_bytes()
-    records, good_end = [], 0
-    for line in data.splitlines(keepends=True):
-        if not line.endswith(b"\n"):
-            break
-        try:
-            records.append(json.loads(line))
-        except ValueError:
-            break
-        good_end += len(line)
-    if repair and good_end < len(data):
+        return
+    good_end, bad_line = 0, None
+    with open(path, "rb") as fh:
+        for number, line in enumerate(fh, 1):
+            if bad_line is not None:
+                raise RunDirectoryError(
+                    f"{path} line {bad_line} is not a complete JSON record with an 'id' and records follow it; "
+                    "the file was damaged (move it away to start the run again)"
+                )
+            record = _parse_record(line)
+            if record is None:
+                bad_line = number
+                continue
+            good_end += len(line)
+            yield record
+    if repair and bad_line is not None:
         with open(path, "r+b") as fh:
             fh.truncate(good_end)
-    return records
+
+
+def _parse_record(line: bytes) -> dict | None:
+    """The record on one line, or None when it is torn (no newline) or not a JSON object with an id."""
+    if not line.endswith(b"\n"):
+        return None
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) and "id" in record else None
 
 
 class RecordWriter:
@@ -63,8 +90,9 @@ class RecordWriter:
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
     def append(self, record: dict) -> None:
-        line = (json.dumps(to_jsonable(record), allow_nan=False) + "\n").encode()
-        os.write(self._fd, line)
+        line = memoryview((json.dumps(to_jsonable(record), allow_nan=False) + "\n").encode())
+        while line:  # write() may write less than asked (signals, nearly full disks)
+            line = line[os.write(self._fd, line) :]
         os.fsync(self._fd)
 
     def close(self) -> None:

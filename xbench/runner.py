@@ -3,7 +3,8 @@
 No method, task or model name appears here: everything comes from the registries.
 A failure inside a batch is retried on its halves down to single samples (this also
 absorbs CUDA out-of-memory); what still fails becomes a per-sample error record and
-the run goes on (``fail_fast`` stops instead).
+the run goes on (``fail_fast`` stops instead, with a :class:`SampleFailedError` naming
+the sample and the stage).
 """
 
 from __future__ import annotations
@@ -19,14 +20,18 @@ import numpy as np
 
 from xbench import cost, provenance
 from xbench.api import Generation, RelevanceMap, Sample, SampleError
-from xbench.errors import RunDirectoryError, XbenchError
+from xbench.errors import MapValidationError, ParameterError, RunDirectoryError, XbenchError
 from xbench.models import load_vlm
 from xbench.plugins import XbenchPlugins, default
-from xbench.records import SAMPLES, SUMMARY, RecordWriter, read_records, write_json_atomic
+from xbench.records import SAMPLES, SUMMARY, RecordWriter, iter_records, write_json_atomic
 
 DEFAULT_TASK = "easyvqa"
 DEFAULT_MODEL = "tiny-random-llava"
 INLINE_MAP_LIMIT = 1024  # grids with more cells go to maps/<id>.npy
+
+
+class SampleFailedError(XbenchError):
+    """A sample failed and ``fail_fast`` stopped the run (the message names sample and stage)."""
 
 
 @dataclass
@@ -87,34 +92,37 @@ def batched(items: Iterable, size: int) -> Iterator[list]:
         yield chunk
 
 
-def call_splitting(fn: Callable[[list], list], items: list, device, fail_fast: bool):
+def call_splitting(fn: Callable[[list], list], items: list, device):
     """``fn(items)`` timed; on failure retried on halves down to single items.
 
-    Yields ``(item, result | Exception, seconds_per_item, peak_gpu_bytes)``.
+    Yields ``(item, result | Exception, seconds_per_item, peak_gpu_bytes)``; an exception
+    is yielded only for a single item that failed on its own.
     """
+    if not items:  # every sample of the batch failed earlier (e.g. unreadable images)
+        return
     try:
         with cost.measure(device) as m:
             results = fn(items)
         if len(results) != len(items):
             raise XbenchError(f"returned {len(results)} results for {len(items)} inputs")
     except Exception as exc:
-        if fail_fast:
-            raise
         if len(items) == 1:
             yield items[0], exc, 0.0, None
             return
         if _is_oom(exc):
             _free_cuda()
         half = len(items) // 2
-        yield from call_splitting(fn, items[:half], device, fail_fast)
-        yield from call_splitting(fn, items[half:], device, fail_fast)
+        yield from call_splitting(fn, items[:half], device)
+        yield from call_splitting(fn, items[half:], device)
         return
     for item, result in zip(items, results):
         yield item, result, m.seconds / len(items), m.peak_gpu_bytes
 
 
 def _is_oom(exc: Exception) -> bool:
-    return "out of memory" in str(exc).lower()
+    import torch
+
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
 def _free_cuda() -> None:
@@ -135,9 +143,20 @@ class Run:
         self.config = config
         self.plugins = plugins or default()
         reg = self.plugins.registries
-        self.method = reg.methods.get(config.method)(**config.method_params)
+        if config.warmup < 0:
+            raise ParameterError(f"warmup must be 0 or more batches, got {config.warmup}")
+        if not 0 <= config.seed < 2**32:
+            raise ParameterError(f"seed must be between 0 and 2**32 - 1 (numpy's range), got {config.seed}")
+        method_cls, task_cls = reg.methods.get(config.method), reg.tasks.get(config.task)
+        try:
+            self.method = method_cls(**config.method_params)
+        except (TypeError, ValueError) as exc:
+            raise ParameterError(f"method {config.method!r}: bad parameters {config.method_params}: {exc}") from None
         self.method.seed = config.seed
-        self.task = reg.tasks.get(config.task)(config.split, config.data_dir, **config.task_params)
+        try:
+            self.task = task_cls(config.split, config.data_dir, **config.task_params)
+        except (TypeError, ValueError) as exc:
+            raise ParameterError(f"task {config.task!r}: bad parameters {config.task_params}: {exc}") from None
         metric_names = config.metrics if config.metrics is not None else reg.metrics.names()
         self.metrics = [reg.metrics.get(n)() for n in metric_names]
         self.out_dir = config.out_dir()
@@ -148,7 +167,7 @@ class Run:
     def execute(self) -> dict:
         cfg = self.config
         records_path = self._prepare_out_dir()
-        done = {r["id"] for r in read_records(records_path, repair=True)}
+        done = {r["id"] for r in iter_records(records_path, repair=True)}
         seed_everything(cfg.seed)
         started = provenance.now()
         self.vlm = load_vlm(cfg.model, self.plugins.registries, needs=self.method.needs, device=cfg.device, dtype=cfg.dtype)
@@ -165,14 +184,15 @@ class Run:
         total = None if cfg.limit is None else max(cfg.limit - len(done), 0)
         with RecordWriter(records_path) as writer, _progress(cfg.progress, total, self.method.name) as bar:
             for i, batch in enumerate(batched(pending, cfg.batch_size)):
-                if i < 1 and cfg.warmup:
+                if i < cfg.warmup:
                     self._warm_up(batch)
                 for outcome in self.process(batch):
-                    record = self.record(outcome)
+                    record = self._safe_record(outcome)
                     writer.append(record)
                     self.plugins.hook.xbench_sample_recorded(run=run_info, record=record)
                     bar.update(1)
-        summary = self.summarise(read_records(records_path), started)
+        # maps are left out: memory stays flat in the number of samples (maps are the bulk of a record)
+        summary = self.summarise([_without_map(r) for r in iter_records(records_path)], started)
         write_json_atomic(self.out_dir / SUMMARY, summary)
         self.plugins.hook.xbench_run_finished(run=run_info, summary=summary)
         return summary
@@ -183,11 +203,18 @@ class Run:
             raise RunDirectoryError(
                 f"{self.out_dir} already holds records; pass --resume to continue it or choose another --out"
             )
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RunDirectoryError(f"cannot create the run directory {self.out_dir}: {exc}") from None
         return path
 
     def _warm_up(self, batch: list) -> None:
-        """One untimed generate + explain on the first usable samples (errors surface later)."""
+        """One untimed generate + explain on the batch's usable samples.
+
+        Errors are ignored here: :meth:`process` meets them again and records (or, with
+        ``fail_fast``, raises) them with the sample they belong to.
+        """
         usable = [s for s in batch if isinstance(s, Sample)]
         try:
             usable = [s for s in usable if s.load_image() is not None]
@@ -195,8 +222,7 @@ class Run:
                 gens = self.vlm.generate(usable, [self.task.prompt(s) for s in usable], self.max_new_tokens, self.method.needs)
                 self.method.explain(self.vlm, gens)
         except Exception:
-            if self.config.fail_fast:
-                raise
+            pass
 
     # ---------------------------------------------------------------- one batch
     def process(self, batch: Sequence[Sample | SampleError]) -> list[Outcome]:
@@ -211,18 +237,16 @@ class Run:
                 s.load_image()
                 ready.append(s)
             except Exception as exc:
-                if self.config.fail_fast:
-                    raise
-                self._fail(outcomes[id(s)], describe(exc), "image")
+                self._fail(outcomes[id(s)], describe(exc), "image", exc)
 
         def generate(samples):
             return self.vlm.generate(samples, [self.task.prompt(s) for s in samples], self.max_new_tokens, self.method.needs)
 
         generated = []
-        for s, result, secs, peak in call_splitting(generate, ready, self.vlm.device, self.config.fail_fast):
+        for s, result, secs, peak in call_splitting(generate, ready, self.vlm.device):
             o = outcomes[id(s)]
             if isinstance(result, Exception):
-                self._fail(o, f"generation failed: {describe(result)}", "generate")
+                self._fail(o, f"generation failed: {describe(result)}", "generate", result)
             else:
                 o.generation, o.generate_s, o.generate_peak_gpu = result, secs, peak
                 generated.append(o)
@@ -230,25 +254,39 @@ class Run:
         def explain(items):
             return self.method.explain(self.vlm, [o.generation for o in items])
 
-        for o, result, secs, peak in call_splitting(explain, generated, self.vlm.device, self.config.fail_fast):
+        for o, result, secs, peak in call_splitting(explain, generated, self.vlm.device):
             if isinstance(result, Exception):
-                self._fail(o, f"method {self.method.name!r} failed: {describe(result)}", "explain")
+                self._fail(o, f"method {self.method.name!r} failed: {describe(result)}", "explain", result)
                 continue
             try:
+                if not isinstance(result, RelevanceMap):
+                    raise MapValidationError(
+                        f"method {self.method.name!r} returned a {type(result).__name__}, not a RelevanceMap"
+                    )
                 o.rmap = result.validate(o.generation.grid, self.method.name)
             except XbenchError as exc:
-                if self.config.fail_fast:
-                    raise
-                self._fail(o, str(exc), "explain")
+                self._fail(o, str(exc), "explain", exc)
                 continue
             o.explain_s, o.explain_peak_gpu = secs, peak
         return [outcomes[id(s)] for s in batch]
 
-    @staticmethod
-    def _fail(outcome: Outcome, message: str, stage: str) -> None:
+    def _fail(self, outcome: Outcome, message: str, stage: str, cause: BaseException | None = None) -> None:
+        """Mark ``outcome`` failed; with ``fail_fast`` stop the run instead."""
+        if self.config.fail_fast:
+            raise SampleFailedError(f"sample {outcome.sample.id!r} failed at {stage} (--fail-fast): {message}") from cause
         outcome.error, outcome.stage = message, stage
 
     # ---------------------------------------------------------------- records
+    def _safe_record(self, o: Outcome) -> dict:
+        """:meth:`record`, or an error record when scoring the sample fails."""
+        try:
+            return self.record(o)
+        except SampleFailedError:
+            raise
+        except Exception as exc:
+            self._fail(o, f"task {self.task.name!r} could not score the answer: {describe(exc)}", "score", exc)
+            return self.record(o)
+
     def record(self, o: Outcome) -> dict:
         s = o.sample
         if o.error is not None:
@@ -293,7 +331,9 @@ class Run:
                 values[metric.name] = metric.compute(sample, gen, rmap)
             except Exception as exc:
                 if self.config.fail_fast:
-                    raise
+                    raise SampleFailedError(
+                        f"sample {sample.id!r}: metric {metric.name!r} failed (--fail-fast): {describe(exc)}"
+                    ) from exc
                 values[metric.name] = None
                 sample.meta.setdefault("metric_errors", {})[metric.name] = describe(exc)
         return values
@@ -353,6 +393,11 @@ class Run:
         d["out"] = str(self.out_dir)
         d["max_new_tokens"] = self.max_new_tokens
         return d
+
+
+def _without_map(record: dict) -> dict:
+    record.pop("map", None)
+    return record
 
 
 def _metric(value, n: int, category: str, higher_is_better: bool | None) -> dict:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from xbench.errors import ModelLoadError, UnknownNameError
+from xbench.errors import ModelLoadError, ParameterError, UnknownNameError
 from xbench.registry import Registries
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
@@ -77,9 +77,12 @@ def check_model_dir(path: Path) -> dict:
     if missing:
         raise ModelLoadError(f"model directory {str(path)!r} is incomplete: missing {'; '.join(missing)}")
     try:
-        return json.loads((path / "config.json").read_text())
+        config = json.loads((path / "config.json").read_text())
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"cannot read {path / 'config.json'}: {exc}") from None
+    if not isinstance(config, dict):
+        raise ModelLoadError(f"{path / 'config.json'} holds a JSON {type(config).__name__}, not an object")
+    return config
 
 
 def model_hash(path: Path) -> str:
@@ -122,6 +125,21 @@ def default_dtype(device: str) -> str:
     return "bfloat16" if device.startswith("cuda") else "float32"
 
 
+def check_device(device: str) -> str:
+    """``device`` if torch knows it and it is present here, else :class:`ParameterError`."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ParameterError(f"unknown device {device!r}: {exc}") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (dev.index or 0) >= count:
+            raise ParameterError(f"device {device!r} is not available here ({count} CUDA devices)")
+    return device
+
+
 def load_vlm(
     name_or_path: str,
     registries: Registries,
@@ -143,9 +161,9 @@ def load_vlm(
         raise ModelLoadError(
             f"model {model_id!r} has model_type {model_type!r}, which no model family supports (supported: {known})"
         )
-    device = device or default_device()
+    device = check_device(device or default_device())
     dtype = dtype or default_dtype(device)
-    if not hasattr(torch, dtype) or not isinstance(getattr(torch, dtype), torch.dtype):
+    if not isinstance(getattr(torch, dtype, None), torch.dtype) or not getattr(torch, dtype).is_floating_point:
         raise ModelLoadError(f"unknown dtype {dtype!r} (use float32, bfloat16 or float16)")
     attn = "eager" if "attentions" in needs else "sdpa"
     vlm = families[0].load(path, device=device, dtype=getattr(torch, dtype), attn_implementation=attn)

@@ -51,12 +51,23 @@ class LlavaAdapter(VLM):
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
         try:
-            model = LlavaForConditionalGeneration.from_pretrained(
-                str(path), dtype=dtype, attn_implementation=attn_implementation, local_files_only=True
+            model, info = LlavaForConditionalGeneration.from_pretrained(
+                str(path),
+                dtype=dtype,
+                attn_implementation=attn_implementation,
+                local_files_only=True,
+                output_loading_info=True,
+                ignore_mismatched_sizes=True,  # reported below, by name
             )
             processor = AutoProcessor.from_pretrained(str(path), local_files_only=True)
-        except (OSError, ValueError, KeyError) as exc:
-            raise ModelLoadError(f"cannot load LLaVA model from {str(path)!r}: {exc}") from None
+        except Exception as exc:  # corrupt weights, bad tokenizer... all name the directory
+            raise ModelLoadError(f"cannot load LLaVA model from {str(path)!r}: {type(exc).__name__}: {exc}") from None
+        # transformers fills missing or mis-shaped weights with random values: refuse that
+        bad = [f"missing {k}" for k in info.get("missing_keys", [])]
+        bad += [f"{k} is {tuple(ckpt)} in the weights, {tuple(want)} in config.json" for k, ckpt, want in info.get("mismatched_keys", [])]
+        if bad:
+            shown = "; ".join(sorted(bad)[:3]) + (f" (and {len(bad) - 3} more)" if len(bad) > 3 else "")
+            raise ModelLoadError(f"weights in {str(path)!r} do not match its config.json: {shown}")
         model.to(device).eval()
         model.requires_grad_(False)
         return cls(model, processor, device, dtype, attn_implementation)

@@ -1,0 +1,381 @@
+"""Bad input corpus: every malformed input gets the clear message it must produce.
+
+Each :class:`Case` builds its inputs in a temporary folder and returns the ``xbench``
+arguments that use them; the command line runs in-process (``xbench.cli.main``). Three
+outcomes are allowed, all without a traceback and without "internal error":
+
+* ``exit=2`` and a one-line ``xbench: error: ...`` naming the thing at fault;
+* ``exit=0`` and one *error record* whose message names it (a bad sample must not stop a run);
+* ``exit=0`` and one *normal record* (inputs that look odd but are valid: grayscale,
+  RGBA, 1x1 images... are converted to RGB and explained like any other).
+
+Images and data files come through ``imagefiles``, a minimal file-based task defined here
+(``data_dir/questions.jsonl``: one ``{"id", "image", "question", "answer"}`` per line).
+Huge images: files over PIL's decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``,
+about 89 Mpx) are refused before decoding, as a per-sample error naming the file; larger-
+than-usual images under the limit are resized by the processor like any other.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import struct
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from xbench.api import Sample, SampleError, Task
+from xbench.errors import DataError
+from xbench.hookspecs import hookimpl
+
+# --------------------------------------------------------------------------- a file-based test task
+
+
+class ImageFiles(Task):
+    """Questions about image files listed in ``<data_dir>/questions.jsonl``."""
+
+    name = "imagefiles"
+    description = "test task: JSON lines of id, image (relative path), question, answer"
+
+    def samples(self, limit=None, seed=0):
+        if self.data_dir is None:
+            raise DataError("task 'imagefiles' needs --data-dir")
+        path = self.data_dir / "questions.jsonl"
+        try:
+            lines = path.read_text().splitlines()
+        except FileNotFoundError:
+            raise DataError(f"task 'imagefiles': {path} not found") from None
+        for n, line in enumerate(lines[:limit], 1):
+            try:
+                q = json.loads(line)
+                yield Sample(q["id"], q["question"], [q["answer"]], image_path=self.data_dir / q["image"])
+            except (ValueError, KeyError, TypeError) as exc:
+                yield SampleError(f"line-{n}", f"{path} line {n} is not a question record: {type(exc).__name__}: {exc}")
+
+    def score(self, sample, answer):
+        return {"accuracy": float(answer.strip().lower() in sample.answers)}
+
+
+class ImageFilesPlugin:
+    @hookimpl
+    def xbench_register_tasks(self, registry):
+        registry.register(ImageFiles)
+
+
+@pytest.fixture(scope="module")
+def corpus_plugins(tiny_model_dir):
+    from xbench.plugins import build
+
+    return build(extra_plugins=(ImageFilesPlugin(),), load_entry_points=False)
+
+
+# --------------------------------------------------------------------------- builders
+
+
+def png_bytes(image: Image.Image, fmt: str = "PNG") -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def png_claiming_size(width: int, height: int) -> bytes:
+    """A PNG whose header claims ``width x height`` (its data is a 1x1 image): a bomb's signature."""
+    data = bytearray(png_bytes(Image.new("RGB", (1, 1), "red")))
+    ihdr = 8 + 8  # signature, then length + b"IHDR"
+    data[ihdr : ihdr + 8] = struct.pack(">II", width, height)
+    data[ihdr + 13 : ihdr + 17] = struct.pack(">I", zlib.crc32(bytes(data[ihdr - 4 : ihdr + 13])))
+    return bytes(data)
+
+
+def shape_image(mode: str = "RGB", size=(64, 64)) -> Image.Image:
+    img = Image.new("RGB", size, (240, 240, 240))
+    w, h = size
+    img.paste((200, 30, 30), (w // 4, h // 4, max(w // 4 + 1, 3 * w // 4), max(h // 4 + 1, 3 * h // 4)))
+    return img.convert(mode)
+
+
+def gradient16() -> Image.Image:
+    """A 64x64 16-bit grayscale image spanning 0..65535."""
+    return Image.fromarray(np.linspace(0, 65535, 64 * 64).reshape(64, 64).astype(np.uint16))
+
+
+def run_args(data_dir: Path, out: Path, *extra: str) -> list[str]:
+    return ["run", "--method", "raw_attention", "--task", "imagefiles", "--data-dir", str(data_dir), "--out", str(out),
+            "--warmup", "0", "--no-progress", "--device", "cpu", *extra]  # fmt: skip
+
+
+def image_case(content: Callable[[], bytes] | None, name: str = "img.png") -> Callable[[Path], list[str]]:
+    """Arguments for one question about ``content`` written to ``name`` (None: no file; "dir": a folder)."""
+
+    def make(tmp: Path) -> list[str]:
+        data = tmp / "data"
+        data.mkdir()
+        if content == "dir":
+            (data / name).mkdir()
+        elif content is not None:
+            (data / name).write_bytes(content())
+        (data / "questions.jsonl").write_text(json.dumps({"id": "q1", "image": name, "question": "what colour is the shape?", "answer": "red"}) + "\n")
+        return run_args(data, tmp / "out", "--limit", "1")
+
+    return make
+
+
+def data_case(text: str | None) -> Callable[[Path], list[str]]:
+    """Arguments reading a questions file holding ``text`` (None: no file) next to a valid image."""
+
+    def make(tmp: Path) -> list[str]:
+        data = tmp / "data"
+        data.mkdir()
+        (data / "img.png").write_bytes(png_bytes(shape_image()))
+        if text is not None:
+            (data / "questions.jsonl").write_text(text)
+        return run_args(data, tmp / "out")
+
+    return make
+
+
+def model_case(change: Callable[[Path], Path | None]) -> Callable[[Path], list[str]]:
+    """Arguments using a copy of tiny-random-llava altered by ``change`` (which may return another path)."""
+
+    def make(tmp: Path) -> list[str]:
+        from xbench.plugins import default
+
+        model = tmp / "model"
+        shutil.copytree(default().registries.models.get("tiny-random-llava").locate(), model)
+        path = change(model)
+        path = path if isinstance(path, Path) else model
+        return ["run", "--method", "raw_attention", "--model", str(path), "--limit", "1", "--warmup", "0",
+                "--no-progress", "--device", "cpu", "--out", str(tmp / "out")]  # fmt: skip
+
+    return make
+
+
+def edit_json(name: str, fn: Callable[[dict], None]) -> Callable[[Path], None]:
+    def change(model: Path) -> None:
+        data = json.loads((model / name).read_text())
+        fn(data)
+        (model / name).write_text(json.dumps(data))
+
+    return change
+
+
+def drop_tensors(model: Path) -> None:
+    from safetensors.numpy import load_file, save_file
+
+    tensors = load_file(str(model / "model.safetensors"))
+    save_file({k: v for k, v in tensors.items() if "lm_head" not in k}, str(model / "model.safetensors"))
+
+
+def suite_case(text: str, *extra: str) -> Callable[[Path], list[str]]:
+    def make(tmp: Path) -> list[str]:
+        (tmp / "suite.toml").write_text(text)
+        return ["sweep", str(tmp / "suite.toml"), "--out", str(tmp / "sweep"), *extra]
+
+    return make
+
+
+def cli_case(*argv: str) -> Callable[[Path], list[str]]:
+    return lambda tmp: [a.replace("{tmp}", str(tmp)) for a in argv]
+
+
+def records_case(content: bytes, resume: bool = True) -> Callable[[Path], list[str]]:
+    """``run [--resume]`` on a run folder whose samples.jsonl holds ``content``."""
+
+    def make(tmp: Path) -> list[str]:
+        (tmp / "out").mkdir()
+        (tmp / "out" / "samples.jsonl").write_bytes(content)
+        return ["run", "--method", "raw_attention", "--limit", "1", "--warmup", "0", "--no-progress", "--device", "cpu",
+                "--out", str(tmp / "out")] + (["--resume"] if resume else [])  # fmt: skip
+
+    return make
+
+
+def file_case(name: str, content: bytes, *argv: str) -> Callable[[Path], list[str]]:
+    """``argv`` (``{file}`` replaced) after writing ``content`` to ``name``."""
+
+    def make(tmp: Path) -> list[str]:
+        (tmp / name).write_bytes(content)
+        return [a.replace("{file}", str(tmp / name)) for a in argv]
+
+    return make
+
+
+# --------------------------------------------------------------------------- the table
+
+
+@dataclass(frozen=True)
+class Case:
+    """``make(tmp) -> argv``; ``expect``: substrings of stderr (exit 2) or of the record's error (exit 0)."""
+
+    id: str
+    make: Callable[[Path], list[str]]
+    expect: tuple[str, ...] = ()
+    exit: int = 2
+    record: str | None = None  # "error": one error record; "ok": one normal record
+
+
+RUN = ("run", "--method", "raw_attention", "--limit", "1", "--warmup", "0", "--no-progress", "--device", "cpu", "--out", "{tmp}/o")
+VALID = 'models = ["tiny-random-llava"]\ntasks = ["easyvqa"]\nseeds = [0]\n[methods]\nrollout = {}\n[run]\nlimit = 1\n'
+
+CLI_CASES = [
+    Case("cli-no-command", cli_case(), ("the following arguments are required: command",)),
+    Case("cli-unknown-command", cli_case("rnu"), ("invalid choice: 'rnu'",)),
+    Case("cli-no-method", cli_case("run"), ("the following arguments are required: --method",)),
+    Case("cli-unknown-method", cli_case("run", "--method", "rolout"), ("unknown method 'rolout'. Did you mean 'rollout'?",)),
+    Case("cli-unknown-task", cli_case("run", "--method", "rollout", "--task", "easyvq"), ("unknown task 'easyvq'. Did you mean 'easyvqa'?",)),
+    Case("cli-unknown-model", cli_case("run", "--method", "rollout", "--model", "tiny-random-lava"), ("unknown model 'tiny-random-lava'. Did you mean 'tiny-random-llava'?",)),
+    Case("cli-unknown-metric", cli_case("run", "--method", "rollout", "--metrics", "pointing_game,energy"), ("unknown metric 'energy'",)),
+    Case("cli-limit-zero", cli_case("run", "--method", "rollout", "--limit", "0"), ("argument --limit: expected a positive integer, got '0'",)),
+    Case("cli-limit-text", cli_case("run", "--method", "rollout", "--limit", "ten"), ("argument --limit: expected a positive integer, got 'ten'",)),
+    Case("cli-batch-negative", cli_case("run", "--method", "rollout", "--batch-size", "-2"), ("argument --batch-size: expected a positive integer",)),
+    Case("cli-seed-text", cli_case("run", "--method", "rollout", "--seed", "x"), ("argument --seed: invalid int value: 'x'",)),
+    Case("cli-seed-negative", cli_case(*RUN, "--seed", "-1"), ("seed must be between 0 and 2**32 - 1",)),
+    Case("cli-warmup-negative", cli_case(*RUN, "--warmup", "-1"), ("warmup must be 0 or more batches, got -1",)),
+    Case("cli-param-no-equals", cli_case(*RUN, "--param", "residual"), ("--param expects key=value, got 'residual'",)),
+    Case("cli-param-unknown", cli_case(*RUN, "--param", "alpha=1"), ("method 'raw_attention' has no parameter(s) ['alpha']",)),
+    Case("cli-task-param-bad-value", cli_case(*RUN, "--task-param", "mask_tolerance=abc"), ("task 'easyvqa': bad parameters", "'abc'")),
+    Case("cli-split-unknown", cli_case(*RUN, "--split", "val"), ("task 'easyvqa' has no split 'val'; choose from ['test', 'train']",)),
+    Case("cli-dtype-unknown", cli_case(*RUN, "--dtype", "float33"), ("unknown dtype 'float33'",)),
+    Case("cli-dtype-not-float", cli_case(*RUN, "--dtype", "int8"), ("unknown dtype 'int8'",)),
+    Case("cli-device-unknown", cli_case(*RUN, "--device", "tpu"), ("unknown device 'tpu'",)),
+    Case("cli-device-absent", cli_case(*RUN, "--device", "cuda:3"), ("device 'cuda:3' is not available here",)),
+    Case("cli-out-is-a-file", file_case("f", b"x", *RUN[:-1], "{file}"), ("cannot create the run directory",)),
+    Case("cli-out-holds-records", records_case(b'{"id": "x"}\n', resume=False), ("already holds records; pass --resume",)),
+    Case("cli-sweep-unknown-executor", cli_case("sweep", "s.toml", "--executor", "dask"), ("invalid choice: 'dask'",)),
+    Case("cli-sweep-address-without-ray", suite_case(VALID, "--address", "auto"), ("--address applies to the ray executor, not 'local'",)),
+]
+
+SUITE_CASES = [
+    Case("suite-missing", cli_case("sweep", "{tmp}/nope.toml"), ("suite file", "nope.toml' not found")),
+    Case("suite-not-toml", suite_case("models = [\n"), ("is not valid TOML",)),
+    Case("suite-not-utf8", file_case("s.toml", b"\xff\xfe\x00", "sweep", "{file}"), ("suite file", "is not UTF-8 text")),
+    Case("suite-unknown-key", suite_case(VALID.replace("seeds", "seed")), ("suite: unknown key 'seed'. Did you mean 'seeds'?",)),
+    Case("suite-no-methods", suite_case('models = ["tiny-random-llava"]\n'), ("suite defines no methods",)),
+    Case("suite-unknown-method", suite_case(VALID.replace("rollout =", "rolout =")), ("unknown method 'rolout'. Did you mean 'rollout'?",)),
+    Case("suite-unknown-task", suite_case(VALID.replace('"easyvqa"', '"easy_vqa"')), ("unknown task 'easy_vqa'. Did you mean 'easyvqa'?",)),
+    Case("suite-unknown-model", suite_case(VALID.replace('"tiny-random-llava"', '"tiny-llava"')), ("unknown model 'tiny-llava'",)),
+    Case("suite-model-dir-missing", suite_case(VALID.replace('"tiny-random-llava"', '"/nonexistent/llava-7b"')), ("model directory '/nonexistent/llava-7b' does not exist",)),
+    Case("suite-seeds-text", suite_case(VALID.replace("seeds = [0]", 'seeds = ["a"]')), ("suite seeds must be a non-empty list of integers",)),
+    Case("suite-seeds-repeat", suite_case(VALID.replace("seeds = [0]", "seeds = [1, 1]")), ("suite seeds repeat a value: [1, 1]",)),
+    Case("suite-run-option-typo", suite_case(VALID + "batchsize = 2\n"), ("suite [run]: unknown key 'batchsize'. Did you mean 'batch_size'?",)),
+    Case("suite-limit-zero", suite_case(VALID.replace("limit = 1", "limit = 0")), ("suite [run] limit must be an integer >= 1, got 0",)),
+    Case("suite-limit-text", suite_case(VALID.replace("limit = 1", 'limit = "all"')), ("suite [run] limit must be an integer >= 1, got 'all'",)),
+    Case("suite-unknown-metric", suite_case(VALID + 'metrics = ["pointing"]\n'), ("unknown metric 'pointing'. Did you mean 'pointing_game'?",)),
+    Case("suite-method-param-unknown", suite_case(VALID.replace("rollout = {}", "rollout = {alpha = 1}")), ("method 'rollout' has no parameter(s) ['alpha']",)),
+    Case("suite-method-params-not-table", suite_case(VALID.replace("rollout = {}", "rollout = 3")), ("suite methods.rollout: parameters must be a table, got 3",)),
+    Case("suite-same-cell-twice", suite_case(VALID.replace("rollout = {}", "rollout = [{}, {residual = 0.5}]")), ("two cells would share the folder easyvqa/tiny-random-llava/rollout/seed0",)),
+    Case("suite-task-split-unknown", suite_case(VALID.replace('tasks = ["easyvqa"]\n', "") + '[tasks.easyvqa]\nsplit = "val"\n'), ("task 'easyvqa' has no split 'val'",)),
+    Case("suite-task-key-typo", suite_case(VALID.replace('tasks = ["easyvqa"]\n', "") + '[tasks.easyvqa]\nsplits = "test"\n'), ("suite [tasks.easyvqa]: unknown key 'splits'. Did you mean 'split'?",)),
+]
+
+DATA_CASES = [
+    Case("data-questions-missing", data_case(None), ("task 'imagefiles':", "questions.jsonl not found")),
+    Case("data-line-not-json", data_case("{oops\n"), ("questions.jsonl line 1 is not a question record: JSONDecodeError",), exit=0, record="error"),
+    Case("data-line-missing-field", data_case('{"id": "q1", "image": "img.png", "answer": "red"}\n'), ("line 1 is not a question record: KeyError: 'question'",), exit=0, record="error"),
+    Case("records-damaged-middle-line", records_case(b'{"id": "a"}\n{garbage\n{"id": "b"}\n'), ("samples.jsonl line 2 is not a complete JSON record",)),
+    Case("records-not-objects", records_case(b'[1]\n{"id": "b"}\n'), ("samples.jsonl line 1 is not a complete JSON record",)),
+]
+
+IMAGE_CASES = [
+    Case("image-corrupt", image_case(lambda: b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4), ("cannot read image", "img.png"), exit=0, record="error"),
+    Case("image-truncated", image_case(lambda: png_bytes(shape_image(size=(256, 256)).effect_spread(8))[:700]), ("cannot read image", "img.png"), exit=0, record="error"),
+    Case("image-empty-file", image_case(lambda: b""), ("cannot read image", "img.png"), exit=0, record="error"),
+    Case("image-missing", image_case(None), ("image file not found:", "img.png"), exit=0, record="error"),
+    Case("image-is-a-directory", image_case("dir"), ("cannot read image", "img.png"), exit=0, record="error"),
+    Case("image-text-file", image_case(lambda: b"not an image at all\n", "img.jpg"), ("cannot read image", "img.jpg"), exit=0, record="error"),
+    Case("image-huge-bomb", image_case(lambda: png_claiming_size(30000, 30000)), ("img.png refused as too large", "exceeds limit"), exit=0, record="error"),
+    Case("image-huge-over-limit", image_case(lambda: png_claiming_size(10000, 10000)), ("img.png refused as too large", "100000000 pixels"), exit=0, record="error"),
+    Case("image-grayscale", image_case(lambda: png_bytes(shape_image("L"))), exit=0, record="ok"),
+    Case("image-grayscale-16bit", image_case(lambda: png_bytes(gradient16())), exit=0, record="ok"),
+    Case("image-float-tiff", image_case(lambda: png_bytes(Image.fromarray(np.ones((8, 8), np.float32)), "TIFF"), "img.tif"), ("img.tif has floating-point pixels",), exit=0, record="error"),
+    Case("image-rgba", image_case(lambda: png_bytes(shape_image("RGBA"))), exit=0, record="ok"),
+    Case("image-palette", image_case(lambda: png_bytes(shape_image("P"))), exit=0, record="ok"),
+    Case("image-cmyk-jpeg", image_case(lambda: png_bytes(shape_image("CMYK"), "JPEG"), "img.jpg"), exit=0, record="ok"),
+    Case("image-1x1", image_case(lambda: png_bytes(Image.new("RGB", (1, 1), "red"))), exit=0, record="ok"),
+    Case("image-very-wide", image_case(lambda: png_bytes(shape_image(size=(2000, 3)))), exit=0, record="ok"),
+    Case("image-large-under-limit", image_case(lambda: png_bytes(shape_image(size=(4000, 3000)))), exit=0, record="ok"),
+    Case("image-jpeg-named-png", image_case(lambda: png_bytes(shape_image(), "JPEG")), exit=0, record="ok"),
+]
+
+MODEL_CASES = [
+    Case("model-dir-missing", cli_case(*RUN, "--model", "{tmp}/no-such-model"), ("no-such-model' does not exist",)),
+    Case("model-path-is-a-file", model_case(lambda m: m / "config.json"), ("config.json' is not a directory",)),
+    Case("model-no-config", model_case(lambda m: (m / "config.json").unlink()), ("is incomplete: missing config.json",)),
+    Case("model-no-weights", model_case(lambda m: (m / "model.safetensors").unlink()), ("is incomplete: missing model.safetensors or",)),
+    Case("model-no-tokenizer", model_case(lambda m: [(m / f).unlink() for f in ("tokenizer.json", "tokenizer_config.json")] and None), ("is incomplete: missing tokenizer.json or",)),
+    Case("model-config-bad-json", model_case(lambda m: (m / "config.json").write_text('{"model_type": "llava",')), ("cannot read", "config.json")),
+    Case("model-config-not-object", model_case(lambda m: (m / "config.json").write_text("[]")), ("config.json holds a JSON list, not an object",)),
+    Case("model-type-unsupported", model_case(edit_json("config.json", lambda c: c.update(model_type="bert"))), ("has model_type 'bert', which no model family supports (supported: ['llava'])",)),
+    Case("model-type-absent", model_case(edit_json("config.json", lambda c: c.pop("model_type"))), ("has model_type None, which no model family supports",)),
+    Case("model-weights-corrupt", model_case(lambda m: (m / "model.safetensors").write_bytes(b"\x00" * 64)), ("cannot load LLaVA model from", "SafetensorError")),
+    Case("model-weights-missing-tensors", model_case(drop_tensors), ("do not match its config.json: missing lm_head.weight",)),
+    Case("model-weights-wrong-shape", model_case(edit_json("config.json", lambda c: c["text_config"].update(hidden_size=32))), ("do not match its config.json", "in the weights")),
+    Case("model-tokenizer-bad-json", model_case(lambda m: (m / "tokenizer.json").write_text("{")), ("cannot load LLaVA model from",)),
+]
+
+#: FastRM proxy checkpoints (missing file, corrupt weights, wrong hidden size for the model,
+#: proxy trained on another grid...). Engineers of the FastRM method add their cases here;
+#: they run with the rest of the table.
+FASTRM_PROXY_CASES: list[Case] = []
+
+CASES = CLI_CASES + SUITE_CASES + DATA_CASES + IMAGE_CASES + MODEL_CASES + FASTRM_PROXY_CASES
+
+
+def test_the_corpus_is_large_and_ids_are_unique():
+    assert len(CASES) >= 30
+    assert len({c.id for c in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input(case, corpus_plugins, tmp_path, monkeypatch, capsys):
+    import xbench.plugins
+    import xbench.runner
+    from xbench.cli import main
+
+    monkeypatch.setattr(xbench.runner, "default", lambda: corpus_plugins)
+    monkeypatch.setattr(xbench.plugins, "default", lambda: corpus_plugins)
+    monkeypatch.chdir(tmp_path)
+    argv = case.make(tmp_path)
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse
+        code = exc.code
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "internal error" not in err, err
+    assert code == case.exit, err
+    if case.exit:
+        assert err.startswith(("xbench: error: ", "usage: xbench")), err
+        for text in case.expect:
+            assert text in err, f"{text!r} not in {err!r}"
+        return
+    records = [json.loads(line) for line in (tmp_path / "out" / "samples.jsonl").read_text().splitlines()]
+    assert len(records) == 1
+    record = records[0]
+    if case.record == "error":
+        for text in case.expect:
+            assert text in record["error"], f"{text!r} not in {record['error']!r}"
+    else:
+        assert "error" not in record, record.get("error")
+        assert record["grid"] == [8, 8] and np.isfinite(record["map"]).all()
+        assert isinstance(record["answer"], str) and record["scores"]["accuracy"] in (0.0, 1.0)
+
+
+def test_16_bit_grayscale_keeps_its_contrast():
+    """PIL alone clips 16-bit values at 255 (a white image); to_rgb scales by 1/257 instead."""
+    from xbench.api import to_rgb
+
+    img = gradient16()
+    assert img.mode.startswith("I")
+    expected = np.round(np.asarray(img, dtype=np.float64) / 257.0)
+    rgb = np.asarray(to_rgb(img))
+    assert rgb.shape == (64, 64, 3) and rgb.dtype == np.uint8
+    for channel in range(3):
+        np.testing.assert_array_equal(rgb[..., channel], expected)
+    assert (np.asarray(img.convert("RGB"))[..., 0] == 255).mean() > 0.99  # what the naive conversion gives

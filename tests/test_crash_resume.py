@@ -1,0 +1,140 @@
+"""Crash safety: a run killed with SIGKILL at random points and resumed loses and duplicates nothing.
+
+The kill test drives the real command line (``python -m xbench.cli run ... --resume``) in a
+child process and kills it at 11 seeded random points: 4 a random time after start (most
+land in imports or model loading, which are cheap to kill), 7 a random moment after the
+child wrote its 1st-3rd new record (inside the next sample's compute or write). Each kill
+costs a process start (importing torch and transformers dominates), hence so few. Batch size 1 keeps each sample's computation independent
+of where a resume starts, so the final records must equal an uninterrupted run's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from xbench.errors import RunDirectoryError
+from xbench.records import RecordWriter, read_records
+from xbench.runner import RunConfig, run
+
+N_SAMPLES = 32
+KILL_SEED = 8
+TIMING_KEYS = {"generate_ms", "explain_ms", "generate_peak_gpu_mib", "explain_peak_gpu_mib"}
+
+
+def _lines(path: Path) -> int:
+    try:
+        return path.read_bytes().count(b"\n")
+    except FileNotFoundError:
+        return 0
+
+
+def _kill_plan(rng: random.Random) -> list[tuple[str, float, int]]:
+    """11 kills: 4 at a random time after start, 7 a random moment after 1-3 new records."""
+    modes = ["startup"] * 4 + ["records"] * 7
+    rng.shuffle(modes)
+    return [(m, rng.uniform(0.2, 3.0) if m == "startup" else rng.uniform(0.0, 0.08), rng.randint(1, 3)) for m in modes]
+
+
+def _strip(record: dict) -> dict:
+    return {k: v for k, v in record.items() if k not in TIMING_KEYS}
+
+
+def test_sigkill_at_random_points_then_resume_loses_and_duplicates_nothing(tmp_path, plugins, tiny_model_dir):
+    out = tmp_path / "run"
+    samples = out / "samples.jsonl"
+    cmd = [sys.executable, "-m", "xbench.cli", "run", "--method", "raw_attention", "--limit", str(N_SAMPLES)]
+    cmd += ["--batch-size", "1", "--warmup", "0", "--no-progress", "--device", "cpu", "--out", str(out), "--resume"]
+    log = open(tmp_path / "stderr.log", "w+b")
+    kills, history = 0, []
+    for mode, delay, n_new in _kill_plan(random.Random(KILL_SEED)):
+        before = _lines(samples)
+        child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
+        if mode == "records":
+            deadline = time.monotonic() + 120
+            while _lines(samples) < before + n_new and child.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.005)
+        time.sleep(delay)
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        kills += child.returncode == -signal.SIGKILL
+        history.append((mode, round(delay, 3), n_new, before, _lines(samples), child.returncode))
+    print("kills (mode, delay s, new records awaited, lines before, lines after, rc):", *history, sep="\n  ")
+    assert kills >= 10, f"only {kills} kills hit a running process: {history}"
+    assert not (out / "summary.json").exists(), f"the run ended before the last kill: {history}"
+
+    final = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=300)
+    log.seek(0)
+    assert final.returncode == 0, final.stderr + log.read().decode()
+    assert "Traceback" not in final.stderr
+
+    raw = samples.read_bytes()
+    assert raw.endswith(b"\n")
+    records = [json.loads(line) for line in raw.decode().splitlines()]  # every line is valid JSON
+    expected = [s.id for s in plugins.registries.tasks.get("easyvqa")().samples(N_SAMPLES, 0)]
+    assert [r["id"] for r in records] == expected, f"lost or duplicated ids; kills: {history}"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_records"] == summary["n_ok"] == N_SAMPLES
+
+    # the same run without interruption writes the same records (timings aside)
+    clean = tmp_path / "clean"
+    run(RunConfig(method="raw_attention", limit=N_SAMPLES, batch_size=1, warmup=0, device="cpu", out=clean, progress=False))
+    assert [_strip(r) for r in records] == [_strip(r) for r in read_records(clean / "samples.jsonl")]
+
+
+def test_a_torn_last_line_is_cut_away_on_resume_and_its_sample_redone(tmp_path, plugins, tiny_model_dir):
+    out = tmp_path / "run"
+    config = RunConfig(method="raw_attention", limit=3, batch_size=1, warmup=0, device="cpu", out=out, progress=False)
+    run(config)
+    path = out / "samples.jsonl"
+    whole = path.read_bytes()
+    lines = whole.splitlines(keepends=True)
+    path.write_bytes(b"".join(lines[:2]) + lines[2][: len(lines[2]) // 2])  # a crash inside the 3rd write
+    (out / "summary.json").unlink()
+    assert [r["id"] for r in read_records(path)] == [json.loads(x)["id"] for x in lines[:2]]
+    config.resume = True
+    summary = run(config)
+    redone = path.read_bytes().splitlines(keepends=True)
+    assert len(redone) == 3 and [json.loads(x)["id"] for x in redone] == [json.loads(x)["id"] for x in lines]
+    assert summary["n_records"] == 3
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [b"{not json}\n", b"[1, 2]\n", b'{"no_id": 1}\n', b"\x00\x00\x00\n"],
+    ids=["not-json", "not-an-object", "no-id", "nul-bytes"],
+)
+def test_a_damaged_line_before_other_records_is_an_error_naming_it(tmp_path, damage):
+    path = tmp_path / "samples.jsonl"
+    with RecordWriter(path) as writer:
+        writer.append({"id": "a"})
+    with open(path, "ab") as fh:
+        fh.write(damage)
+    with RecordWriter(path) as writer:
+        writer.append({"id": "b"})
+    with pytest.raises(RunDirectoryError, match=rf"{path} line 2 is not a complete JSON record"):
+        read_records(path, repair=True)
+    assert path.read_bytes().count(b"\n") == 3  # nothing truncated
+
+
+def test_summary_is_replaced_atomically(tmp_path, monkeypatch):
+    from xbench import records
+
+    target = tmp_path / "summary.json"
+    records.write_json_atomic(target, {"v": 1})
+
+    def crash(src, dst):
+        raise KeyboardInterrupt  # dies between writing the temporary file and renaming it
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(KeyboardInterrupt):
+        records.write_json_atomic(target, {"v": 2})
+    assert json.loads(target.read_text()) == {"v": 1}
