@@ -50,8 +50,9 @@ class EasyVQA(Task):
     max_new_tokens = 4
     answer_metrics = {"accuracy": True}
 
-    def __init__(self, split=None, data_dir=None, mask_tolerance: int = 16, **params) -> None:
-        super().__init__(split, data_dir, mask_tolerance=int(mask_tolerance), **params)
+    def __init__(self, split=None, data_dir=None, mask_tolerance: int = 16) -> None:
+        """``data_dir`` is not used: the data ships with the ``easy-vqa`` package."""
+        super().__init__(split, None, mask_tolerance=int(mask_tolerance))
         import easy_vqa
 
         if self.split == "train":

@@ -64,3 +64,11 @@ def test_aggregate_by_kind():
     agg = task.aggregate(recs)
     assert agg["accuracy"] == pytest.approx(2 / 3)
     assert agg["accuracy[colour]"] == 0.5 and agg["accuracy[shape]"] == 1.0
+
+
+def test_unknown_task_param_is_refused(plugins, tmp_path):
+    from xbench.runner import RunConfig, run
+
+    with pytest.raises(ParameterError, match="task 'easyvqa': bad parameters.*mask_tolerence"):
+        run(RunConfig(method="uniform", model="tiny-random-llava", limit=1, out=tmp_path / "r",
+                      task_params={"mask_tolerence": 3}, progress=False), plugins)

@@ -1,8 +1,10 @@
 """Cost measurement: wall time (synchronised on CUDA), peak GPU memory, peak RSS.
 
 Peak GPU memory is ``None`` without CUDA (a CPU build reports 0, which would read as
-"free"). Peak RSS is the kernel's high-water mark for this process (``ru_maxrss``),
-which no sampling can miss; it covers the whole process, model loading included.
+"free"). Peak RSS is the kernel's high-water mark for this process (``VmHWM`` in
+/proc/self/status; ``ru_maxrss`` elsewhere), which no sampling can miss; it covers the
+whole process, model loading included. ``VmHWM`` starts afresh at exec, whereas Linux
+carries ``ru_maxrss`` over from the parent that forked the process.
 """
 
 from __future__ import annotations
@@ -50,6 +52,13 @@ def measure(device):
 
 def peak_rss_mib() -> float:
     """This process's peak resident set size in MiB."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 2**10  # kB
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
