@@ -7,7 +7,10 @@ A. *warm-up*: the vision tower + projector learn to classify the image's shape a
    output, i.e. what the language model reads);
 B. *QA*: the whole model learns teacher-forced cross-entropy on ``answer </s>`` after
    the exact prompt xbench's LLaVA adapter builds (``USER: <image>\\n{question}\\n{instruction}
-   ASSISTANT:``), with the warm-up loss kept at ``aux_weight``.
+   ASSISTANT:``), with the warm-up loss kept at ``aux_weight``. Questions are drawn evenly
+   over answer groups within each kind, and a linear probe at the answer position (after
+   the first LM layer) predicts what the question names and the image's shape and colour:
+   together they get the 2-layer model past the yes/no prior (see :class:`AuxHead`).
 
 Images are augmented with horizontal flips and shifts (edge-replicated) in both phases.
 Evaluation is greedy decoding on the full easy-vqa test split, left-padded with position
@@ -61,6 +64,8 @@ class Recipe:
     lr_warmup: int = 50  # linear warm-up steps of each phase's cosine schedule
     weight_decay: float = 0.01
     aux_weight: float = 0.5
+    probe_weight: float = 0.5  # question probe on the answer position after ``probe_layer`` LM layers
+    probe_layer: int = 1
     balance: bool = True  # sample questions evenly over answer groups within each kind
     max_shift: int = 4  # pixels
     flip: bool = True
@@ -89,6 +94,7 @@ class EasyVQAData:
     answers: list[str]
     kinds: list[str]
     q_weight: torch.Tensor | None = None  # sampling weights of the questions (None: uniform)
+    q_words: torch.Tensor | None = None  # long [Q, 3]: see :func:`question_labels`
 
     def __len__(self) -> int:
         return len(self.questions)
@@ -142,6 +148,7 @@ def load_split(split: str, processor, max_images: int | None = None, max_questio
     blank = Image.new("RGB", images[0].shape[1:][::-1])
     tok = processor.tokenizer
     prompt_cache: dict[str, list[int]] = {}
+    answer_cache: dict[str, list[int]] = {}
     data = EasyVQAData(
         images=torch.from_numpy(np.stack(images)),
         labels=torch.tensor([labels[i] for i in keep_ids], dtype=torch.long),
@@ -157,13 +164,17 @@ def load_split(split: str, processor, max_images: int | None = None, max_questio
             prompt_cache[sample.question] = list(processor(images=[blank], text=[text])["input_ids"][0])
         rows.append(row_of[img])
         data.q_prompt.append(prompt_cache[sample.question])
-        data.q_answer.append(tok(sample.answers[0], add_special_tokens=False)["input_ids"] + [tok.eos_token_id])
+        answer = sample.answers[0]
+        if answer not in answer_cache:
+            answer_cache[answer] = tok(answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        data.q_answer.append(answer_cache[answer])
         data.questions.append(sample.question)
         data.answers.append(sample.answers[0])
         data.kinds.append(sample.meta["kind"])
         if max_questions and len(rows) >= max_questions:
             break
     data.q_image = torch.tensor(rows, dtype=torch.long)
+    data.q_words = torch.tensor([question_labels(q) for q in data.questions], dtype=torch.long).view(-1, 3)
     return data
 
 
@@ -190,6 +201,14 @@ def balanced_weights(data: EasyVQAData) -> torch.Tensor:
     kind_share = {k: data.kinds.count(k) / len(data) for k in groups_of_kind}
     w = [kind_share[k] / len(groups_of_kind[k]) / per_group[g] for g, k in zip(groups, data.kinds)]
     return torch.tensor(w, dtype=torch.double)
+
+
+def question_labels(question: str) -> tuple[int, int, int]:
+    """What a question names: colour index (8: none), shape index (3: none), negated (0/1)."""
+    words = question.lower().rstrip("?").split()
+    colour = next((COLOURS.index(w) for w in words if w in COLOURS), len(COLOURS))
+    shape = next((SHAPES.index(w) for w in words if w in SHAPES), len(SHAPES))
+    return colour, shape, int(bool(set(words) & {"not", "no"}))
 
 
 def pixel_values(images: torch.Tensor, processor) -> torch.Tensor:
@@ -244,11 +263,27 @@ def qa_batch(data: EasyVQAData, idx: torch.Tensor, pad_id: int):
 
 # --------------------------------------------------------------------------- model pieces
 class AuxHead(torch.nn.Module):
-    """Shape and colour logits from the mean image token (discarded after training)."""
+    """Auxiliary linear heads (discarded after training).
+
+    ``loss``: shape and colour of the image from the mean image token. ``probe_loss``:
+    from the language model's hidden state at the answer position, the colour and shape
+    the question names, whether it is negated, and the image's shape and colour. The probe
+    puts both sides of a yes/no comparison at the answer position early; without it a
+    2-layer model can sit for thousands of steps at the yes/no prior (its attention is
+    spread over 64 image tokens and the question words get little of it).
+    """
 
     def __init__(self, dim: int) -> None:
         super().__init__()
         self.linear = torch.nn.Linear(dim, len(SHAPES) + len(COLOURS))
+        self.sizes = (len(COLOURS) + 1, len(SHAPES) + 1, 2, len(SHAPES), len(COLOURS))
+        self.probe = torch.nn.Linear(dim, sum(self.sizes))
+
+    def probe_loss(self, hidden: torch.Tensor, words: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """``words``: :func:`question_labels` rows; ``labels``: the images' (shape, colour), -100 unknown."""
+        targets = torch.cat([words, labels], dim=1)
+        parts = torch.split(self.probe(hidden), self.sizes, dim=1)
+        return sum(F.cross_entropy(p, targets[:, k], ignore_index=-100) for k, p in enumerate(parts))
 
     def loss(self, image_tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         logits = self.linear(image_tokens.mean(dim=1))
@@ -294,11 +329,23 @@ def new_model(shape: TinyLlavaShape, seed: int):
     return LlavaForConditionalGeneration(config), processor
 
 
+def qa_outputs(model, data: EasyVQAData, idx: torch.Tensor, pv: torch.Tensor, pad_id: int, layer: int | None = None):
+    """``(loss, hidden)``: mean cross-entropy of the answer tokens and </s> (teacher-forced), and with
+    ``layer`` the hidden state after that many LM layers at each row's answer position (else None)."""
+    ids, mask, pos, labels = qa_batch(data, idx, pad_id)
+    out = model(input_ids=ids, pixel_values=pv, attention_mask=mask, position_ids=pos, use_cache=False,
+                output_hidden_states=layer is not None)  # fmt: skip
+    logits = out.logits
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100)
+    if layer is None:
+        return loss, None
+    first = (labels != -100).int().argmax(dim=1)  # the position predicting the first answer token
+    return loss, out.hidden_states[layer][torch.arange(len(idx)), first]
+
+
 def qa_loss(model, data: EasyVQAData, idx: torch.Tensor, pv: torch.Tensor, pad_id: int) -> torch.Tensor:
     """Mean cross-entropy of the answer tokens and </s> (teacher-forced)."""
-    ids, mask, pos, labels = qa_batch(data, idx, pad_id)
-    logits = model(input_ids=ids, pixel_values=pv, attention_mask=mask, position_ids=pos, use_cache=False).logits
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100)
+    return qa_outputs(model, data, idx, pv, pad_id)[0]
 
 
 def train_step(model, head: AuxHead, optimizer, scheduler, data: EasyVQAData, processor, gen: torch.Generator,
@@ -310,7 +357,7 @@ def train_step(model, head: AuxHead, optimizer, scheduler, data: EasyVQAData, pr
         rows = torch.randint(0, len(data.images), (recipe.warmup_batch,), generator=gen)
         pv = pixel_values(augment(data.images[rows], gen, recipe.max_shift, recipe.flip), processor)
         aux = head.loss(image_tokens(model, pv), data.labels[rows])
-        loss, qa = aux, None
+        loss, qa, probe = aux, None, None
     else:
         if data.q_weight is None:
             idx = torch.randint(0, len(data), (recipe.qa_batch,), generator=gen)
@@ -318,10 +365,14 @@ def train_step(model, head: AuxHead, optimizer, scheduler, data: EasyVQAData, pr
             idx = torch.multinomial(data.q_weight, recipe.qa_batch, replacement=True, generator=gen)
         rows = data.q_image[idx]
         pv = pixel_values(augment(data.images[rows], gen, recipe.max_shift, recipe.flip), processor)
+        probe_layer = recipe.probe_layer if recipe.probe_weight > 0 else None
         with capture_image_tokens(model) as store:
-            qa = qa_loss(model, data, idx, pv, pad_id)
+            qa, hidden = qa_outputs(model, data, idx, pv, pad_id, probe_layer)
         aux = head.loss(store[0], data.labels[rows])
-        loss = qa + recipe.aux_weight * aux
+        loss, probe = qa + recipe.aux_weight * aux, None
+        if hidden is not None:
+            probe = head.probe_loss(hidden, data.q_words[idx], data.labels[rows])
+            loss = loss + recipe.probe_weight * probe
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     params = [p for g in optimizer.param_groups for p in g["params"]]
@@ -331,6 +382,8 @@ def train_step(model, head: AuxHead, optimizer, scheduler, data: EasyVQAData, pr
     out = {"loss": loss.item(), "aux": aux.item()}
     if qa is not None:
         out["qa"] = qa.item()
+    if probe is not None:
+        out["probe"] = probe.item()
     return out
 
 
@@ -411,6 +464,12 @@ def deterministic(threads: int):
         torch.set_num_threads(before_threads)
 
 
+def git_sha() -> str | None:
+    from xbench.provenance import git_sha as sha
+
+    return sha()
+
+
 def hardware() -> str:
     if torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
@@ -427,7 +486,7 @@ def train(recipe: Recipe = Recipe(), progress: bool = True, evaluate_test: bool 
     """Train per ``recipe``; return ``(model, processor, info)`` where ``info`` has losses, wall times, accuracy."""
     from tqdm.auto import tqdm
 
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     with deterministic(recipe.threads), torch.random.fork_rng(devices=[]):
         model, processor = new_model(recipe.shape, recipe.seed)
         head = AuxHead(recipe.shape.text_hidden)  # seeded right after the model
@@ -462,12 +521,14 @@ def train(recipe: Recipe = Recipe(), progress: bool = True, evaluate_test: bool 
             "wall_s": {"data": t_data - t0, "train": t_train - t_data},
             "hardware": hardware(),
             "torch": torch.__version__,
+            "xbench_git_sha": git_sha(),
         }
         if evaluate_test:
             test = load_split("test", processor, max_questions=recipe.eval_limit)
             info["test"] = evaluate(model, processor, test, recipe.eval_batch, progress)
             info["wall_s"]["evaluate"] = time.perf_counter() - t_train
     info["wall_s"]["total"] = time.perf_counter() - t0
+    info["cpu_s"] = time.process_time() - cpu0
     return model, processor, info
 
 
@@ -531,9 +592,13 @@ def model_card(info: dict) -> str:
         f"  token; {r['warmup_steps']} steps, batch {r['warmup_batch']} images, AdamW lr {r['warmup_lr']}.",
         f"- B. QA: whole model, teacher-forced cross-entropy on `answer </s>`, plus the warm-up loss at weight",
         f"  {r['aux_weight']}; {r['qa_steps']} steps, batch {r['qa_batch']} questions, AdamW lr {r['qa_lr']}.",
+        f"  Questions are drawn {'evenly over answer groups within each question kind (yes/no also split by negation)' if r.get('balance') else 'uniformly'}.",
+        f"  A linear probe on the LM's hidden state after {r.get('probe_layer', 1)} layer(s) at the answer position predicts the",
+        f"  colour and shape the question names, its negation and the image's shape and colour (weight {r.get('probe_weight', 0)}).",
         f"- Both phases: {r['lr_warmup']} linear warm-up steps then cosine decay, weight decay {r['weight_decay']},",
-        f"  gradient clipping {r['grad_clip']}, horizontal flips and shifts up to {r['max_shift']} px.",
-        f"- Labels of the auxiliary head come from the train questions (shape/colour named or decided by yes/no).",
+        f"  gradient clipping {r['grad_clip']}, horizontal flips and shifts up to {r['max_shift']} px (edge-replicated).",
+        f"- Shape/colour labels of the images come from the train questions (named, or decided by yes/no answers).",
+        f"- The auxiliary heads are dropped; the shipped weights are the LLaVA model's alone.",
         "",
         "## Results",
         "",
@@ -541,7 +606,9 @@ def model_card(info: dict) -> str:
     w = info["wall_s"]
     lines += [
         f"Hardware: {info['hardware']}; torch {info['torch']}.",
-        f"Wall time: {w['train']:.0f} s training, {w.get('evaluate', 0):.0f} s evaluation, {w['total']:.0f} s in all.",
+        f"Wall time: {w['train']:.0f} s training, {w.get('evaluate', 0):.0f} s evaluation, {w['total']:.0f} s in all"
+        + (f" ({info['cpu_s']:.0f} s of CPU time)" if "cpu_s" in info else "")
+        + "; wall time grows when other jobs share the cores.",
         "",
     ]
     if "test" in info:
@@ -554,8 +621,18 @@ def model_card(info: dict) -> str:
         ]
         lines += [f"| {k} | {v['n']:,} | {v['accuracy']:.4f} |" for k, v in t["by_kind"].items()]
         lines += [f"| **all** | {t['n']:,} | **{t['accuracy']:.4f}** |", ""]
-    lines += ["## Reproduce", "", "```", info.get("command", f"xbench zoo train {MODEL_NAME} --out DIR"), "```", ""]
+    lines += ["## Reproduce", "", "```", reproduce_command(r), "```", ""]
     return "\n".join(lines)
+
+
+def reproduce_command(recipe: dict) -> str:
+    """The ``xbench zoo train`` command line giving ``recipe`` (flags only where it differs from the default)."""
+    default = _recipe_dict(Recipe())
+    cmd = f"xbench zoo train {MODEL_NAME} --out DIR --seed {recipe['seed']}"
+    for key in ("warmup_steps", "qa_steps", "threads", "eval_limit"):
+        if recipe.get(key) != default[key]:
+            cmd += f" --{key.replace('_', '-')} {recipe[key]}"
+    return cmd
 
 
 def recipe_from_args(seed: int, warmup_steps: int | None, qa_steps: int | None, **overrides) -> Recipe:
