@@ -74,6 +74,15 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--param", action="append", metavar="KEY=VALUE", help="method parameter (repeatable)")
     p.add_argument("--task-param", action="append", metavar="KEY=VALUE", help="task parameter (repeatable)")
     p.add_argument("--metrics", help="comma-separated metric names (default: all registered)")
+    p.add_argument("--metric-param", action="append", metavar="KEY=VALUE",
+                   help="metric parameter, given to every metric that declares KEY (e.g. tau=0.3, steps=16)")
+    p.add_argument("--reference", default=None,
+                   help="reference method of the agreement metrics, run on the same generations (default gradient_relevancy)")
+    p.add_argument("--reference-param", action="append", metavar="KEY=VALUE", help="reference method parameter")
+    p.add_argument("--reference-run", type=Path,
+                   help="read the reference maps from this earlier run of the same model, task and samples")
+    p.add_argument("--control", choices=["randomized"],
+                   help="also explain on a seeded random-weight copy of the model; metrics get a [control] column")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when present)")
     p.add_argument("--dtype", help="float32, bfloat16, float16 (default: bfloat16 on GPU, float32 on CPU)")
     p.add_argument("--max-new-tokens", type=positive_int)
@@ -107,7 +116,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         warmup=args.warmup,
         fail_fast=args.fail_fast,
         progress=not args.no_progress,
+        metric_params=parse_params(args.metric_param, "--metric-param"),
+        reference_params=parse_params(args.reference_param, "--reference-param"),
+        reference_run=args.reference_run,
+        control=args.control,
     )
+    if args.reference:
+        config.reference = args.reference
     summary = run(config)
     print(f"run {summary['run_id']}: {summary['n_ok']} samples explained, {summary['n_errors']} errors")
     print(f"records: {Path(summary['config']['out']) / 'samples.jsonl'}")
