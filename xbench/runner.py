@@ -317,7 +317,7 @@ class Run:
             "grid": list(rmap.grid.shape),
         }
         if rmap.grid.size <= INLINE_MAP_LIMIT:
-            record["map"] = np.round(rmap.grid, 6)
+            record["map"] = compact_map(rmap.grid)
         else:
             maps_dir = self.out_dir / "maps"
             maps_dir.mkdir(exist_ok=True)
@@ -327,7 +327,7 @@ class Run:
         if self.control is not None:
             record["metrics"].update(self._control_metrics(s, gen, o, context))
             if o.control is not None and o.control.grid.size <= INLINE_MAP_LIMIT:
-                record["control_map"] = np.round(o.control.grid, 6)
+                record["control_map"] = compact_map(o.control.grid)
             if o.control_error:
                 record["control_error"] = o.control_error
         return record
@@ -442,6 +442,11 @@ class Run:
 
 def _metric(value, n: int, category: str, higher_is_better: bool | None, ci95=None) -> dict:
     return {"value": value, "n": n, "category": category, "higher_is_better": higher_is_better, "ci95": ci95}
+
+
+def compact_map(grid: np.ndarray) -> list:
+    """A map for JSON: each value to 7 significant digits (float32 precision, short text)."""
+    return [[float(f"{v:.7g}") for v in row] for row in np.asarray(grid, dtype=np.float32).reshape(grid.shape[0], -1)]
 
 
 def build_metrics(classes: list, params: dict[str, Any]) -> list:
