@@ -140,6 +140,7 @@ def _leaderboard_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", default="github", choices=FORMATS)
     p.add_argument("--task", help="only this task")
     p.add_argument("--sort-by", help="metric column to sort by (best first)")
+    p.add_argument("--columns", help="comma-separated metric patterns to show, e.g. 'accuracy,agreement_f1*,*_ms_p50'")
     p.add_argument("--output", type=Path, help="write to this file instead of stdout")
 
 
@@ -148,7 +149,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     """Tables of methods x metrics, one per task and model, from run summaries."""
     from xbench.leaderboard import render
 
-    text = render(args.dir, args.format, args.task, args.sort_by)
+    text = render(args.dir, args.format, args.task, args.sort_by, args.columns)
     if args.output:
         args.output.write_text(text)
         print(f"wrote {args.output}")
