@@ -30,6 +30,16 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "xbench.methods.raw_attention",
     "xbench.methods.rollout",
     "xbench.methods.gradient_relevancy",
+    "xbench.methods.saliency",
+    "xbench.methods.input_x_gradient",
+    "xbench.methods.integrated_gradients",
+    "xbench.methods.gradient_shap",
+    "xbench.methods.smoothgrad",
+    "xbench.methods.occlusion",
+    "xbench.methods.feature_ablation",
+    "xbench.methods.layer_gradcam",
+    "xbench.methods.random_map",
+    "xbench.methods.uniform",
     "xbench.tasks.easyvqa",
 )
 
