@@ -213,7 +213,7 @@ def test_map_entropy_hand_computed():
 def test_confidence_auroc_hand_computed():
     m = ConfidenceAUROC()
     sample = Sample("s", "q", ["a"])
-    assert m.compute(sample, None, RelevanceMap(np.ones((2, 2), np.float32), extras={"confidence": 0.25})) == 0.25
+    assert m.compute(sample, None, RelevanceMap(np.ones((2, 2), np.float32), extras={"confidence": 0.25})) == 0.75
     assert m.compute(sample, None, RelevanceMap(np.ones((2, 2), np.float32))) == pytest.approx(1.0)
     values = [0.9, 0.5, 0.3, 0.4, None]
     records = [{"scores": {"accuracy": a}} for a in (0.0, 1.0, 0.0, 1.0, 0.0)]

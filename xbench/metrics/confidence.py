@@ -1,10 +1,10 @@
 """Confidence: can a method's uncertainty tell wrong answers from right ones?
 
-Per sample the metric records an uncertainty score: ``extras["confidence"]`` when the
-method provides one (FastRM records there the entropy of its normalised predicted map:
-higher means less certain), otherwise the entropy of the map itself, normalised to [0, 1]:
-``H(p) / log(P)`` with ``p = clip(map, 0) / sum`` over the P patches (a map with no
-positive value counts as uniform, entropy 1).
+Per sample the metric records an uncertainty score: ``1 - extras["confidence"]`` when the
+method provides a confidence (higher = more certain; FastRM's is ``1 - entropy / log(P)`` of
+its predicted map normalised to a distribution), otherwise the entropy of the map itself,
+normalised to [0, 1]: ``H(p) / log(P)`` with ``p = clip(map, 0) / sum`` over the P patches
+(a map with no positive value counts as uniform, entropy 1).
 
 The run's value is the AUROC of that score for predicting wrong answers (a sample is wrong
 when the task's ``score_key`` score, default ``accuracy``, is below ``wrong_below``,
@@ -43,7 +43,7 @@ class ConfidenceAUROC(Metric):
 
     def compute(self, sample, generation, rmap):
         if "confidence" in rmap.extras:
-            return float(rmap.extras["confidence"])
+            return 1.0 - float(rmap.extras["confidence"])
         return map_entropy(rmap.grid)
 
     def aggregate(self, values, records):
