@@ -133,7 +133,10 @@ def pareto_front(points: Sequence[tuple[float, float]], higher_is_better: bool) 
 
 
 def pareto_figure(runs: list[RunData], quality: Sequence[str], latency: str) -> tuple[str | None, list[str]]:
-    """``(data URI, metrics shown)`` of a figure with one panel per quality metric present."""
+    """``(data URI, metrics shown)`` of a figure with one panel per quality metric present.
+
+    Each run keeps one colour and marker across panels (legend below); front points are labelled.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -142,27 +145,33 @@ def pareto_figure(runs: list[RunData], quality: Sequence[str], latency: str) -> 
     shown = [q for q in quality if any(q in r.summary["metrics"] and latency in r.summary["metrics"] for r in runs)]
     if not shown:
         return None, []
-    fig, axes = plt.subplots(1, len(shown), figsize=(4.2 * len(shown), 3.6), squeeze=False)
+    one_group = len({r.group for r in runs}) == 1
+    labels = [r.label if one_group else f"{r.label} ({r.group[1]})" for r in runs]
+    colours = plt.get_cmap("tab20").colors
+    markers = "osD^vP*Xh<>p"
+    style = {lab: (colours[i % len(colours)], markers[i % len(markers)]) for i, lab in enumerate(labels)}
+    fig, axes = plt.subplots(1, len(shown), figsize=(4.0 * len(shown), 3.5), squeeze=False)
+    handles = {}
     for ax, metric in zip(axes[0], shown):
-        pts, labels, xerr, yerr = [], [], [], []
-        hib = True
-        for r in runs:
+        pts, names, hib = [], [], True
+        for r, label in zip(runs, labels):
             m = r.summary["metrics"]
             if metric not in m or latency not in m or m[metric]["value"] is None or m[latency]["value"] is None:
                 continue
             hib = m[metric].get("higher_is_better") is not False
             x, y = m[latency]["value"], m[metric]["value"]
+            colour, marker = style[label]
+            xe, ye = _err(x, m[latency].get("ci95")), _err(y, m[metric].get("ci95"))
+            h = ax.errorbar([x], [y], xerr=[[xe[0]], [xe[1]]], yerr=[[ye[0]], [ye[1]]], fmt=marker, color=colour,
+                            ecolor=colour, elinewidth=0.8, alpha=0.9, capsize=2, markersize=6, zorder=3)
+            handles.setdefault(label, h)
             pts.append((x, y))
-            labels.append(r.label if len({rr.group for rr in runs}) == 1 else f"{r.label} ({r.group[1]})")
-            xerr.append(_err(x, m[latency].get("ci95")))
-            yerr.append(_err(y, m[metric].get("ci95")))
-        xs, ys = np.array([p[0] for p in pts]), np.array([p[1] for p in pts])
-        ax.errorbar(xs, ys, xerr=np.array(xerr).T, yerr=np.array(yerr).T, fmt="o", color="#1f77b4",
-                    ecolor="#9ecae1", capsize=2, zorder=3)
+            names.append(label)
         front = pareto_front(pts, hib)
-        ax.plot(xs[front], ys[front], "-", color="#d62728", lw=1.5, zorder=2, label="Pareto front")
-        for (x, y), label in zip(pts, labels):
-            ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+        xs, ys = np.array([p[0] for p in pts]), np.array([p[1] for p in pts])
+        ax.plot(xs[front], ys[front], "--", color="#444", lw=1, zorder=2)
+        for i in front:
+            ax.annotate(names[i], pts[i], textcoords="offset points", xytext=(4, 4), fontsize=7)
         log = bool(len(xs)) and xs.min() > 0 and xs.max() / xs.min() > 10
         if log:
             from matplotlib.ticker import NullFormatter
@@ -173,8 +182,10 @@ def pareto_figure(runs: list[RunData], quality: Sequence[str], latency: str) -> 
         ax.set_ylabel(f"{metric} ({'higher' if hib else 'lower'} is better)")
         ax.set_title(f"{metric} vs latency", fontsize=10)
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
+    fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(7, len(handles)), fontsize=8,
+               frameon=False)
+    rows = math.ceil(len(handles) / 7)
+    fig.tight_layout(rect=(0, 0.06 * rows + 0.02, 1, 1))
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
@@ -279,8 +290,9 @@ def build_report(
     if figure:
         parts.append(
             f"<img src='{figure}' alt='quality versus latency, one panel per metric' style='max-width:100%'>"
-            f"<p class='note'>Each point is a run; bars: 95% bootstrap intervals over samples; the red line joins the "
-            f"methods no other method beats on both latency ({esc(latency)}) and quality. Panels: {esc(', '.join(shown))}.</p>"
+            f"<p class='note'>Each point is a run; bars: 95% bootstrap intervals over samples; the dashed line joins "
+            f"(and labels) the methods no other method beats on both latency ({esc(latency)}) and quality. "
+            f"Panels: {esc(', '.join(shown))}.</p>"
         )
     else:
         parts.append(f"<p class='note'>No run has {esc(latency)} with any of {esc(', '.join(quality))}.</p>")
