@@ -183,3 +183,26 @@ def test_random_order_deletion_is_worse_than_gradient_relevancy_on_the_default_m
     m = summary["metrics"]
     assert m["deletion_auc"]["n"] == m["deletion_auc_random"]["n"] == 24
     assert m["deletion_auc_random"]["value"] > m["deletion_auc"]["value"]
+
+
+CATEGORIES = {"answer", "agreement", "faithfulness", "localisation", "confidence", "cost"}
+
+
+def test_every_registered_metric_keeps_the_contract_in_a_default_run(plugins, tmp_path):
+    """Every metric (built-in or not) declares what the leaderboard needs and lands in a default run."""
+    reg = plugins.registries.metrics
+    for entry in reg:
+        cls = entry.obj
+        assert cls.category in CATEGORIES and cls.higher_is_better in (True, False, None), entry.name
+        assert cls.needs <= {"model", "reference"} and cls.description, entry.name
+        cls()  # defaults construct
+    summary = run(_cfg(tmp_path / "r", method="rollout", limit=3, control="randomized",
+                       metric_params={"steps": 2}), plugins)
+    records = read_records(tmp_path / "r" / "samples.jsonl")
+    for entry in reg:
+        cols = [entry.name] + ([entry.name + CONTROL] if entry.obj.uses_map else [])
+        for col in cols:
+            assert all(col in r["metrics"] for r in records), col
+            values = [r["metrics"][col] for r in records]
+            assert all(v is None or np.isfinite(v) for v in values), col
+    assert {"agreement_f1", "deletion_auc", "energy_in_mask", "top_region_iou"} <= set(summary["metrics"])

@@ -103,3 +103,15 @@ def test_report_renders_in_headless_chromium_with_every_image_loaded(runs, tmp_p
     # the check itself notices a broken image
     broken = check(text.replace("<h2>Leaderboard</h2>", "<img src='data:image/png;base64,AAAA' alt='bad'><h2>Leaderboard</h2>"))
     assert broken["broken"] == ["bad"]
+
+
+def test_sidecar_maps_are_read(tmp_path):
+    import numpy as np
+
+    from xbench.report import record_map
+
+    (tmp_path / "maps").mkdir()
+    np.save(tmp_path / "maps" / "s1.npy", np.arange(4, dtype=np.float32).reshape(2, 2))
+    np.testing.assert_array_equal(record_map(tmp_path, {"map_file": "maps/s1.npy"}), [[0, 1], [2, 3]])
+    assert record_map(tmp_path, {"map": [[1, 2]]}).tolist() == [[1.0, 2.0]]
+    assert record_map(tmp_path, {"map_file": "maps/missing.npy"}) is None

@@ -215,15 +215,25 @@ def esc(text: Any) -> str:
     return html.escape(str(text), quote=True)
 
 
-def _answer_cell(record: dict | None, image, sample_id: str) -> str:
+def record_map(run_dir: Path, record: dict) -> np.ndarray | None:
+    """The record's map: inline, or from its ``maps/*.npy`` sidecar (None if unreadable)."""
+    if record.get("map") is not None:
+        return np.asarray(record["map"], dtype=np.float32)
+    try:
+        return np.load(Path(run_dir) / record["map_file"], allow_pickle=False)
+    except (KeyError, OSError, ValueError):
+        return None
+
+
+def _answer_cell(record: dict | None, run_dir: Path, image, sample_id: str) -> str:
     if record is None:
         return "<td>not in this run</td>"
     if "error" in record:
         return f"<td><span class='bad'>error</span> {esc(record.get('stage', ''))}: {esc(record['error'])}</td>"
-    grid = record.get("map")
+    grid = record_map(run_dir, record)
     if grid is None:
-        return f"<td>map in {esc(record.get('map_file', '?'))}</td>"
-    uri = png_data_uri(overlay(image, np.asarray(grid, dtype=np.float32)))
+        return f"<td>map unreadable ({esc(record.get('map_file', '?'))})</td>"
+    uri = png_data_uri(overlay(image, grid))
     acc = (record.get("scores") or {}).get("accuracy")
     mark = "" if acc is None else (" <span class='ok'>✓</span>" if acc >= 1 else " <span class='bad'>✗</span>")
     return (f"<td><img src='{uri}' alt='map for {esc(sample_id)}'>answer: <b>{esc(record.get('answer', ''))}</b>"
@@ -252,7 +262,7 @@ def sample_grid(runs: list[RunData], n_samples: int) -> str:
             gold = ", ".join(str(g) for g in first.get("gold", []))
             info = (f"<td class='q'>{pic}<div><b>{esc(first.get('question', ''))}</b></div>"
                     f"<div>gold: {esc(gold)}</div><div class='note'>{esc(sid)}</div></td>")
-            cells = "".join(_answer_cell(ix.get(sid), img, sid) for ix in indexed)
+            cells = "".join(_answer_cell(ix.get(sid), r.path, img, sid) for ix, r in zip(indexed, group))
             rows.append(f"<tr>{info}{cells}</tr>")
         caption = f"task: {task} · model: {model}" + (f" — {note}" if note else "")
         tables.append(
