@@ -123,6 +123,11 @@ class RandomizedControl:
 
     def bind(self, vlm, task) -> None:
         self.vlm = vlm.randomized(self.seed)
+        # same config; the weights exist only in memory, so no model hash, but say where they came from
+        self.vlm.config_hash = getattr(vlm, "config_hash", None)
+        self.vlm.model_hash = None
+        self.vlm.randomized_from = {"model": getattr(vlm, "name", None), "model_hash": getattr(vlm, "model_hash", None),
+                                    "seed": self.seed}
 
     def maps(self, vlm, generations: Sequence[Generation], own_maps) -> list:
         if "hidden_states" in self.method.needs:
