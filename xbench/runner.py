@@ -375,17 +375,9 @@ class Run:
             metrics[name] = _metric(value, len(ok), "answer", direction, answer_ci.get(name))
         for metric in self.metrics:
             for column in self._columns(metric):
-                vals = [r["metrics"].get(column) for r in ok]
-                value = metric.aggregate(vals, ok)
-                if value is None:
-                    continue
-                ci = stats.bootstrap(
-                    lambda idx: {column: metric.aggregate([vals[i] for i in idx], [ok[i] for i in idx])}, len(ok), seed=seed
-                )[column]
-                n = sum(v is not None for v in vals)
-                control = column != metric.name
-                entry = _metric(value, n, metric.category, None if control else metric.higher_is_better, ci)
-                metrics[column] = {**entry, "control_of": metric.name} if control else entry
+                entry = self._summarise_metric(metric, column, ok)
+                if entry is not None:
+                    metrics[column] = entry
         for key in ("explain_ms", "generate_ms"):
             values = np.array([r[key] for r in ok], dtype=float)
             pct = cost.percentiles(values.tolist())
@@ -429,6 +421,22 @@ class Run:
             "config": self._config_dict(),
             "provenance": {**provenance.environment(vlm.device), "started": started, "finished": provenance.now()},
         }
+
+    def _summarise_metric(self, metric, column: str, ok: list[dict]) -> dict | None:
+        """The run's value of one metric column with its bootstrap interval (None: never applied)."""
+        vals = [r["metrics"].get(column) for r in ok]
+        value = metric.aggregate(vals, ok)
+        if value is None:
+            return None
+
+        def statistic(idx):
+            return {"v": metric.aggregate([vals[i] for i in idx], [ok[i] for i in idx])}
+
+        ci = stats.bootstrap(statistic, len(ok), seed=self.config.seed)["v"]
+        n = sum(v is not None for v in vals)
+        if column == metric.name:
+            return _metric(value, n, metric.category, metric.higher_is_better, ci)
+        return {**_metric(value, n, metric.category, None, ci), "control_of": metric.name}
 
     def _columns(self, metric) -> list[str]:
         return [metric.name] + ([metric.name + CONTROL] if self.control is not None and metric.uses_map else [])
