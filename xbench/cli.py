@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[a
 #: modules whose ``@command`` functions join the CLI (imported when the parser is built)
 COMMAND_MODULES: tuple[str, ...] = (
     "xbench.report",
+    "xbench.zoo.commands",
 )
 
 
