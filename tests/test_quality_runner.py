@@ -178,11 +178,13 @@ def test_random_order_deletion_is_worse_than_gradient_relevancy_on_the_default_m
     """Acceptance: on the default model, deleting patches in gradient relevancy's order lowers the
     answer's probability faster than a random order (the in-run control)."""
     cfg = RunConfig(method="gradient_relevancy", model=DEFAULT_MODEL, limit=24, out=tmp_path / "g", warmup=0,
-                    progress=False, batch_size=8, metrics=["deletion_auc", "deletion_auc_random"])
+                    progress=False, batch_size=8, metrics=["deletion_auc", "deletion_auc_random"],
+                    metric_params={"steps": 8})
     summary = run(cfg, plugins)
     m = summary["metrics"]
     assert m["deletion_auc"]["n"] == m["deletion_auc_random"]["n"] == 24
-    assert m["deletion_auc_random"]["value"] > m["deletion_auc"]["value"]
+    assert m["deletion_auc_random"]["value"] > m["deletion_auc"]["value"] + 0.02, (m["deletion_auc"], m["deletion_auc_random"])
+    assert summary["model"]["id"] == DEFAULT_MODEL == "tiny-llava-easyvqa" and m["accuracy"]["value"] > 0.9
 
 
 CATEGORIES = {"answer", "agreement", "faithfulness", "localisation", "confidence", "cost"}
