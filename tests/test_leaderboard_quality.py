@@ -58,6 +58,18 @@ def test_single_runs_keep_intervals_averaged_runs_do_not(root):
     assert "| twice    | 2      | 0.9          | 0.5              | —" in text
 
 
+def test_interval_kept_where_only_one_run_gives_the_metric(root):
+    extra = _summary("twice", 0.5, [0.4, 0.6], 25.0)
+    extra["metrics"] = {"confidence_auroc": {"value": 0.7, "n": 900, "category": "confidence",
+                                             "higher_is_better": True, "ci95": [0.6, 0.8]}}
+    (root / "b3").mkdir()
+    (root / "b3" / "summary.json").write_text(json.dumps(extra))
+    table, _ = load(root)
+    two = table[table.method == "twice"].iloc[0]
+    assert two["runs"] == 3 and two["confidence_auroc"] == 0.7 and two["confidence_auroc_ci95_lo"] == 0.6
+    assert pd.isna(two["agreement_f1_ci95_lo"]) and two["agreement_f1"] == pytest.approx(0.5)
+
+
 def test_arrows_control_columns_and_order(root):
     text = render(root)
     header = [line for line in text.splitlines() if line.startswith("| method")][0]

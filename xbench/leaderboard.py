@@ -5,7 +5,8 @@ columns (answer, agreement, faithfulness, localisation, confidence) then cost co
 table per task x model. A cell reads ``mean ± h``: the run's value and half the width of
 its 95% bootstrap interval over samples (computed by the runner, see ``summary.json``;
 csv/json give the bounds as ``<metric>_ci95_lo`` / ``_ci95_hi``). Several runs of one
-method are averaged (``runs`` counts them) and shown without an interval. A column
+method are averaged (``runs`` counts them): a metric that several runs give is their mean,
+shown without an interval; a metric only one of them gives keeps that run's value and interval. A column
 ``name[control]`` is ``name`` on the randomized-weights control model; it has no arrow.
 """
 
@@ -29,7 +30,7 @@ ID_COLUMNS = ("task", "model", "method", "runs")
 LO, HI = "_ci95_lo", "_ci95_hi"
 NOTE = (
     "Cells: mean over samples ± half the width of its 95% percentile bootstrap interval (1000 seeded resamples "
-    "of the samples; rows averaging several runs show no interval). ↑ higher is better, ↓ lower is better. "
+    "of the samples; a value averaged over several runs of a method shows no interval). ↑ higher is better, ↓ lower is better. "
     "`name[control]`: the same metric for the method on the model with re-randomised weights (`--control "
     "randomized`); `*_random`: a random patch order, the control of deletion/insertion. Cost: milliseconds per "
     "sample (p50/p95), peak memory in MiB."
@@ -47,7 +48,7 @@ def _roots(root: Path | str | Iterable[Path | str]) -> list[Path]:
 
 def load(root, task: str | None = None) -> tuple[pd.DataFrame, dict[str, dict]]:
     """``(frame, columns)``: one row per (task, model, method+params), metric values averaged
-    over runs, with ``<metric>_ci95_lo/hi`` for single-run rows; ``columns`` maps each metric
+    over the runs that have it, with ``<metric>_ci95_lo/hi`` where one run gave the value; ``columns`` maps each metric
     to its ``category`` and ``higher_is_better``. ``root``: a folder, a summary, or several."""
     rows, columns = [], {}
     for r in _roots(root):
@@ -71,7 +72,10 @@ def load(root, task: str | None = None) -> tuple[pd.DataFrame, dict[str, dict]]:
     grouped = pd.concat([ids, values], axis=1).groupby(["task", "model", "method"], sort=True)
     runs = grouped.size().rename("runs")
     table = pd.concat([runs, grouped.mean()], axis=1).reset_index()
-    table.loc[table["runs"] > 1, ci_cols] = float("nan")
+    counts = grouped[metric_cols].count().reset_index(drop=True)
+    for col in metric_cols:  # an interval belongs to one run: drop it where several runs were averaged
+        several = (counts[col] > 1).to_numpy()
+        table.loc[several, [col + LO, col + HI]] = float("nan")
     return table, columns
 
 
