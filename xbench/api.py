@@ -285,17 +285,87 @@ class Task:
         return None
 
 
+@dataclass
+class MetricContext:
+    """What the runner hands to a metric that declares :attr:`Metric.needs` (one per sample and map).
+
+    * ``vlm``: the model under explanation (``"model"`` in needs): re-forward perturbed
+      inputs with ``vlm.forward(generation, pixel_values=batch)``;
+    * ``reference``: the reference method's map for the same generation (``"reference"``
+      in needs), computed in the same run or read from an earlier run; None when it is
+      unavailable, with ``reference_error`` saying why;
+    * ``cache``: a dict shared by every metric of one sample (the main map and its control
+      map alike), for work that does not depend on the map (e.g. a random-order curve);
+    * ``seed``: the run seed; :meth:`rng` gives map-independent randomness.
+    """
+
+    vlm: "VLM | None" = None
+    reference: RelevanceMap | None = None
+    reference_error: str | None = None
+    seed: int = 0
+    cache: dict[str, Any] = field(default_factory=dict)
+
+    def rng(self, purpose: str, sample_id: str) -> np.random.Generator:
+        """A generator fixed by the run seed, ``purpose`` and the sample id (the same for every method)."""
+        import hashlib
+
+        digest = hashlib.sha256(f"{self.seed}:{purpose}:{sample_id}".encode()).digest()
+        return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+
+
 class Metric:
-    """A per-sample map metric. ``compute`` returns a float, or None when it does not apply
-    (for example no ground-truth mask); the run summary averages the floats."""
+    """A per-sample map metric, summarised per run.
+
+    ``compute(sample, generation, rmap)`` returns a float, or None when it does not apply
+    (for example no ground-truth mask). A metric that needs more than the map declares it
+    in :attr:`needs` (a subset of ``{"model", "reference"}``); the runner then calls
+    ``compute(sample, generation, rmap, context)`` with a :class:`MetricContext`. Metrics
+    with empty ``needs`` are called with three arguments, as before.
+
+    :meth:`aggregate` turns the per-sample values into the run's value (default: their
+    mean); the runner also bootstraps it over samples for a 95% interval.
+    Constructor keyword arguments are the metric's parameters (``--metric-param k=v``),
+    declared with defaults by :meth:`default_params`. ``uses_map = False`` marks a
+    control value that ignores the map: the runner does not repeat it for ``--control``.
+    """
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     category: ClassVar[str] = ""  # answer | agreement | faithfulness | localisation | confidence | cost
     higher_is_better: ClassVar[bool | None] = True
+    needs: ClassVar[frozenset[str]] = frozenset()  # subset of {"model", "reference"}
+    uses_map: ClassVar[bool] = True
 
-    def compute(self, sample: Sample, generation: Generation, rmap: RelevanceMap) -> float | None:
+    def __init__(self, **params: Any) -> None:
+        unknown = set(params) - set(self.default_params())
+        if unknown:
+            from xbench.errors import ParameterError
+
+            raise ParameterError(
+                f"metric {self.name!r} has no parameter(s) {sorted(unknown)}; "
+                f"it takes {sorted(self.default_params()) or 'none'}"
+            )
+        self.params = {**self.default_params(), **params}
+
+    @classmethod
+    def default_params(cls) -> dict[str, Any]:
+        """The parameters this metric accepts, with their defaults."""
+        return {}
+
+    def compute(
+        self, sample: Sample, generation: Generation, rmap: RelevanceMap, context: MetricContext | None = None
+    ) -> float | None:
         raise NotImplementedError
+
+    def aggregate(self, values: Sequence[float | None], records: Sequence[Mapping[str, Any]]) -> float | None:
+        """The run's value from per-sample ``values`` (None where it did not apply).
+
+        ``records[i]`` is the successful record ``values[i]`` came from (with ``scores``
+        and ``meta``), for run-level metrics such as an AUROC over samples. Default: the
+        mean of the floats, None if there is none.
+        """
+        floats = [float(v) for v in values if v is not None]
+        return float(np.mean(floats)) if floats else None
 
 
 class VLM:
@@ -313,3 +383,17 @@ class VLM:
 
     def forward(self, generation: Generation, *, output_attentions: bool = False, inputs_embeds=None):
         raise NotImplementedError
+
+    def randomized(self, seed: int) -> "VLM":
+        """A new adapter on the same architecture and config with freshly, seeded, randomly
+        initialised weights (the sanity control ``--control randomized``)."""
+        from xbench.errors import ModelLoadError
+
+        raise ModelLoadError(f"model family {type(self).__name__} cannot build a randomized control")
+
+    def last_hidden_states(self, generation: Generation):
+        """Teacher-forced last-layer hidden states ``[len(prompt) + len(answer) - 1, d]``, as
+        :meth:`generate` keeps them (used to give a control model's states to a method)."""
+        from xbench.errors import ModelLoadError
+
+        raise ModelLoadError(f"model family {type(self).__name__} cannot return hidden states")

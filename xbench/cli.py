@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[a
 #: modules whose ``@command`` functions join the CLI (imported when the parser is built)
 COMMAND_MODULES: tuple[str, ...] = (
     "xbench.cli_sweep",
+    "xbench.report",
     "xbench.zoo.commands",
 )
 
@@ -77,6 +78,15 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--param", action="append", metavar="KEY=VALUE", help="method parameter (repeatable)")
     p.add_argument("--task-param", action="append", metavar="KEY=VALUE", help="task parameter (repeatable)")
     p.add_argument("--metrics", help="comma-separated metric names (default: all registered)")
+    p.add_argument("--metric-param", action="append", metavar="KEY=VALUE",
+                   help="metric parameter, given to every metric that declares KEY (e.g. tau=0.3, steps=16)")
+    p.add_argument("--reference", default=None,
+                   help="reference method of the agreement metrics, run on the same generations (default gradient_relevancy)")
+    p.add_argument("--reference-param", action="append", metavar="KEY=VALUE", help="reference method parameter")
+    p.add_argument("--reference-run", type=Path,
+                   help="read the reference maps from this earlier run of the same model, task and samples")
+    p.add_argument("--control", choices=["randomized"],
+                   help="also explain on a seeded random-weight copy of the model; metrics get a [control] column")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when present)")
     p.add_argument("--dtype", help="float32, bfloat16, float16 (default: bfloat16 on GPU, float32 on CPU)")
     p.add_argument("--max-new-tokens", type=positive_int)
@@ -110,7 +120,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         warmup=args.warmup,
         fail_fast=args.fail_fast,
         progress=not args.no_progress,
+        metric_params=parse_params(args.metric_param, "--metric-param"),
+        reference_params=parse_params(args.reference_param, "--reference-param"),
+        reference_run=args.reference_run,
+        control=args.control,
     )
+    if args.reference:
+        config.reference = args.reference
     summary = run(config)
     print(f"run {summary['run_id']}: {summary['n_ok']} samples explained, {summary['n_errors']} errors")
     print(f"records: {Path(summary['config']['out']) / 'samples.jsonl'}")
@@ -128,6 +144,7 @@ def _leaderboard_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", default="github", choices=FORMATS)
     p.add_argument("--task", help="only this task")
     p.add_argument("--sort-by", help="metric column to sort by (best first)")
+    p.add_argument("--columns", help="comma-separated metric patterns to show, e.g. 'accuracy,agreement_f1*,*_ms_p50'")
     p.add_argument("--output", type=Path, help="write to this file instead of stdout")
 
 
@@ -136,7 +153,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     """Tables of methods x metrics, one per task and model, from run summaries."""
     from xbench.leaderboard import render
 
-    text = render(args.dir, args.format, args.task, args.sort_by)
+    text = render(args.dir, args.format, args.task, args.sort_by, args.columns)
     if args.output:
         args.output.write_text(text)
         print(f"wrote {args.output}")

@@ -35,7 +35,10 @@ def xbench_register_metrics(registry):
     """Register per-sample map metrics.
 
     :param registry: the metric registry; call ``registry.register(cls)`` with an
-        :class:`xbench.api.Metric` subclass.
+        :class:`xbench.api.Metric` subclass. A metric computes from the sample, the
+        generation and the map alone, unless it declares ``needs`` (``"model"``,
+        ``"reference"``): then the runner also passes a :class:`xbench.api.MetricContext`
+        holding the model and the reference method's map for the same generation.
     """
 
 

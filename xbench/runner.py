@@ -1,10 +1,16 @@
-"""The run loop: for each batch, generate -> explain (timed) -> score -> append records.
+"""The run loop: for each batch, generate -> explain (timed) -> companions -> score -> append records.
 
 No method, task or model name appears here: everything comes from the registries.
 A failure inside a batch is retried on its halves down to single samples (this also
 absorbs CUDA out-of-memory); what still fails becomes a per-sample error record and
 the run goes on (``fail_fast`` stops instead, with a :class:`SampleFailedError` naming
 the sample and the stage).
+
+Companion maps (:mod:`xbench.companions`: the reference for metrics that need one, the
+``--control`` map) are made after the timed explain. Metrics declaring ``needs`` get a
+:class:`~xbench.api.MetricContext`; each metric is also computed on the control map
+(column ``name[control]``). The summary gives every metric a seeded 95% bootstrap interval
+over samples (:mod:`xbench.stats`).
 """
 
 from __future__ import annotations
@@ -18,8 +24,8 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from xbench import cost, provenance
-from xbench.api import Generation, RelevanceMap, Sample, SampleError
+from xbench import companions, cost, provenance, stats
+from xbench.api import Generation, MetricContext, RelevanceMap, Sample, SampleError
 from xbench.errors import MapValidationError, ParameterError, RunDirectoryError, XbenchError
 from xbench.models import load_vlm
 from xbench.plugins import XbenchPlugins, default
@@ -27,7 +33,9 @@ from xbench.records import SAMPLES, SUMMARY, RecordWriter, iter_records, write_j
 
 DEFAULT_TASK = "easyvqa"
 DEFAULT_MODEL = "tiny-llava-easyvqa"
+DEFAULT_REFERENCE = "gradient_relevancy"
 INLINE_MAP_LIMIT = 1024  # grids with more cells go to maps/<id>.npy
+CONTROL = "[control]"  # suffix of a metric computed on the control map
 
 
 class SampleFailedError(XbenchError):
@@ -55,6 +63,11 @@ class RunConfig:
     warmup: int = 1
     fail_fast: bool = False
     progress: bool = True
+    metric_params: dict[str, Any] = field(default_factory=dict)  # given to each metric that declares the key
+    reference: str = DEFAULT_REFERENCE  # method whose maps agreement metrics compare with
+    reference_params: dict[str, Any] = field(default_factory=dict)
+    reference_run: Path | None = None  # read the reference maps from this earlier run instead
+    control: str | None = None  # "randomized": also explain on a random-weight copy of the model
 
     def out_dir(self) -> Path:
         if self.out is not None:
@@ -76,6 +89,10 @@ class Outcome:
     explain_peak_gpu: int | None = None
     error: str | None = None
     stage: str | None = None
+    reference: RelevanceMap | None = None
+    reference_error: str | None = None
+    control: RelevanceMap | None = None
+    control_error: str | None = None
 
 
 def seed_everything(seed: int) -> None:
@@ -158,7 +175,10 @@ class Run:
         except (TypeError, ValueError) as exc:
             raise ParameterError(f"task {config.task!r}: bad parameters {config.task_params}: {exc}") from None
         metric_names = config.metrics if config.metrics is not None else reg.metrics.names()
-        self.metrics = [reg.metrics.get(n)() for n in metric_names]
+        self.metrics = build_metrics([reg.metrics.get(n) for n in metric_names], config.metric_params)
+        needs_reference = any("reference" in m.needs for m in self.metrics)
+        self.reference = companions.build_reference(config, reg, self.method) if needs_reference else None
+        self.control = companions.build_control(config, reg, self.method)
         self.out_dir = config.out_dir()
         self.max_new_tokens = config.max_new_tokens or self.task.max_new_tokens
         self.vlm = None
@@ -170,7 +190,11 @@ class Run:
         done = {r["id"] for r in iter_records(records_path, repair=True)}
         seed_everything(cfg.seed)
         started = provenance.now()
-        self.vlm = load_vlm(cfg.model, self.plugins.registries, needs=self.method.needs, device=cfg.device, dtype=cfg.dtype)
+        needs = self.method.needs | (self.reference.needs if self.reference else frozenset())
+        self.vlm = load_vlm(cfg.model, self.plugins.registries, needs=needs, device=cfg.device, dtype=cfg.dtype)
+        for source in (self.reference, self.control):
+            if source is not None:
+                source.bind(self.vlm, self.task)
         run_info = {
             "run_id": self.out_dir.name,
             "out_dir": str(self.out_dir),
@@ -268,7 +292,27 @@ class Run:
                 self._fail(o, str(exc), "explain", exc)
                 continue
             o.explain_s, o.explain_peak_gpu = secs, peak
+        self.add_companions([o for o in generated if o.rmap is not None])
         return [outcomes[id(s)] for s in batch]
+
+    def add_companions(self, explained: list[Outcome]) -> None:
+        """Reference and control maps for the explained outcomes (untimed; failures kept per sample)."""
+        for field_name, source in (("reference", self.reference), ("control", self.control)):
+            if source is None:
+                continue
+
+            def make(items, source=source):
+                return source.maps(self.vlm, [o.generation for o in items], [o.rmap for o in items])
+
+            for o, result, _, _ in call_splitting(make, explained, self.vlm.device):
+                try:
+                    if isinstance(result, Exception):
+                        raise result
+                    setattr(o, field_name, result.validate(o.generation.grid, source.label))
+                except Exception as exc:
+                    if self.config.fail_fast:
+                        raise
+                    setattr(o, f"{field_name}_error", f"{source.label} failed: {describe(exc)}")
 
     def _fail(self, outcome: Outcome, message: str, stage: str, cause: BaseException | None = None) -> None:
         """Mark ``outcome`` failed; with ``fail_fast`` stop the run instead."""
@@ -292,6 +336,7 @@ class Run:
         if o.error is not None:
             return {"id": s.id, "error": o.error, "stage": o.stage, "meta": getattr(s, "meta", {})}
         gen, rmap = o.generation, o.rmap
+        context = MetricContext(self.vlm, o.reference, o.reference_error, self.config.seed)
         record = {
             "id": s.id,
             "question": s.question,
@@ -301,7 +346,7 @@ class Run:
             "prompt_len": gen.prompt_len,
             "meta": s.meta,
             "scores": self.task.score(s, gen.text),
-            "metrics": self._map_metrics(s, gen, rmap),
+            "metrics": self._map_metrics(s, gen, rmap, context),
             "extras": rmap.extras,
             "generate_ms": o.generate_s * 1e3,
             "explain_ms": o.explain_s * 1e3,
@@ -310,51 +355,76 @@ class Run:
             "grid": list(rmap.grid.shape),
         }
         if rmap.grid.size <= INLINE_MAP_LIMIT:
-            record["map"] = np.round(rmap.grid, 6)
+            record["map"] = compact_map(rmap.grid)
         else:
             maps_dir = self.out_dir / "maps"
             maps_dir.mkdir(exist_ok=True)
             name = re.sub(r"[^A-Za-z0-9_.-]+", "_", s.id) + ".npy"
             np.save(maps_dir / name, rmap.grid)
             record["map_file"] = f"maps/{name}"
+        if self.control is not None:
+            record["metrics"].update(self._control_metrics(s, gen, o, context))
+            if o.control is not None and o.control.grid.size <= INLINE_MAP_LIMIT:
+                record["control_map"] = compact_map(o.control.grid)
+            if o.control_error:
+                record["control_error"] = o.control_error
         return record
 
-    def _map_metrics(self, sample: Sample, gen: Generation, rmap: RelevanceMap) -> dict:
+    def _control_metrics(self, sample: Sample, gen: Generation, o: Outcome, context: MetricContext) -> dict:
+        """Each map-dependent metric on the control map, as ``name[control]``."""
+        metrics = [m for m in self.metrics if m.uses_map]
+        if o.control is None:
+            return {m.name + CONTROL: None for m in metrics}
+        values = self._map_metrics(sample, gen, o.control, context, metrics, CONTROL)
+        return {name + CONTROL: value for name, value in values.items()}
+
+    def _map_metrics(
+        self, sample: Sample, gen: Generation, rmap: RelevanceMap, context: MetricContext, metrics=None, suffix=""
+    ) -> dict:
         if sample.gt_mask is None:
             try:
                 sample.gt_mask = self.task.ground_truth_mask(sample)
             except Exception as exc:  # a bad mask spoils localisation only, not the record
                 sample.meta["mask_error"] = describe(exc)
         values = {}
-        for metric in self.metrics:
+        for metric in self.metrics if metrics is None else metrics:
             try:
-                values[metric.name] = metric.compute(sample, gen, rmap)
+                if metric.needs:
+                    values[metric.name] = metric.compute(sample, gen, rmap, context)
+                else:
+                    values[metric.name] = metric.compute(sample, gen, rmap)
             except Exception as exc:
                 if self.config.fail_fast:
                     raise SampleFailedError(
                         f"sample {sample.id!r}: metric {metric.name!r} failed (--fail-fast): {describe(exc)}"
                     ) from exc
                 values[metric.name] = None
-                sample.meta.setdefault("metric_errors", {})[metric.name] = describe(exc)
+                sample.meta.setdefault("metric_errors", {})[metric.name + suffix] = describe(exc)
         return values
 
     # ---------------------------------------------------------------- summary
     def summarise(self, records: list[dict], started: str) -> dict:
         ok = [r for r in records if "error" not in r]
         errors = [r for r in records if "error" in r]
+        seed = self.config.seed
         metrics: dict[str, dict] = {}
+        answer_ci = stats.bootstrap(lambda idx: self.task.aggregate([ok[i] for i in idx]), len(ok), seed=seed)
         for name, value in self.task.aggregate(ok).items():
             base = name.split("[", 1)[0]
-            metrics[name] = _metric(value, len(ok), "answer", self.task.answer_metrics.get(base, True))
+            direction = self.task.answer_metrics.get(base, True)
+            metrics[name] = _metric(value, len(ok), "answer", direction, answer_ci.get(name))
         for metric in self.metrics:
-            vals = [r["metrics"][metric.name] for r in ok if r["metrics"].get(metric.name) is not None]
-            if vals:
-                metrics[metric.name] = _metric(float(np.mean(vals)), len(vals), metric.category, metric.higher_is_better)
+            for column in self._columns(metric):
+                entry = self._summarise_metric(metric, column, ok)
+                if entry is not None:
+                    metrics[column] = entry
         for key in ("explain_ms", "generate_ms"):
-            stats = cost.percentiles([r[key] for r in ok])
+            values = np.array([r[key] for r in ok], dtype=float)
+            pct = cost.percentiles(values.tolist())
+            cis = stats.bootstrap(lambda idx: cost.percentiles(values[idx].tolist()), len(ok), seed=seed)
             for p in ("p50", "p95"):
-                if stats[p] is not None:
-                    metrics[f"{key}_{p}"] = _metric(stats[p], len(ok), "cost", False)
+                if pct[p] is not None:
+                    metrics[f"{key}_{p}"] = _metric(pct[p], len(ok), "cost", False, cis.get(p))
         for key in ("generate_peak_gpu_mib", "explain_peak_gpu_mib"):
             gpu = [r[key] for r in ok if r[key] is not None]
             metrics[key] = _metric(max(gpu) if gpu else None, len(gpu), "cost", False)
@@ -384,9 +454,32 @@ class Run:
             "n_errors": len(errors),
             "errors_by_stage": stages,
             "metrics": metrics,
+            "bootstrap": {"resamples": stats.N_RESAMPLES, "level": stats.LEVEL, "method": "percentile", "seed": seed},
+            "metric_params": {m.name: m.params for m in self.metrics if m.params},
+            "reference": self.reference.describe() if self.reference else None,
+            "control": self.control.describe() if self.control else None,
             "config": self._config_dict(),
             "provenance": {**provenance.environment(vlm.device), "started": started, "finished": provenance.now()},
         }
+
+    def _summarise_metric(self, metric, column: str, ok: list[dict]) -> dict | None:
+        """The run's value of one metric column with its bootstrap interval (None: never applied)."""
+        vals = [r["metrics"].get(column) for r in ok]
+        value = metric.aggregate(vals, ok)
+        if value is None:
+            return None
+
+        def statistic(idx):
+            return {"v": metric.aggregate([vals[i] for i in idx], [ok[i] for i in idx])}
+
+        ci = stats.bootstrap(statistic, len(ok), seed=self.config.seed)["v"]
+        n = sum(v is not None for v in vals)
+        if column == metric.name:
+            return _metric(value, n, metric.category, metric.higher_is_better, ci)
+        return {**_metric(value, n, metric.category, None, ci), "control_of": metric.name}
+
+    def _columns(self, metric) -> list[str]:
+        return [metric.name] + ([metric.name + CONTROL] if self.control is not None and metric.uses_map else [])
 
     def _config_dict(self) -> dict:
         d = asdict(self.config)
@@ -400,8 +493,24 @@ def _without_map(record: dict) -> dict:
     return record
 
 
-def _metric(value, n: int, category: str, higher_is_better: bool | None) -> dict:
-    return {"value": value, "n": n, "category": category, "higher_is_better": higher_is_better}
+def _metric(value, n: int, category: str, higher_is_better: bool | None, ci95=None) -> dict:
+    return {"value": value, "n": n, "category": category, "higher_is_better": higher_is_better, "ci95": ci95}
+
+
+def compact_map(grid: np.ndarray) -> list:
+    """A map for JSON: each value to 7 significant digits (float32 precision, short text)."""
+    return [[float(f"{v:.7g}") for v in row] for row in np.asarray(grid, dtype=np.float32).reshape(grid.shape[0], -1)]
+
+
+def build_metrics(classes: list, params: dict[str, Any]) -> list:
+    """Instantiate metrics, each with the entries of ``params`` it declares; refuse unused keys."""
+    declared = {k for cls in classes for k in cls.default_params()}
+    unused = sorted(set(params) - declared)
+    if unused:
+        raise ParameterError(
+            f"no selected metric takes parameter(s) {unused}; metric parameters: {sorted(declared) or 'none'}"
+        )
+    return [cls(**{k: v for k, v in params.items() if k in cls.default_params()}) for cls in classes]
 
 
 def _mib(n_bytes: int | None) -> float | None:

@@ -47,7 +47,38 @@ class PointingGame(Metric):
         return float(cover.reshape(-1)[int(np.argmax(rmap.grid))] > 0)
 
 
+class TopRegionIoU(Metric):
+    """IoU of the map's top ``top_percent`` % of patches with the mask's patches.
+
+    The top region is the ``ceil(top_percent / 100 * P)`` highest patches (ties: first in
+    row-major order); the mask's patches are those it covers at least ``min_cover`` of.
+    None when no patch reaches ``min_cover`` (no mask region on this grid).
+    """
+
+    name = "top_region_iou"
+    description = "IoU of the top-k% most relevant patches with the ground-truth patches"
+    category = "localisation"
+    higher_is_better = True
+
+    @classmethod
+    def default_params(cls):
+        return {"top_percent": 10.0, "min_cover": 0.5}
+
+    def compute(self, sample, generation, rmap):
+        if sample.gt_mask is None:
+            return None
+        truth = (mask_to_grid(sample.gt_mask, rmap.grid.shape) >= float(self.params["min_cover"])).ravel()
+        if not truth.any():
+            return None
+        flat = np.asarray(rmap.grid).ravel()
+        k = max(1, int(np.ceil(float(self.params["top_percent"]) / 100 * flat.size - 1e-9)))
+        top = np.zeros(flat.size, bool)
+        top[np.argsort(-flat, kind="stable")[:k]] = True
+        return float((top & truth).sum() / (top | truth).sum())
+
+
 @hookimpl
 def xbench_register_metrics(registry):
     registry.register(EnergyInMask)
     registry.register(PointingGame)
+    registry.register(TopRegionIoU)

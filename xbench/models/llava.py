@@ -179,6 +179,31 @@ class LlavaAdapter(VLM):
         return outputs
 
 
+    # ------------------------------------------------------------------ controls
+    def randomized(self, seed: int) -> "LlavaAdapter":
+        """Same class, config, processor, device, dtype and attention, weights from a seeded random init."""
+        import copy
+
+        devices = [torch.device(self.device)] if str(self.device).startswith("cuda") else []
+        with torch.random.fork_rng(devices=devices), torch.device(self.device):
+            torch.manual_seed(seed)
+            model = type(self.model)._from_config(
+                copy.deepcopy(self.model.config), attn_implementation=self.attn_implementation
+            )
+        model.to(device=self.device, dtype=self.dtype).eval()
+        model.requires_grad_(False)
+        control = type(self)(model, self.processor, self.device, self.dtype, self.attn_implementation)
+        control.name = f"{getattr(self, 'name', 'llava')}[randomized seed={seed}]"
+        return control
+
+    def last_hidden_states(self, generation: Generation) -> torch.Tensor:
+        """The final-norm output over prompt + answer minus its last position (what generate keeps)."""
+        captured: list[torch.Tensor] = []
+        with torch.no_grad(), self._capture_last_hidden(captured):
+            self.forward(generation)
+        return captured[0][0, :-1]
+
+
 @hookimpl
 def xbench_register_model_families(registry):
     registry.register(LlavaAdapter)

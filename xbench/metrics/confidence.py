@@ -1,0 +1,63 @@
+"""Confidence: can a method's uncertainty tell wrong answers from right ones?
+
+Per sample the metric records an uncertainty score: ``1 - extras["confidence"]`` when the
+method provides a confidence (higher = more certain; FastRM's is ``1 - entropy / log(P)`` of
+its predicted map normalised to a distribution), otherwise the entropy of the map itself,
+normalised to [0, 1]: ``H(p) / log(P)`` with ``p = clip(map, 0) / sum`` over the P patches
+(a map with no positive value counts as uniform, entropy 1).
+
+The run's value is the AUROC of that score for predicting wrong answers (a sample is wrong
+when the task's ``score_key`` score, default ``accuracy``, is below ``wrong_below``,
+default 0.5); None when the run has only right or only wrong answers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from xbench.api import Metric
+from xbench.hookspecs import hookimpl
+
+
+def map_entropy(grid: np.ndarray) -> float:
+    """Normalised entropy in [0, 1] of the positive part of a map."""
+    p = np.clip(np.asarray(grid, dtype=np.float64).ravel(), 0, None)
+    if p.size < 2:
+        return 0.0
+    if p.sum() <= 0:
+        return 1.0
+    p = p / p.sum()
+    nz = p[p > 0]
+    return float(-(nz * np.log(nz)).sum() / np.log(p.size))
+
+
+class ConfidenceAUROC(Metric):
+    name = "confidence_auroc"
+    description = "AUROC of the map's uncertainty (FastRM confidence or map entropy) for wrong answers"
+    category = "confidence"
+    higher_is_better = True
+
+    @classmethod
+    def default_params(cls):
+        return {"score_key": "accuracy", "wrong_below": 0.5}
+
+    def compute(self, sample, generation, rmap):
+        if "confidence" in rmap.extras:
+            return 1.0 - float(rmap.extras["confidence"])
+        return map_entropy(rmap.grid)
+
+    def aggregate(self, values, records):
+        from sklearn.metrics import roc_auc_score
+
+        key, below = self.params["score_key"], float(self.params["wrong_below"])
+        pairs = [(v, r["scores"].get(key)) for v, r in zip(values, records)]
+        pairs = [(float(v), float(s) < below) for v, s in pairs if v is not None and s is not None]
+        wrong = [w for _, w in pairs]
+        if not pairs or all(wrong) or not any(wrong):
+            return None
+        return float(roc_auc_score(wrong, [v for v, _ in pairs]))
+
+
+@hookimpl
+def xbench_register_metrics(registry):
+    registry.register(ConfidenceAUROC)

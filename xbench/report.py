@@ -1,0 +1,356 @@
+"""``xbench report RUN_DIR...``: one static HTML file, no server, every image embedded.
+
+Sections, top to bottom: what was run; a quality-vs-latency Pareto plot (matplotlib, one
+panel per quality metric, error bars = the runs' 95% bootstrap intervals, the Pareto front
+drawn through the methods no other method beats on both axes); the leaderboard (quality and
+cost columns, :mod:`xbench.leaderboard`); a grid of samples x methods with each map laid
+over the image (the image centre-cropped as the model saw it, the map min-max scaled for
+display), the question, gold answers and each method's answer. All text from runs and data
+is HTML-escaped. Images are base64 PNG ``data:`` URIs.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from xbench.errors import ParameterError
+from xbench.records import SAMPLES, SUMMARY, iter_summaries, read_records
+
+DEFAULT_QUALITY = ("agreement_f1", "deletion_auc", "insertion_auc", "energy_in_mask")
+DEFAULT_LATENCY = "explain_ms_p50"
+CELL_PX = 128
+
+
+@dataclass
+class RunData:
+    """One run's summary and records, from its folder."""
+
+    path: Path
+    summary: dict
+    records: list[dict] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return self.summary["method"].get("label") or self.summary["method"]["name"]
+
+    @property
+    def group(self) -> tuple[str, str]:
+        return self.summary["task"]["name"], self.summary["model"]["id"]
+
+    def by_id(self) -> dict[str, dict]:
+        return {r["id"]: r for r in self.records}
+
+
+def find_runs(paths: Sequence[Path]) -> list[RunData]:
+    """Each argument is a run folder or a folder holding runs below it."""
+    runs = []
+    for p in paths:
+        found = list(iter_summaries(Path(p)))
+        if not found:
+            raise ParameterError(f"no run ({SUMMARY}) found under {str(p)!r}")
+        for summary_path, summary in found:
+            runs.append(RunData(summary_path.parent, summary, read_records(summary_path.parent / SAMPLES)))
+    runs.sort(key=lambda r: (r.group, r.label))
+    return runs
+
+
+# --------------------------------------------------------------------------- images
+def png_data_uri(image) -> str:
+    """A PIL image as a ``data:image/png;base64,...`` URI."""
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def centre_square(image):
+    """The centre square of an image (CLIP's resize-shortest-edge + centre-crop view)."""
+    w, h = image.size
+    side = min(w, h)
+    left, top = (w - side) // 2, (h - side) // 2
+    return image.crop((left, top, left + side, top + side))
+
+
+def overlay(image, grid: np.ndarray, alpha: float = 0.55, size: int = CELL_PX, cmap: str = "inferno"):
+    """The map (min-max scaled, nearest-upsampled: one block per patch) over the image."""
+    from matplotlib import colormaps
+    from PIL import Image
+
+    g = np.asarray(grid, dtype=np.float64)
+    span = g.max() - g.min()
+    g = (g - g.min()) / span if span > 0 else np.zeros_like(g)
+    heat = (colormaps[cmap](g)[..., :3] * 255).astype(np.uint8)
+    heat = Image.fromarray(heat).resize((size, size), Image.Resampling.NEAREST)
+    if image is None:
+        return heat
+    base = centre_square(image.convert("RGB")).resize((size, size), Image.Resampling.BICUBIC)
+    return Image.blend(base, heat, alpha)
+
+
+def sample_images(run: RunData, ids: set[str]) -> tuple[dict[str, Any], str | None]:
+    """``({id: PIL image}, note)``: the run's task re-opened to find the images of ``ids``."""
+    from xbench.plugins import default
+
+    cfg = run.summary.get("config", {})
+    try:
+        task_cls = default().registries.tasks.get(run.summary["task"]["name"])
+        task = task_cls(cfg.get("split"), cfg.get("data_dir"), **(cfg.get("task_params") or {}))
+        images = {}
+        for s in task.samples(cfg.get("limit"), cfg.get("seed", 0)):
+            if s.id in ids and hasattr(s, "load_image"):
+                images[s.id] = s.load_image()
+                if len(images) == len(ids):
+                    break
+        missing = ids - set(images)
+        return images, (f"images not found for {len(missing)} sample(s)" if missing else None)
+    except Exception as exc:  # the data may not be on this machine: show maps alone
+        return {}, f"images unavailable ({type(exc).__name__}: {exc}); maps shown alone"
+
+
+# --------------------------------------------------------------------------- Pareto plot
+def pareto_front(points: Sequence[tuple[float, float]], higher_is_better: bool) -> list[int]:
+    """Indices of points no other point beats: lower-or-equal latency and better-or-equal
+    quality, strictly better in one. Sorted by latency."""
+    front = []
+    for i, (x, y) in enumerate(points):
+        dominated = False
+        for j, (x2, y2) in enumerate(points):
+            better_q = y2 >= y if higher_is_better else y2 <= y
+            strictly = x2 < x or (y2 > y if higher_is_better else y2 < y)
+            if j != i and x2 <= x and better_q and strictly:
+                dominated = True
+                break
+        if not dominated:
+            front.append(i)
+    return sorted(front, key=lambda i: points[i][0])
+
+
+def pareto_figure(runs: list[RunData], quality: Sequence[str], latency: str) -> tuple[str | None, list[str]]:
+    """``(data URI, metrics shown)`` of a figure with one panel per quality metric present.
+
+    Each run keeps one colour and marker across panels (legend below); front points are labelled.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = [q for q in quality if any(q in r.summary["metrics"] and latency in r.summary["metrics"] for r in runs)]
+    if not shown:
+        return None, []
+    one_group = len({r.group for r in runs}) == 1
+    labels = [r.label if one_group else f"{r.label} ({r.group[1]})" for r in runs]
+    colours = plt.get_cmap("tab20").colors
+    markers = "osD^vP*Xh<>p"
+    style = {lab: (colours[i % len(colours)], markers[i % len(markers)]) for i, lab in enumerate(labels)}
+    fig, axes = plt.subplots(1, len(shown), figsize=(4.0 * len(shown), 3.5), squeeze=False)
+    handles = {}
+    for ax, metric in zip(axes[0], shown):
+        pts, names, hib = [], [], True
+        for r, label in zip(runs, labels):
+            m = r.summary["metrics"]
+            if metric not in m or latency not in m or m[metric]["value"] is None or m[latency]["value"] is None:
+                continue
+            hib = m[metric].get("higher_is_better") is not False
+            x, y = m[latency]["value"], m[metric]["value"]
+            colour, marker = style[label]
+            xe, ye = _err(x, m[latency].get("ci95")), _err(y, m[metric].get("ci95"))
+            h = ax.errorbar([x], [y], xerr=[[xe[0]], [xe[1]]], yerr=[[ye[0]], [ye[1]]], fmt=marker, color=colour,
+                            ecolor=colour, elinewidth=0.8, alpha=0.9, capsize=2, markersize=6, zorder=3)
+            handles.setdefault(label, h)
+            pts.append((x, y))
+            names.append(label)
+        front = pareto_front(pts, hib)
+        xs, ys = np.array([p[0] for p in pts]), np.array([p[1] for p in pts])
+        ax.plot(xs[front], ys[front], "--", color="#444", lw=1, zorder=2)
+        for i in front:
+            ax.annotate(names[i], pts[i], textcoords="offset points", xytext=(4, 4), fontsize=7)
+        log = bool(len(xs)) and xs.min() > 0 and xs.max() / xs.min() > 10
+        if log:
+            from matplotlib.ticker import NullFormatter
+
+            ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel(f"{latency} (ms{', log scale' if log else ''})")
+        ax.set_ylabel(f"{metric} ({'higher' if hib else 'lower'} is better)")
+        ax.set_title(f"{metric} vs latency", fontsize=10)
+        ax.grid(True, alpha=0.3)
+    fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(7, len(handles)), fontsize=8,
+               frameon=False)
+    rows = math.ceil(len(handles) / 7)
+    fig.tight_layout(rect=(0, 0.06 * rows + 0.02, 1, 1))
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode(), shown
+
+
+def _err(value: float, ci) -> tuple[float, float]:
+    if not ci or ci[0] is None or ci[1] is None:
+        return (0.0, 0.0)
+    return (max(value - ci[0], 0.0), max(ci[1] - value, 0.0))
+
+
+# --------------------------------------------------------------------------- HTML
+CSS = """
+body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#222;max-width:1600px}
+h1{font-size:22px;margin:0 0 4px} h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #ddd}
+.sub{color:#555;margin:0 0 12px} .note{color:#666;font-size:12px}
+.scroll{overflow-x:auto;border:1px solid #eee}
+table{border-collapse:collapse;font-size:12px} th,td{border:1px solid #ddd;padding:3px 6px;text-align:left;white-space:nowrap}
+th{background:#f5f5f5} .grid td{vertical-align:top;white-space:normal;width:140px}
+.grid img{width:128px;height:128px;image-rendering:pixelated;display:block}
+.ok{color:#1a7f37;font-weight:600} .bad{color:#cf222e;font-weight:600} .q{max-width:180px}
+"""
+
+
+def esc(text: Any) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def record_map(run_dir: Path, record: dict) -> np.ndarray | None:
+    """The record's map: inline, or from its ``maps/*.npy`` sidecar (None if unreadable)."""
+    if record.get("map") is not None:
+        return np.asarray(record["map"], dtype=np.float32)
+    try:
+        return np.load(Path(run_dir) / record["map_file"], allow_pickle=False)
+    except (KeyError, OSError, ValueError):
+        return None
+
+
+def _answer_cell(record: dict | None, run_dir: Path, image, sample_id: str) -> str:
+    if record is None:
+        return "<td>not in this run</td>"
+    if "error" in record:
+        return f"<td><span class='bad'>error</span> {esc(record.get('stage', ''))}: {esc(record['error'])}</td>"
+    grid = record_map(run_dir, record)
+    if grid is None:
+        return f"<td>map unreadable ({esc(record.get('map_file', '?'))})</td>"
+    uri = png_data_uri(overlay(image, grid))
+    acc = (record.get("scores") or {}).get("accuracy")
+    mark = "" if acc is None else (" <span class='ok'>✓</span>" if acc >= 1 else " <span class='bad'>✗</span>")
+    return (f"<td><img src='{uri}' alt='map for {esc(sample_id)}'>answer: <b>{esc(record.get('answer', ''))}</b>"
+            f"{mark}</td>")
+
+
+def sample_grid(runs: list[RunData], n_samples: int) -> str:
+    """Rows: samples every run explained (first run's order); columns: the image, then each run's map."""
+    tables = []
+    groups: dict[tuple, list[RunData]] = {}
+    for r in runs:
+        groups.setdefault(r.group, []).append(r)
+    for (task, model), group in groups.items():
+        indexed = [r.by_id() for r in group]
+        ids = [i for i, rec in indexed[0].items() if "error" not in rec and all(i in other for other in indexed)]
+        ids = ids[:n_samples]
+        if not ids:
+            continue
+        images, note = sample_images(group[0], set(ids))
+        head = "".join(f"<th>{esc(r.label)}</th>" for r in group)
+        rows = []
+        for sid in ids:
+            first = indexed[0][sid]
+            img = images.get(sid)
+            pic = f"<img src='{png_data_uri(centre_square(img).resize((CELL_PX, CELL_PX)))}' alt='image {esc(sid)}'>" if img else ""
+            gold = ", ".join(str(g) for g in first.get("gold", []))
+            info = (f"<td class='q'>{pic}<div><b>{esc(first.get('question', ''))}</b></div>"
+                    f"<div>gold: {esc(gold)}</div><div class='note'>{esc(sid)}</div></td>")
+            cells = "".join(_answer_cell(ix.get(sid), r.path, img, sid) for ix, r in zip(indexed, group))
+            rows.append(f"<tr>{info}{cells}</tr>")
+        caption = f"task: {task} · model: {model}" + (f" — {note}" if note else "")
+        tables.append(
+            f"<h3>{esc(caption)}</h3><div class='scroll'><table class='grid'><tr><th>sample</th>{head}</tr>"
+            + "".join(rows) + "</table></div>"
+        )
+    return "\n".join(tables)
+
+
+def build_report(
+    paths: Sequence[Path],
+    n_samples: int = 6,
+    quality: Sequence[str] = DEFAULT_QUALITY,
+    latency: str = DEFAULT_LATENCY,
+    columns: str | None = None,
+) -> str:
+    """The report's HTML text for the runs in ``paths``."""
+    from xbench.leaderboard import NOTE, render
+
+    runs = find_runs(paths)
+    groups = sorted({r.group for r in runs})
+    n = sum(r.summary.get("n_ok", 0) for r in runs)
+    sub = "; ".join(f"task {t} · model {m}" for t, m in groups)
+    figure, shown = pareto_figure(runs, quality, latency)
+    board = render([r.path for r in runs], "html", columns_filter=columns)
+    board = board.replace("<table>", "<div class='scroll'><table>").replace("</table>", "</table></div>")
+    parts = [
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+        "<title>xbench report</title>",
+        f"<style>{CSS}</style></head><body>",
+        "<h1>xbench report: which explanation method is worth its cost?</h1>",
+        f"<p class='sub'>{len(runs)} run(s), {n} explained samples in all — {esc(sub)}</p>",
+        "<h2>Quality vs latency</h2>",
+    ]
+    if figure:
+        parts.append(
+            f"<img src='{figure}' alt='quality versus latency, one panel per metric' style='max-width:100%'>"
+            f"<p class='note'>Each point is a run; bars: 95% bootstrap intervals over samples; the dashed line joins "
+            f"(and labels) the methods no other method beats on both latency ({esc(latency)}) and quality. "
+            f"Panels: {esc(', '.join(shown))}.</p>"
+        )
+    else:
+        parts.append(f"<p class='note'>No run has {esc(latency)} with any of {esc(', '.join(quality))}.</p>")
+    parts += [
+        "<h2>Leaderboard</h2>",
+        f"<p class='note'>{esc(NOTE)}</p>",
+        board,
+        "<h2>Samples × methods</h2>",
+        "<p class='note'>Each map is min-max scaled for display (bright = most relevant), one block per image patch, "
+        "over the image as the model saw it (centre crop). ✓/✗: the run's answer scored against the gold answers.</p>",
+        sample_grid(runs, n_samples),
+        "</body></html>",
+    ]
+    return "\n".join(parts)
+
+
+def write_report(paths: Sequence[Path], output: Path, **kw) -> Path:
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(build_report(paths, **kw), encoding="utf-8")
+    return output
+
+
+# --------------------------------------------------------------------------- CLI
+def _report_args(p) -> None:
+    p.add_argument("runs", nargs="+", type=Path, help="run folders (or folders holding runs)")
+    p.add_argument("--output", "-o", type=Path, default=Path("report.html"), help="HTML file to write (default report.html)")
+    p.add_argument("--samples", type=int, default=6, help="rows of the samples x methods grid (default 6)")
+    p.add_argument("--quality", default=",".join(DEFAULT_QUALITY), help="quality metrics of the Pareto panels")
+    p.add_argument("--latency", default=DEFAULT_LATENCY, help=f"cost metric of the x axis (default {DEFAULT_LATENCY})")
+    p.add_argument("--columns", help="leaderboard column patterns (as `xbench leaderboard --columns`)")
+
+
+def _cmd_report(args) -> int:
+    """Write one static HTML report (leaderboard, Pareto plot, sample x method heatmaps) for runs."""
+    if args.samples < 0 or math.isnan(args.samples):
+        raise ParameterError("--samples must be >= 0")
+    quality = [q.strip() for q in args.quality.split(",") if q.strip()]
+    out = write_report(args.runs, args.output, n_samples=args.samples, quality=quality, latency=args.latency,
+                       columns=args.columns)
+    print(f"wrote {out} ({out.stat().st_size / 1024:.0f} KiB)")
+    return 0
+
+
+def _register() -> None:
+    from xbench.cli import command
+
+    command("report", _report_args)(_cmd_report)
+
+
+_register()
