@@ -489,7 +489,9 @@ class Run:
 
 
 def _without_map(record: dict) -> dict:
+    """The record without its maps (the summary never reads them; they dominate its size)."""
     record.pop("map", None)
+    record.pop("control_map", None)
     return record
 
 
