@@ -67,9 +67,11 @@ def test_plan_expands_the_grid_into_deterministic_folders(plugins, tmp_path):
 
 def test_suite_defaults_and_task_tables(plugins, tmp_path):
     suite = {"methods": {"rollout": {}}, "tasks": {"easyvqa": {"split": "train", "params": {"mask_tolerance": 8}}}}
-    (cell,) = plan(suite, tmp_path, plugins.registries)
-    assert cell.key == "easyvqa/tiny-random-llava/rollout/seed0"
-    assert (cell.config.split, cell.config.task_params, cell.config.model) == ("train", {"mask_tolerance": 8}, "tiny-random-llava")
+    from xbench.runner import DEFAULT_MODEL
+
+    (cell,) = plan(suite, tmp_path, plugins.registries)  # no models: the default model
+    assert cell.key == f"easyvqa/{DEFAULT_MODEL}/rollout/seed0"
+    assert (cell.config.split, cell.config.task_params, cell.config.model) == ("train", {"mask_tolerance": 8}, DEFAULT_MODEL)
 
 
 def test_names_are_checked_before_anything_runs(plugins, tmp_path, monkeypatch):
