@@ -48,6 +48,7 @@ class EasyVQA(Task):
     description = "easy-vqa (PyPI): one coloured shape per 64x64 image; 13 answers, 74% yes/no"
     splits = ("test", "train")
     max_new_tokens = 4
+    breakdown_key = "kind"
     answer_metrics = {"accuracy": True}
 
     def __init__(self, split=None, data_dir=None, mask_tolerance: int = 16) -> None:
@@ -90,14 +91,6 @@ class EasyVQA(Task):
     def score(self, sample: Sample, answer: str) -> dict[str, float]:
         return {"accuracy": float(normalise_answer(answer) in {normalise_answer(a) for a in sample.answers})}
 
-    def aggregate(self, records):
-        """Accuracy overall and per question kind (``accuracy[colour]``...)."""
-        out = super().aggregate(records)
-        by_kind: dict[str, list[float]] = {}
-        for r in records:
-            by_kind.setdefault(r["meta"]["kind"], []).append(r["scores"]["accuracy"])
-        out.update({f"accuracy[{k}]": float(np.mean(v)) for k, v in sorted(by_kind.items())})
-        return out
 
     def data_hash(self) -> str:
         texts, answers, image_ids = self._questions

@@ -83,6 +83,7 @@ class GQA(Task):
     description = "GQA balanced questions (local official files); exact-match accuracy, binary/open"
     splits = ("testdev", "val", "train")
     max_new_tokens = 8
+    breakdown_key = "kind"
     answer_metrics = {"accuracy": True}
 
     def __init__(self, split=None, data_dir=None, **params) -> None:
@@ -140,14 +141,6 @@ class GQA(Task):
     def score(self, sample: Sample, answer: str) -> dict[str, float]:
         return {"accuracy": float(gqa_correct(answer, sample.answers[0]))}
 
-    def aggregate(self, records):
-        """Mean accuracy overall and for binary and open questions (``accuracy[binary]``...)."""
-        out = super().aggregate(records)
-        by_kind: dict[str, list[float]] = {}
-        for r in records:
-            by_kind.setdefault(r["meta"]["kind"], []).append(r["scores"]["accuracy"])
-        out.update({f"accuracy[{k}]": float(np.mean(v)) for k, v in sorted(by_kind.items())})
-        return out
 
     def ground_truth_mask(self, sample: Sample) -> np.ndarray | None:
         """Union of the annotated objects' boxes on the image's pixels; None without scene graphs

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from typing import Any, Iterator, NamedTuple
 
-import numpy as np
 
 from xbench.answers import vqa_accuracy
 from xbench.api import Sample, SampleError, Task
@@ -79,6 +78,7 @@ class VQAv2(Task):
     description = "VQA v2 open-ended on COCO (local official files); official 10-human-answer accuracy"
     splits = ("val2014", "train2014")
     max_new_tokens = 8
+    breakdown_key = "answer_type"
     answer_metrics = {"accuracy": True}
 
     def __init__(self, split=None, data_dir=None, **params) -> None:
@@ -163,14 +163,6 @@ class VQAv2(Task):
     def score(self, sample: Sample, answer: str) -> dict[str, float]:
         return {"accuracy": vqa_accuracy(answer, sample.answers, llava_prediction=bool(self.params["normalise_prediction"]))}
 
-    def aggregate(self, records):
-        """Mean accuracy overall and per answer type (``accuracy[yes/no]``, ``accuracy[number]``...)."""
-        out = super().aggregate(records)
-        by_type: dict[str, list[float]] = {}
-        for r in records:
-            by_type.setdefault(str(r["meta"].get("answer_type")), []).append(r["scores"]["accuracy"])
-        out.update({f"accuracy[{k}]": float(np.mean(v)) for k, v in sorted(by_type.items())})
-        return out
 
     def data_hash(self) -> str:
         if self._digest is None:

@@ -244,6 +244,8 @@ class Task:
     max_new_tokens: ClassVar[int] = 8
     #: direction of each answer metric ``score``/``aggregate`` return (None: no direction)
     answer_metrics: ClassVar[Mapping[str, bool | None]] = {"accuracy": True}
+    #: a ``Sample.meta`` key whose values break each score down in :meth:`aggregate` (None: no breakdown)
+    breakdown_key: ClassVar[str | None] = None
 
     def __init__(self, split: str | None = None, data_dir: str | Path | None = None, **params: Any) -> None:
         from xbench.errors import ParameterError
@@ -271,14 +273,21 @@ class Task:
         """Run-level answer metrics from the run's successful records (default: mean of each score).
 
         Each record has ``scores`` (what :meth:`score` returned) and ``meta`` (the sample's meta).
-        A key ``"name[group]"`` takes its direction from ``name`` in :attr:`answer_metrics`.
+        With :attr:`breakdown_key` set, each score is also averaged per value of that meta key
+        as ``"name[value]"``, which takes its direction from ``name`` in :attr:`answer_metrics`.
         """
         sums: dict[str, list[float]] = {}
+        groups: dict[str, list[float]] = {}
         for r in records:
+            group = r["meta"].get(self.breakdown_key) if self.breakdown_key else None
             for k, v in r["scores"].items():
                 if v is not None:
                     sums.setdefault(k, []).append(float(v))
-        return {k: float(np.mean(v)) for k, v in sums.items()}
+                    if group is not None:
+                        groups.setdefault(f"{k}[{group}]", []).append(float(v))
+        means = {k: float(np.mean(v)) for k, v in sums.items()}
+        means.update({k: float(np.mean(v)) for k, v in sorted(groups.items())})
+        return means
 
     def data_hash(self) -> str | None:
         """A hash identifying the data read (for provenance); None when unknown."""
