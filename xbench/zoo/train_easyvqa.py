@@ -412,7 +412,9 @@ def greedy_answers(model, processor, data: EasyVQAData, idx: Sequence[int], max_
     for _ in range(max_new_tokens):
         pos = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
         logits = model(input_ids=ids, pixel_values=pv, attention_mask=mask, position_ids=pos, use_cache=False).logits
-        nxt = logits[:, -1].argmax(-1)
+        last = logits[:, -1]
+        last[:, model.config.image_token_id] = float("-inf")  # as the adapter's generate suppresses it
+        nxt = last.argmax(-1)
         for i, t in enumerate(nxt.tolist()):
             if not done[i]:
                 outs[i].append(t)
