@@ -121,7 +121,9 @@ def main() -> None:
                 "top_patch": top_patch_mode(recs[i]["map"] for i in common),
             }
         diffs = {
-            m: dict(zip(("mean", "sem"), mean_sem([trained[i]["metrics"][m] - random_[i]["metrics"][m] for i in common])))
+            m: dict(
+                zip(("mean", "sem"), mean_sem([trained[i]["metrics"][m] - random_[i]["metrics"][m] for i in common]))
+            )
             for m in METRICS
         }
         entry["trained_minus_random"] = diffs
@@ -205,7 +207,13 @@ def verdicts(study: dict) -> list[str]:
     for method, e in study["methods"].items():
         for m in METRICS:
             t, r, d, c = e[MODELS[0]][m], e[MODELS[1]][m], e["trained_minus_random"][m], study["chance"][m]
-            vs_control = "above" if d["mean"] - 2 * d["sem"] > 0 else "below" if d["mean"] + 2 * d["sem"] < 0 else "not distinguishable from"
+            vs_control = (
+                "above"
+                if d["mean"] - 2 * d["sem"] > 0
+                else "below"
+                if d["mean"] + 2 * d["sem"] < 0
+                else "not distinguishable from"
+            )
             ctrl_vs_chance = (
                 "above" if r["mean"] - 2 * r["sem"] > c else "below" if r["mean"] + 2 * r["sem"] < c else "at"
             )
@@ -221,19 +229,38 @@ def render_extras(out: Path) -> str:
     lines = []
     if (out / "reproduce.json").exists():
         r = json.loads((out / "reproduce.json").read_text())
-        lines += ["## Training the default model, twice", "",
-                  "| run | command | test accuracy | wall time | CPU time | hardware |", "|---|---|---|---|---|---|"]
+        lines += [
+            "## Training the default model, twice",
+            "",
+            "| run | command | test accuracy | wall time | CPU time | hardware |",
+            "|---|---|---|---|---|---|",
+        ]
         for name in ("shipped", "reproduced"):
             e = r[name]
             cpu = f"{e['cpu_s']:.0f} s" if e.get("cpu_s") else "-"
-            lines.append(f"| {name} | `{e['command']}` | {e['accuracy']:.4f} | {e['wall_s']['total']:.0f} s | {cpu} "
-                         f"| {e['hardware']} |")
+            lines.append(
+                f"| {name} | `{e['command']}` | {e['accuracy']:.4f} | {e['wall_s']['total']:.0f} s | {cpu} "
+                f"| {e['hardware']} |"
+            )
         kinds = r["shipped"]["accuracy_by_kind"]
         lines += ["", "By kind (shipped / reproduced): " + "; ".join(
             f"{k} {kinds[k]:.4f} / {r['reproduced']['accuracy_by_kind'][k]:.4f}" for k in kinds) + ".", "",
             f"Difference {r['accuracy_difference_points']:+.2f} points; identical weights (sha256 of "
             f"model.safetensors): {r['identical_weights']}. Other jobs shared the 2 cores during both runs, so wall "
             "time varies with load; CPU time does much less.", ""]  # fmt: skip
+    full = out / "full-test-split" / "summary.json"
+    if full.exists():
+        f = json.loads(full.read_text())
+        acc = {k: v["value"] for k, v in f["metrics"].items() if k.startswith("accuracy")}
+        lines += [
+            "## The default model through `xbench run` on the full test split",
+            "",
+            f"`xbench run --method {f['method']['name']} --limit {f['config']['limit']} --batch-size "
+            f"{f['config']['batch_size']}` (default model and task; {f['n_ok']} questions, {f['n_errors']} errors): "
+            + ", ".join(f"{k} {v:.4f}" for k, v in acc.items())
+            + f". Summary in `full-test-split/` (xbench {f['provenance']['git_sha']}).",
+            "",
+        ]
     if (out / "load_time.json").exists():
         t = json.loads((out / "load_time.json").read_text())
         lines += ["## Loading the default model", "",
