@@ -1,6 +1,6 @@
 """Compare two ``xbench zoo train`` outputs: test accuracy by kind, weight checksums, times.
 
-    python benchmarks/compare_training_runs.py SHIPPED_DIR REPRODUCED_DIR [--out results/default-model-study/reproduce.json]
+python benchmarks/compare_training_runs.py SHIPPED_DIR REPRODUCED_DIR [--out results/default-model-study/reproduce.json]
 """
 
 from __future__ import annotations

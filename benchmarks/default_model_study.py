@@ -72,6 +72,20 @@ def chance_levels(limit: int, seed: int, grid: tuple[int, int]) -> dict:
     return {"energy_in_mask": float(np.mean(area)), "pointing_game": float(np.mean(touch)), "n": len(area)}
 
 
+def run_seconds(summary: dict) -> float:
+    from datetime import datetime
+
+    p = summary["provenance"]
+    return (datetime.fromisoformat(p["finished"]) - datetime.fromisoformat(p["started"])).total_seconds()
+
+
+def top_patch_mode(maps) -> dict:
+    """The most frequent top patch (row-major index) and the share of maps whose top patch it is."""
+    tops = [int(np.argmax(np.asarray(m))) for m in maps]
+    values, counts = np.unique(tops, return_counts=True)
+    return {"index": int(values[counts.argmax()]), "share": float(counts.max() / len(tops))}
+
+
 def mean_sem(values) -> tuple[float, float]:
     v = np.asarray(values, dtype=float)
     return float(v.mean()), float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else 0.0
@@ -88,7 +102,6 @@ def main() -> None:
     from xbench.plugins import default
 
     methods = args.methods.split(",") if args.methods else default().registries.methods.names()
-    t0 = time.perf_counter()
     results = run_all(args.limit, args.out, methods, args.seed)
     any_summary = next(iter(results.values()))[0]
     grid = tuple(json.loads((next(iter(results.values()))[1] / "samples.jsonl").open().readline())["grid"])
@@ -105,9 +118,12 @@ def main() -> None:
                 "accuracy": summ["metrics"]["accuracy"]["value"],
                 **{m: dict(zip(("mean", "sem"), mean_sem([recs[i]["metrics"][m] for i in common]))) for m in METRICS},
                 "explain_ms_p50": summ["metrics"].get("explain_ms_p50", {}).get("value"),
+                "top_patch": top_patch_mode(recs[i]["map"] for i in common),
             }
         diffs = {
-            m: dict(zip(("mean", "sem"), mean_sem([trained[i]["metrics"][m] - random_[i]["metrics"][m] for i in common])))
+            m: dict(
+                zip(("mean", "sem"), mean_sem([trained[i]["metrics"][m] - random_[i]["metrics"][m] for i in common]))
+            )
             for m in METRICS
         }
         entry["trained_minus_random"] = diffs
@@ -124,11 +140,11 @@ def main() -> None:
         "torch": any_summary["provenance"].get("torch"),
         "device": any_summary["provenance"].get("device_name"),
         "machine": platform.machine(),
-        "wall_s": time.perf_counter() - t0,
+        "runs_wall_s": sum(run_seconds(summ) for summ, _ in results.values()),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "study.json").write_text(json.dumps(study, indent=2) + "\n")
-    text = render(study) + render_extras(args.out)
+    text = render(study) + "\n" + render_extras(args.out)
     (args.out / "README.md").write_text(text)
     print(text)
 
@@ -157,6 +173,10 @@ def render(study: dict) -> str:
                 f"| {method} | {m} | {t['mean']:.3f} +- {t['sem']:.3f} | {r['mean']:.3f} +- {r['sem']:.3f} "
                 f"| {d['mean']:+.3f} +- {d['sem']:.3f} |"
             )
+    lines += ["", "Most frequent top patch (row-major index on the grid) and its share of the questions: " + "; ".join(
+        f"{method} {'trained' if m == MODELS[0] else 'random'} #{e[m]['top_patch']['index']} "
+        f"({e[m]['top_patch']['share']:.0%})" for method, e in study["methods"].items() for m in MODELS) + "."]  # fmt: skip
+    lines += ["", "## Reading", ""] + [f"- {line}" for line in verdicts(study)]
     lines += ["", "Answer accuracy on these questions: " + ", ".join(
         f"{m} {study['methods'][next(iter(study['methods']))][m]['accuracy']:.3f}" for m in MODELS) + ".", ""]  # fmt: skip
     lines += ["## Trained model by question kind", "", "| method | kind | n | energy_in_mask | pointing_game |",
@@ -173,11 +193,35 @@ def render(study: dict) -> str:
         "xbench leaderboard results/default-model-study/runs",
         "```",
         "",
-        f"Wall time {study['provenance']['wall_s']:.0f} s on {study['provenance']['device']} "
+        f"The {2 * len(study['methods'])} runs took {study['provenance']['runs_wall_s']:.0f} s of wall time on "
+        f"{study['provenance']['device']}, 2 cores shared with other jobs "
         f"(torch {study['provenance']['torch']}, xbench {study['provenance']['git_sha']}).",
         "",
     ]
     return "\n".join(lines)
+
+
+def verdicts(study: dict) -> list[str]:
+    """One sentence per method and metric, decided by the numbers (2 standard errors)."""
+    out = []
+    for method, e in study["methods"].items():
+        for m in METRICS:
+            t, r, d, c = e[MODELS[0]][m], e[MODELS[1]][m], e["trained_minus_random"][m], study["chance"][m]
+            vs_control = (
+                "above"
+                if d["mean"] - 2 * d["sem"] > 0
+                else "below"
+                if d["mean"] + 2 * d["sem"] < 0
+                else "not distinguishable from"
+            )
+            ctrl_vs_chance = (
+                "above" if r["mean"] - 2 * r["sem"] > c else "below" if r["mean"] + 2 * r["sem"] < c else "at"
+            )
+            out.append(
+                f"{method}, {m}: trained {t['mean']:.3f} is {vs_control} the random-weight control {r['mean']:.3f} "
+                f"({t['mean'] / c:.1f}x chance {c:.3f}); the control itself is {ctrl_vs_chance} chance."
+            )
+    return out
 
 
 def render_extras(out: Path) -> str:
@@ -185,19 +229,38 @@ def render_extras(out: Path) -> str:
     lines = []
     if (out / "reproduce.json").exists():
         r = json.loads((out / "reproduce.json").read_text())
-        lines += ["## Training the default model, twice", "",
-                  "| run | command | test accuracy | wall time | CPU time | hardware |", "|---|---|---|---|---|---|"]
+        lines += [
+            "## Training the default model, twice",
+            "",
+            "| run | command | test accuracy | wall time | CPU time | hardware |",
+            "|---|---|---|---|---|---|",
+        ]
         for name in ("shipped", "reproduced"):
             e = r[name]
             cpu = f"{e['cpu_s']:.0f} s" if e.get("cpu_s") else "-"
-            lines.append(f"| {name} | `{e['command']}` | {e['accuracy']:.4f} | {e['wall_s']['total']:.0f} s | {cpu} "
-                         f"| {e['hardware']} |")
+            lines.append(
+                f"| {name} | `{e['command']}` | {e['accuracy']:.4f} | {e['wall_s']['total']:.0f} s | {cpu} "
+                f"| {e['hardware']} |"
+            )
         kinds = r["shipped"]["accuracy_by_kind"]
         lines += ["", "By kind (shipped / reproduced): " + "; ".join(
             f"{k} {kinds[k]:.4f} / {r['reproduced']['accuracy_by_kind'][k]:.4f}" for k in kinds) + ".", "",
             f"Difference {r['accuracy_difference_points']:+.2f} points; identical weights (sha256 of "
             f"model.safetensors): {r['identical_weights']}. Other jobs shared the 2 cores during both runs, so wall "
             "time varies with load; CPU time does much less.", ""]  # fmt: skip
+    full = out / "full-test-split" / "summary.json"
+    if full.exists():
+        f = json.loads(full.read_text())
+        acc = {k: v["value"] for k, v in f["metrics"].items() if k.startswith("accuracy")}
+        lines += [
+            "## The default model through `xbench run` on the full test split",
+            "",
+            f"`xbench run --method {f['method']['name']} --limit {f['config']['limit']} --batch-size "
+            f"{f['config']['batch_size']}` (default model and task; {f['n_ok']} questions, {f['n_errors']} errors): "
+            + ", ".join(f"{k} {v:.4f}" for k, v in acc.items())
+            + f". Summary in `full-test-split/` (xbench {f['provenance']['git_sha']}).",
+            "",
+        ]
     if (out / "load_time.json").exists():
         t = json.loads((out / "load_time.json").read_text())
         lines += ["## Loading the default model", "",

@@ -64,7 +64,10 @@ def main() -> None:
         print(runs[-1], flush=True)
     result = {
         "repeats": args.repeats,
-        **{f"{k}_median": statistics.median(r[k] for r in runs) for k in ("setup_s", "imports_s", "load_s", "reload_s", "first_answer_s")},
+        **{
+            f"{k}_median": statistics.median(r[k] for r in runs)
+            for k in ("setup_s", "imports_s", "load_s", "reload_s", "first_answer_s")
+        },
         "runs": runs,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -68,9 +68,10 @@ def test_loads_offline(plugins, no_network):
 
     vlm = load_vlm(NAME, plugins.registries, needs=frozenset({"attentions"}), device="cpu")
     assert vlm.attn_implementation == "eager" and vlm.grid == (8, 8)
-    assert sum(p.numel() for p in vlm.model.parameters()) == json.loads(
-        (vlm.path / "training.json").read_text()
-    )["parameters"]
+    assert (
+        sum(p.numel() for p in vlm.model.parameters())
+        == json.loads((vlm.path / "training.json").read_text())["parameters"]
+    )
 
 
 def test_card_reports_the_measured_accuracy(shipped_dir):
@@ -80,6 +81,7 @@ def test_card_reports_the_measured_accuracy(shipped_dir):
     assert test["n"] == 9673  # the full test split
     assert test["accuracy"] >= 0.95 and all(v["accuracy"] >= 0.90 for v in test["by_kind"].values())
     assert f"{test['accuracy']:.4f}" in card and info["hardware"] in card
+    assert card == T.model_card(info)  # the card is rendered from the run's record
 
 
 def test_answers_200_fixed_test_questions(plugins, shipped_vlm):
@@ -124,7 +126,9 @@ def test_prompt_and_targets_follow_the_adapter_template():
     tok = processor.tokenizer
     q = 0
     instruction = "Answer the question using a single word or phrase."
-    expected = ["user", ":"] + ["<image>"] * 64 + words_of(data.questions[q]) + words_of(instruction) + ["assistant", ":"]
+    expected = (
+        ["user", ":"] + ["<image>"] * 64 + words_of(data.questions[q]) + words_of(instruction) + ["assistant", ":"]
+    )
     assert tok.convert_ids_to_tokens(data.q_prompt[q]) == expected
     assert data.q_answer[q] == [tok.convert_tokens_to_ids(data.answers[q]), tok.eos_token_id]
     ids, mask, pos, labels = T.qa_batch(data, torch.tensor([q, 1]), tok.pad_token_id)
