@@ -16,7 +16,9 @@ from xbench.errors import ParameterError, XbenchError
 
 COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
 #: modules whose ``@command`` functions join the CLI (imported when the parser is built)
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = (
+    "xbench.fastrm.cli",
+)
 
 
 def command(name: str, add_arguments: Callable[[argparse.ArgumentParser], None]):

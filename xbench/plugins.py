@@ -26,6 +26,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "xbench.metrics.localisation",
     "xbench.methods.raw_attention",
     "xbench.methods.rollout",
+    "xbench.methods.fastrm",
     "xbench.tasks.easyvqa",
 )
 
