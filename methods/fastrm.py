@@ -32,23 +32,26 @@ class FastRM(Method):
         head = self.params["head"]
         if head is not None and head not in HEADS:
             raise ParameterError(f"method 'fastrm': unknown head {head!r}; choose from {sorted(HEADS)}")
+        self._given = self._load(self.params["proxy"]) if self.params["proxy"] else None  # bad files fail here
         self._proxy = None
         self._vlm = None
 
+    def _load(self, path):
+        from xbench.fastrm.proxy import FastRMProxy
+
+        proxy = FastRMProxy.load(path)
+        head = self.params["head"]
+        if head is not None and proxy.head_name != head:
+            raise ParameterError(f"method 'fastrm': proxy {str(path)!r} has a {proxy.head_name!r} head, not {head!r}")
+        return proxy
+
     def proxy_for(self, vlm):
-        """The proxy for ``vlm`` (loaded once per model, checked against it, on its device)."""
+        """The proxy for ``vlm``: the given one or the model's default, checked against it, on its device."""
         if self._proxy is None or self._vlm is not vlm:
-            from xbench.fastrm.proxy import FastRMProxy
             from xbench.fastrm.registry import DEFAULT_HEAD, find_proxy
 
-            head = self.params["head"]
-            path = self.params["proxy"] or find_proxy(vlm, head or DEFAULT_HEAD)
-            proxy = FastRMProxy.load(path)
-            if head is not None and proxy.head_name != head:
-                raise ParameterError(
-                    f"method 'fastrm': proxy {str(path)!r} has a {proxy.head_name!r} head, not {head!r}"
-                )
-            proxy.check_compatible(vlm, where=str(path))
+            proxy = self._given or self._load(find_proxy(vlm, self.params["head"] or DEFAULT_HEAD))
+            proxy.check_compatible(vlm, where=proxy.source)
             self._proxy, self._vlm = proxy.to(vlm.device), vlm
         return self._proxy
 

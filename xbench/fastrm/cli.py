@@ -16,6 +16,7 @@ from xbench.errors import ParameterError
 OPEN_KINDS = ("colour", "shape")
 YES_NO_KINDS = ("yes/no colour", "yes/no shape")
 DEFAULT_REFERENCE = "gradient_relevancy"
+ABLATION_TABLES = ("threshold", "size", "steps", "transfer")
 
 
 def _log(msg: str) -> None:
@@ -204,6 +205,9 @@ def _ablate(args) -> int:
     from xbench.fastrm import ablate
     from xbench.fastrm.proxy import model_identity
 
+    unknown = set(args.tables) - set(ABLATION_TABLES)
+    if unknown:
+        raise ParameterError(f"unknown ablation table(s) {sorted(unknown)}; choose from {list(ABLATION_TABLES)}")
     ctx = _context(args)
     t0 = time.perf_counter()
     train, val = ctx.train_val()
@@ -231,9 +235,6 @@ def _ablate(args) -> int:
                      lambda: ablate.transfer_table(trainer, test, base, args.heads, "kind",
                                                    {"open": OPEN_KINDS, "yes/no": YES_NO_KINDS})),
     }
-    unknown = set(args.tables) - set(tables)
-    if unknown:
-        raise ParameterError(f"unknown ablation table(s) {sorted(unknown)}; choose from {sorted(tables)}")
     for name in args.tables:
         title, make = tables[name]
         t = time.perf_counter()
@@ -295,7 +296,7 @@ def _fastrm_args(p: argparse.ArgumentParser) -> None:
     ab.add_argument("--taus", type=_floats, default=[0.1, 0.2, 0.3, 0.4, 0.5])
     ab.add_argument("--fractions", type=_floats, default=[0.1, 0.25, 0.5, 1.0])
     ab.add_argument("--step-grid", type=_ints, default=[250, 500, 1000, 2000])
-    ab.add_argument("--tables", type=_names, default=["threshold", "size", "steps", "transfer"])
+    ab.add_argument("--tables", type=_names, default=list(ABLATION_TABLES), help=f"default {','.join(ABLATION_TABLES)}")
     ab.add_argument("--out", type=Path, default=Path("results/fastrm"))
     ab.set_defaults(fastrm_func=_ablate, head_param=None)
 

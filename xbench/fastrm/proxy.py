@@ -95,6 +95,7 @@ class FastRMProxy(nn.Module):
         self.model_info = dict(model or {})
         self.decision_threshold = float(decision_threshold)
         self.info = dict(info or {})  # training recipe and metrics, saved with the proxy
+        self.source: str | None = None  # the directory it was loaded from
 
     # ------------------------------------------------------------------ prediction
     def token_logits(self, patches, queries) -> torch.Tensor:
