@@ -1,0 +1,130 @@
+"""What the Captum-based methods share: the forward function and its target, seeding, and
+the pooling of pixel attributions onto the patch grid. Not a plugin itself.
+
+* Forward function: ``f(pixel_values [B, C, H, W]) -> [B]``, a teacher-forced
+  ``vlm.forward(generation, pixel_values=...)`` over prompt + answer (no generation
+  cache, so the image is never dropped between steps, the trap of Captum's
+  ``LLMAttribution`` with cached outputs).
+* Target (``target`` parameter): ``first`` — the log-probability of the generated
+  answer's first token (default); ``answer`` — the sum of the log-probabilities of all
+  answer tokens (the answer's log-likelihood).
+* Pooling: a pixel attribution ``[1, C, H, W]`` becomes the patch map by summing the
+  absolute attribution over the channels and over the pixels of each patch
+  (``H = h * patch_size``). Layer methods whose output is already on the grid skip it.
+* Randomness (noise, baseline draws) is seeded per sample from :meth:`Method.rng`, so a
+  sample's map does not depend on the batch it came in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import replace
+from typing import Any, Callable, ClassVar
+
+import numpy as np
+import torch
+
+from xbench.api import Generation, Method, RelevanceMap
+from xbench.errors import ParameterError
+
+TARGETS = ("first", "answer")
+
+
+def answer_logprob_fn(vlm, generation: Generation, target: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``f(pixel_values) -> [B]`` log-probability of the answer's first token or whole answer."""
+    if target not in TARGETS:
+        raise ParameterError(f"target={target!r} is not one of {TARGETS}")
+    n = 1 if target == "first" else len(generation.answer_ids)
+    gen = replace(generation, answer_ids=generation.answer_ids[:n])
+    answer = torch.tensor(gen.answer_ids, device=vlm.device)
+
+    def forward(pixel_values: torch.Tensor) -> torch.Tensor:
+        out = vlm.forward(gen, pixel_values=pixel_values.to(vlm.dtype), logits_to_keep=n + 1)
+        logp = out.logits[:, :n].float().log_softmax(dim=-1)  # row k: query position of answer token k
+        picked = logp.gather(-1, answer.expand(len(logp), n).unsqueeze(-1)).squeeze(-1)
+        return picked.sum(dim=-1)
+
+    return forward
+
+
+def pool_to_grid(attribution: torch.Tensor, grid: tuple[int, int]) -> np.ndarray:
+    """Sum of |attribution| over channels and each patch's pixels: ``[1, C, H, W] -> [h, w]``."""
+    h, w = grid
+    a = attribution.detach().float().abs().sum(dim=(0, 1))
+    H, W = a.shape
+    if H % h or W % w:
+        raise ParameterError(f"pixel attribution of size {H}x{W} does not tile a {h}x{w} patch grid")
+    return a.reshape(h, H // h, w, W // w).sum(dim=(1, 3)).cpu().numpy().astype(np.float32)
+
+
+def patch_size(generation: Generation) -> int:
+    """Pixels per patch side, from the image and grid sizes."""
+    return int(generation.pixel_values.shape[-1]) // generation.grid[1]
+
+
+@contextlib.contextmanager
+def seeded(seed: int, device):
+    """The global generators Captum draws from (torch CPU, the CUDA device's, numpy's) fixed to
+    ``seed`` inside the block and restored after it."""
+    devices = [torch.device(device)] if str(device).startswith("cuda") else []
+    numpy_state = np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            np.random.seed(seed % 2**32)
+            yield
+    finally:
+        np.random.set_state(numpy_state)
+
+
+class CaptumMethod(Method):
+    """A method computed by one Captum attribution algorithm on the image input.
+
+    Subclasses implement :meth:`attribute` (``forward, pixel_values, generation, vlm ->``
+    attribution tensor); ``on_grid = True`` when the attribution already is ``[1, 1, h, w]``.
+    Every parameter is checked against its default's type: positive ints, finite numbers
+    (non-negative for :attr:`non_negative`), booleans, strings from :attr:`choices`.
+    """
+
+    needs = frozenset({"gradients"})
+    on_grid: ClassVar[bool] = False
+    choices: ClassVar[dict[str, tuple]] = {"target": TARGETS}
+    non_negative: ClassVar[tuple[str, ...]] = ("stdevs",)
+
+    @classmethod
+    def default_params(cls) -> dict[str, Any]:
+        return {"target": "first"}
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        for key, default in self.default_params().items():
+            value = self.params[key]
+            if isinstance(default, bool):
+                ok = isinstance(value, bool)
+            elif isinstance(default, int):
+                ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
+            elif isinstance(default, float):
+                ok = isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
+                ok = ok and (value >= 0 or key not in self.non_negative)
+            else:
+                ok = value in self.choices.get(key, (value,))
+            if not ok:
+                expected = {bool: "true or false", int: "a positive integer", float: "a finite number" + (" >= 0" if key in self.non_negative else "")}.get(
+                    type(default), f"one of {self.choices.get(key)}"
+                )
+                raise ParameterError(f"method {self.name!r}: {key}={value!r} is not {expected}")
+
+    def attribute(self, forward, pixel_values: torch.Tensor, generation: Generation, vlm) -> torch.Tensor:
+        raise NotImplementedError
+
+    def explain(self, vlm, generations):
+        maps = []
+        for gen in generations:
+            forward = answer_logprob_fn(vlm, gen, self.params["target"])
+            seed = int(self.rng(gen.sample_id).integers(2**62))
+            pixel_values = gen.pixel_values.detach().clone().requires_grad_(True)
+            with torch.enable_grad(), seeded(seed, vlm.device):
+                attribution = self.attribute(forward, pixel_values, gen, vlm)
+            grid = attribution.detach()[0, 0].float().cpu().numpy() if self.on_grid else pool_to_grid(attribution, gen.grid)
+            maps.append(RelevanceMap(grid))
+        return maps

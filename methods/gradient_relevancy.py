@@ -1,0 +1,166 @@
+"""Gradient-weighted attention relevancy (Chefer et al., ICCV 2021), as ported to LLaVA by lvlm-interpret.
+
+For answer token k, with logit y_k taken at its query position q_k, and every language-model
+self-attention layer l with attention A_l ``[heads, T, T]``::
+
+    Abar_l = mean_heads((dy_k/dA_l * A_l) clamped at 0)
+    R = I;  R <- R + Abar_l @ R   for l = 1..L        (so R = (I + Abar_L) ... (I + Abar_1))
+    map_k = R[q_k, image positions]  on the patch grid
+
+Only row q_k of R is needed, so it is computed as a row vector from the top layer down
+(``r <- r + r @ Abar_l``, l = L..1): the same numbers as the full product at a fraction of the cost.
+
+Lean by design: one teacher-forced forward over prompt + answer (cut after the last token
+explained: causal attention makes later tokens irrelevant), gradients with respect to the
+attention maps only (parameters stay frozen, no parameter ``.grad`` is ever made), one
+``torch.autograd.grad`` per explained answer token with the graph retained until the last.
+In ``scope="llm"`` the graph starts at the image features (a temporary forward hook on the
+projector makes them a leaf), so the vision tower runs without autograd bookkeeping.
+
+``scope="all"`` continues the propagation into the vision tower, up to the layer whose
+hidden state LLaVA reads (``vision_feature_layer``; later ViT layers get no gradient), as
+lvlm-interpret's "all" mode does. Here the answer's row over the image tokens is carried on
+through the ViT layers the same way: with ``v = [0 (CLS), map_k]`` and the vision layers
+f..1, ``v <- v + v @ Abar_l``; the map is ``v[1:]`` (image token i is ViT token i + 1 under
+LLaVA's "default" feature selection, which drops CLS). This is the answer row of the chained
+product R_llm * R_vit; lvlm-interpret instead seeds the ViT rollout with the image-image block
+of R_llm and reads the CLS row, which does not depend on the answer token's row.
+
+Parameters: ``token`` (mean | first | last: which answer tokens make the map; first / last
+compute only that token), ``scope`` (llm | all). ``per_token`` holds the maps of the tokens
+computed (all answer tokens for ``token=mean``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import replace
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from xbench.api import Generation, Method, RelevanceMap
+from xbench.errors import ParameterError, XbenchError
+from xbench.hookspecs import hookimpl
+from xbench.maps import TOKEN_CHOICES, combine_tokens
+
+SCOPES = ("llm", "all")
+
+
+def token_indices(n_answer: int, how: str) -> list[int]:
+    """Indices of the answer tokens a ``token`` choice needs."""
+    if how == "mean":
+        return list(range(n_answer))
+    if how == "first":
+        return [0]
+    if how == "last":
+        return [n_answer - 1]
+    raise ParameterError(f"token={how!r} is not one of {TOKEN_CHOICES}")
+
+
+def _llava_part(vlm, name: str):
+    part = getattr(getattr(vlm.model, "model", None), name, None)
+    if part is None:
+        raise XbenchError(f"gradient_relevancy needs a LLaVA model with a {name!r} (model {getattr(vlm, 'name', '?')!r})")
+    return part
+
+
+@contextlib.contextmanager
+def _image_features_as_leaf(vlm):
+    """Within the block, the projector's output is detached and made a leaf that requires grad."""
+    handle = _llava_part(vlm, "multi_modal_projector").register_forward_hook(
+        lambda _m, _i, out: out.detach().requires_grad_(True)
+    )
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def vision_layers_read(vlm, n_layers: int) -> int:
+    """How many ViT layers feed the hidden state LLaVA reads (``vision_feature_layer``)."""
+    layer = vlm.model.config.vision_feature_layer
+    if not isinstance(layer, int):
+        raise ParameterError(f"scope='all' needs a single vision_feature_layer, the model has {layer!r}")
+    return layer % (n_layers + 1)
+
+
+def _head_mean_cam(attention: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """mean over heads of (grad * A) clamped at 0, float32 ``[T, T]``."""
+    return (grad[0].float() * attention[0].detach().float()).clamp_(min=0).mean(dim=0)
+
+
+def _propagate(row: torch.Tensor, attentions: Sequence[torch.Tensor], grads: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``row @ (I + Abar_L) ... (I + Abar_1)`` for layers given first to last."""
+    for attention, grad in zip(reversed(attentions), reversed(grads)):
+        row = row + row @ _head_mean_cam(attention, grad)
+    return row
+
+
+def answer_relevancy(vlm, generation: Generation, tokens: Sequence[int] | None = None, scope: str = "llm") -> np.ndarray:
+    """Relevancy maps ``[len(tokens), h, w]`` (float32) of answer tokens ``tokens`` (default: all)."""
+    if scope not in SCOPES:
+        raise ParameterError(f"scope={scope!r} is not one of {SCOPES}")
+    tokens = list(range(len(generation.answer_ids))) if tokens is None else list(tokens)
+    last = max(tokens)
+    gen = replace(generation, answer_ids=generation.answer_ids[: last + 1])
+    h, w = gen.grid
+    image_positions = torch.tensor(gen.image_positions, device=vlm.device)
+    with torch.enable_grad():
+        if scope == "all":
+            ctx, pixel_values = contextlib.nullcontext(), gen.pixel_values.detach().requires_grad_(True)
+        else:
+            ctx, pixel_values = _image_features_as_leaf(vlm), None
+        with ctx:
+            out = vlm.forward(gen, output_attentions=True, pixel_values=pixel_values, logits_to_keep=last + 2)
+        attentions = list(out.attentions)
+        vision = []
+        if scope == "all":
+            vis_all = out.image_outputs.attentions
+            vision = list(vis_all[: vision_layers_read(vlm, len(vis_all))])
+        logits = out.logits[0]  # row k: the logits at query position of answer token k
+        del out
+        n_llm = len(attentions)
+        maps = []
+        for i, k in enumerate(tokens):
+            target = logits[k, gen.answer_ids[k]]
+            grads = torch.autograd.grad(target, attentions + vision, retain_graph=i < len(tokens) - 1)
+            row = torch.zeros(attentions[0].shape[-1], dtype=torch.float32, device=vlm.device)
+            row[gen.query_positions[k]] = 1.0
+            image_row = _propagate(row, attentions, grads[:n_llm])[image_positions]
+            if vision:
+                image_row = _propagate(torch.cat([image_row.new_zeros(1), image_row]), vision, grads[n_llm:])[1:]
+            del grads
+            maps.append(image_row.reshape(h, w).cpu().numpy())
+    return np.stack(maps).astype(np.float32)
+
+
+class GradientRelevancy(Method):
+    name = "gradient_relevancy"
+    description = "gradient-weighted attention relevancy over the LLM (Chefer et al. 2021; lvlm-interpret)"
+    needs = frozenset({"attentions", "gradients"})
+
+    @classmethod
+    def default_params(cls):
+        return {"token": "mean", "scope": "llm"}
+
+    def __init__(self, **params):
+        super().__init__(**params)
+        if self.params["token"] not in TOKEN_CHOICES:
+            raise ParameterError(f"{self.name}: token={self.params['token']!r} is not one of {TOKEN_CHOICES}")
+        if self.params["scope"] not in SCOPES:
+            raise ParameterError(f"{self.name}: scope={self.params['scope']!r} is not one of {SCOPES}")
+
+    def explain(self, vlm, generations):
+        maps = []
+        for gen in generations:
+            tokens = token_indices(len(gen.answer_ids), self.params["token"])
+            per_token = answer_relevancy(vlm, gen, tokens, self.params["scope"])
+            maps.append(RelevanceMap(combine_tokens(per_token, self.params["token"]), per_token))
+        return maps
+
+
+@hookimpl
+def xbench_register_methods(registry):
+    registry.register(GradientRelevancy)

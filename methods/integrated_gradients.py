@@ -1,0 +1,33 @@
+"""Integrated gradients (Sundararajan et al. 2017) through Captum, pooled onto the patch grid.
+
+Baseline: a constant image of value ``baseline`` in the processor's normalised pixel space
+(0: the normalisation mean colour). ``n_steps`` Gauss-Legendre points, ``internal_batch_size``
+of them per forward. Target and pooling: see :mod:`xbench.methods.captum_common`.
+"""
+
+from xbench.hookspecs import hookimpl
+from xbench.methods.captum_common import CaptumMethod
+
+
+class IntegratedGradientsMethod(CaptumMethod):
+    name = "integrated_gradients"
+    description = "Captum IntegratedGradients from a constant (mean-colour) image"
+
+    @classmethod
+    def default_params(cls):
+        return {**super().default_params(), "n_steps": 16, "internal_batch_size": 16, "baseline": 0.0}
+
+    def attribute(self, forward, pixel_values, generation, vlm):
+        from captum.attr import IntegratedGradients
+
+        return IntegratedGradients(forward).attribute(
+            pixel_values,
+            baselines=float(self.params["baseline"]),
+            n_steps=self.params["n_steps"],
+            internal_batch_size=self.params["internal_batch_size"],
+        )
+
+
+@hookimpl
+def xbench_register_methods(registry):
+    registry.register(IntegratedGradientsMethod)
