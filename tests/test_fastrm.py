@@ -13,7 +13,7 @@ from xbench.fastrm.proxy import FastRMProxy, ProxyError, model_identity
 from xbench.fastrm.testing import random_proxy
 from xbench.fastrm.train import TrainConfig, train_proxy
 
-REFERENCE = "rollout"  # cheap on the random tiny model; the CLI default is gradient_relevancy
+REFERENCE = "gradient_relevancy"  # the default reference
 SHORT = {"max_new_tokens": 2}  # the random model never stops: keep its answers short
 
 
@@ -99,9 +99,9 @@ def test_label_cache_hit_and_extension(plugins, tiny_vlm, reference, label_root,
 
 def test_label_cache_key_follows_reference_params(plugins, tiny_vlm, label_root, train_labels):
     task = plugins.registries.tasks.get("easyvqa")("train")
-    other = plugins.registries.methods.get(REFERENCE)(residual=0.9)
+    other = plugins.registries.methods.get(REFERENCE)(token="last")
     labels = build_labels(tiny_vlm, task, other, 4, cache_root=label_root, batch_size=4, progress=False, **SHORT)
-    assert labels.spec["reference_params"]["residual"] == 0.9
+    assert labels.spec["reference_params"]["token"] == "last"
     assert not np.allclose(labels.maps, train_labels.maps[:4])
 
 

@@ -6,8 +6,8 @@ import pytest
 
 from xbench.cli import main
 
-SMALL = ["--model", "tiny-random-llava", "--reference", "rollout", "--samples", "12", "--val-samples", "4",
-         "--test-samples", "6", "--label-batch-size", "8", "--no-progress"]
+SMALL = ["--model", "tiny-random-llava", "--samples", "12", "--val-samples", "4",
+         "--test-samples", "6", "--label-batch-size", "8", "--max-new-tokens", "2", "--no-progress"]
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ def test_run_and_evaluate_with_the_proxy(proxy_dir, cache, tmp_path, capsys):
            "--limit", "2", "--out", str(tmp_path / "r"), "--no-progress", "--warmup", "0"]
     assert main(run) == 0
     assert "2 samples explained, 0 errors" in capsys.readouterr().out
-    ev = ["fastrm", "evaluate", "--proxy", str(proxy_dir), *SMALL[:4], "--test-samples", "6", "--no-progress",
+    ev = ["fastrm", "evaluate", "--proxy", str(proxy_dir), *SMALL[:2], "--test-samples", "6", "--max-new-tokens", "2", "--no-progress",
           "--cache", str(cache), "--output", str(tmp_path / "e.json")]
     assert main(ev) == 0
     out = capsys.readouterr().out

@@ -13,6 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from xbench.errors import DataError
 from xbench.fastrm.evaluate import evaluate
 from xbench.fastrm.labels import LabelSet
 from xbench.fastrm.train import TrainConfig, train_proxy
@@ -85,6 +86,9 @@ def transfer_table(trainer: Trainer, test: LabelSet, base: TrainConfig, heads: S
     score on every group of the test set."""
     train_sets = {name: trainer.train.where(key, values) for name, values in groups.items()}
     smallest = min(len(s) for s in train_sets.values())
+    if smallest == 0:
+        empty = [name for name, s in train_sets.items() if not len(s)]
+        raise DataError(f"transfer: no training sample of group(s) {empty} ({key} in {[groups[e] for e in empty]})")
     train_sets = {name: s.subset(range(smallest)) for name, s in train_sets.items()}
     train_sets["all"] = trainer.train.subset(range(smallest))
     test_sets = {name: test.where(key, values) for name, values in groups.items()}

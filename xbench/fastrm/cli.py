@@ -62,6 +62,7 @@ def _common(p: argparse.ArgumentParser, training: bool = True) -> None:
     p.add_argument("--noise-std", type=float, default=2 / 255, help="pixel noise of the noise ceiling, intensity units (default 2/255)")
     p.add_argument("--cache", type=Path, help="label cache root (default $XBENCH_HOME/fastrm)")
     p.add_argument("--label-batch-size", type=positive_int, default=16)
+    p.add_argument("--max-new-tokens", type=positive_int, help="answer length limit (default: the task's)")
     p.add_argument("--device", help="cpu, cuda ... (default: cuda when present)")
     p.add_argument("--no-progress", action="store_true")
     if training:
@@ -90,6 +91,7 @@ class Context:
         return build_labels(
             self.vlm, task, self.reference, n, seed=self.args.seed, cache_root=self.cache,
             batch_size=self.args.label_batch_size, noise_std=self.args.noise_std if noise else None,
+            max_new_tokens=self.args.max_new_tokens,
             progress=not self.args.no_progress, log=_log,
         )
 
