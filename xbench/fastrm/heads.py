@@ -2,20 +2,36 @@
 
 Every head takes ``patches [B, N, d]`` (the image tokens' states), ``queries [B, K, d]``
 (the states at the answer tokens' query positions) and returns logits ``[B, K, N]``, one
-per answer token and image patch. Heads register by name in :data:`HEADS`; the proxy
-builds them from ``HEADS[name](hidden_size, n_patches, **params)``.
+per answer token and image patch. A head computes raw scores ``s`` (:meth:`Head.scores`);
+the shared :meth:`Head.forward` turns them into logits ``a * norm(s) + b`` with learned
+scalars ``a, b`` and ``norm`` one of :data:`NORMALISATIONS` over the patches of each map:
+
+* ``none``: ``s`` itself;
+* ``max``: ``s - max(s)`` (the labels are min-max normalised per map, so "relevant" means
+  "close to this map's maximum": the best patch always sits at logit ``b``);
+* ``softmax``: ``log_softmax(s)`` (the log attention weights of a single-head attention).
+
+Heads register by name in :data:`HEADS`; the proxy builds them from
+``HEADS[name](hidden_size, n_patches, **params)``.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import torch
 from torch import nn
 
 #: head name -> head class (filled by :func:`register_head`)
 HEADS: dict[str, type["Head"]] = {}
+
+#: per-map normalisation of raw scores [..., N] over the patches
+NORMALISATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "none": lambda s: s,
+    "max": lambda s: s - s.amax(dim=-1, keepdim=True),
+    "softmax": lambda s: torch.log_softmax(s, dim=-1),
+}
 
 
 def register_head(cls: type["Head"]) -> type["Head"]:
@@ -35,24 +51,38 @@ class Head(nn.Module):
 
     def __init__(self, hidden_size: int, n_patches: int, **params: Any) -> None:
         super().__init__()
+        unknown = set(params) - set(self.defaults) - {"normalise"}
+        if unknown:
+            raise ValueError(f"head {self.name!r} has no parameter(s) {sorted(unknown)}; it takes "
+                             f"{sorted(set(self.defaults) | {'normalise'})}")
         self.hidden_size, self.n_patches = hidden_size, n_patches
-        self.params = {**self.defaults, **params}
+        self.params = {"normalise": "max", **self.defaults, **params}
+        if self.params["normalise"] not in NORMALISATIONS:
+            raise ValueError(f"normalise={self.params['normalise']!r} is not one of {sorted(NORMALISATIONS)}")
+        self.scale = nn.Parameter(torch.ones(()))
+        self.bias = nn.Parameter(torch.zeros(()))
 
-    def forward(self, patches: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:  # pragma: no cover
+    def scores(self, patches: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:  # pragma: no cover
+        """Raw scores ``[B, K, N]``."""
         raise NotImplementedError
+
+    def forward(self, patches: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+        s = NORMALISATIONS[self.params["normalise"]](self.scores(patches, queries))
+        return self.scale * s + self.bias
 
 
 @register_head
 class AttentionHead(Head):
-    """The paper's proxy: LayerNorm, then single-head scaled dot-product attention logits.
+    """The paper's proxy: LayerNorm, then single-head scaled dot-product attention.
 
-    ``logit[k, n] = <W_q LN(query_k), W_k LN(patch_n)> / sqrt(dim) + b``; no softmax over
-    patches (each patch gets its own sigmoid probability).
+    ``s[k, n] = <W_q LN(query_k), W_k LN(patch_n) + p_n> / sqrt(dim)`` where ``p_n`` is a
+    learned position embedding of patch ``n`` (``pos=True``, default; the language model
+    sees image tokens through rotary positions the states do not carry).
     """
 
     name = "attention"
-    description = "LayerNorm + single-head attention logits (FastRM paper)"
-    defaults = {"dim": 256}
+    description = "LayerNorm + single-head attention (FastRM paper)"
+    defaults = {"dim": 256, "pos": True}
 
     def __init__(self, hidden_size: int, n_patches: int, **params: Any) -> None:
         super().__init__(hidden_size, n_patches, **params)
@@ -60,13 +90,15 @@ class AttentionHead(Head):
         self.norm = nn.LayerNorm(hidden_size)
         self.q = nn.Linear(hidden_size, dim)
         self.k = nn.Linear(hidden_size, dim)
-        self.bias = nn.Parameter(torch.zeros(()))
-        self.scale = 1.0 / math.sqrt(dim)
+        self.pos = nn.Parameter(torch.zeros(n_patches, dim)) if self.params["pos"] else None
+        self.temperature = 1.0 / math.sqrt(dim)
 
-    def forward(self, patches, queries):
+    def scores(self, patches, queries):
         q = self.q(self.norm(queries))  # [B, K, dim]
         k = self.k(self.norm(patches))  # [B, N, dim]
-        return torch.einsum("bkd,bnd->bkn", q, k) * self.scale + self.bias
+        if self.pos is not None:
+            k = k + self.pos
+        return torch.einsum("bkd,bnd->bkn", q, k) * self.temperature
 
 
 @register_head
@@ -86,7 +118,7 @@ class MLPHead(Head):
         self.pos = nn.Parameter(torch.zeros(n_patches, dim))
         self.out = nn.Sequential(nn.GELU(), nn.Linear(dim, 1))
 
-    def forward(self, patches, queries):
+    def scores(self, patches, queries):
         p = self.norm(patches).unsqueeze(1)  # [B, 1, N, d]
         a = self.norm(queries).unsqueeze(2)  # [B, K, 1, d]
         p, a = torch.broadcast_tensors(p, a)

@@ -116,7 +116,10 @@ class FastRMProxy(nn.Module):
         if head not in HEADS:
             raise ProxyError(f"unknown FastRM head {head!r}; choose from {sorted(HEADS)}")
         self.grid = (int(grid[0]), int(grid[1]))
-        self.head = HEADS[head](int(hidden_size), self.grid[0] * self.grid[1], **(head_params or {}))
+        try:
+            self.head = HEADS[head](int(hidden_size), self.grid[0] * self.grid[1], **(head_params or {}))
+        except ValueError as exc:
+            raise ProxyError(f"FastRM {head!r} head: {exc}") from None
         self.head_name = head
         self.hidden_size = int(hidden_size)
         self.model_info = dict(model or {})
