@@ -1,24 +1,26 @@
 """FastRM beside gradient_relevancy and plain answers, side by side on the same samples (CPU).
 
-Per sample (batch size 1, the model's default FastRM proxy, ``--threads`` torch threads):
+For each batch size (default 1 and 4, the runner's default), on batches of the same samples
+(the model's default FastRM proxy, ``--threads`` torch threads):
 
 * plain answer: ``vlm.generate`` keeping nothing (sdpa attention);
 * FastRM-explained answer: ``vlm.generate`` keeping the last hidden states, then
   ``fastrm.explain`` (its time alone is the FastRM map time);
-* gradient_relevancy map: ``gradient_relevancy.explain`` of the same generation on the same
+* gradient_relevancy map: ``gradient_relevancy.explain`` of the same generations on the same
   weights loaded with eager attention (it needs attention weights).
 
-The three are interleaved sample by sample, each repeated ``--repeats`` times (order rotated),
-after ``--warmup`` untimed samples; a sample's time is the minimum over its repeats (robust
-to other processes on a shared machine), and the tables give medians over samples. Then the
-same comparison from the runner's own records: ``xbench run`` with fastrm and with
-gradient_relevancy on the same samples (batch 1), reading ``explain_ms`` / ``generate_ms``.
+The three are interleaved batch by batch, each repeated ``--repeats`` times (order rotated),
+after ``--warmup`` untimed batches; per-sample time is the batch time over the batch size
+(as the runner records it), the minimum over repeats (robust to other processes on a shared
+machine), and the tables give medians over samples. Then the same comparison from the
+runner's own records: ``xbench run`` with fastrm and with gradient_relevancy on the same
+samples, reading ``explain_ms`` / ``generate_ms``.
 
 Targets (ANCHORS / issue): gradient_relevancy map time / FastRM map time >= 100x;
 explained answer / plain answer latency <= 1.05x.
 
-    python benchmarks/fastrm_cpu.py [--model NAME] [--limit 50] [--repeats 3] [--threads 2]
-    -> results/fastrm/cpu_benchmark.{json,md}
+    python benchmarks/fastrm_cpu.py [--model NAME] [--limit 48] [--batch-sizes 1,4] [--repeats 3] [--threads 2]
+    -> results/fastrm/cpu_benchmark-<threads>threads.{json,md}
 """
 
 from __future__ import annotations
@@ -41,12 +43,14 @@ def timed(fn):
     return out, (time.perf_counter() - start) * 1e3
 
 
-def side_by_side(model: str, limit: int, repeats: int, warmup: int, progress: bool) -> dict:
+def side_by_side(model: str, limit: int, batch_size: int, repeats: int, warmup: int, progress: bool) -> dict:
+    """Interleaved plain / explained / gradient_relevancy on batches of ``batch_size`` samples;
+    per-sample times are batch times divided by the batch size (as the runner records them)."""
     from tqdm.auto import tqdm
 
     from xbench.models import load_vlm
     from xbench.plugins import default
-    from xbench.runner import DEFAULT_TASK
+    from xbench.runner import DEFAULT_TASK, batched
 
     reg = default().registries
     fast_vlm = load_vlm(model, reg, needs=frozenset({"hidden_states"}), device="cpu")
@@ -54,27 +58,27 @@ def side_by_side(model: str, limit: int, repeats: int, warmup: int, progress: bo
     fastrm = reg.methods.get("fastrm")()
     reference = reg.methods.get("gradient_relevancy")()
     task = reg.tasks.get(DEFAULT_TASK)()
-    samples = list(task.samples(limit=limit + warmup, seed=0))
+    samples = list(task.samples(limit=limit + warmup * batch_size, seed=0))
     keep = frozenset({"hidden_states"})
     rows = []
-    for i, s in enumerate(tqdm(samples, desc="samples", disable=not progress)):
-        prompt, n_new = [task.prompt(s)], task.max_new_tokens
+    for i, batch in enumerate(tqdm(list(batched(samples, batch_size)), desc=f"batch {batch_size}", disable=not progress)):
+        prompts, n_new, b = [task.prompt(s) for s in batch], task.max_new_tokens, len(batch)
         t = {"plain": [], "explained": [], "fastrm_map": [], "gradient_relevancy_map": []}
+        state = {}
 
         def plain():
-            t["plain"].append(timed(lambda: fast_vlm.generate([s], prompt, n_new))[1])
+            t["plain"].append(timed(lambda: fast_vlm.generate(batch, prompts, n_new))[1] / b)
 
         def explained():
-            gens, g_ms = timed(lambda: fast_vlm.generate([s], prompt, n_new, keep))
+            gens, g_ms = timed(lambda: fast_vlm.generate(batch, prompts, n_new, keep))
             maps, m_ms = timed(lambda: fastrm.explain(fast_vlm, gens))
-            t["explained"].append(g_ms + m_ms)
-            t["fastrm_map"].append(m_ms)
-            t["gen"] = gens[0]
-            t["map"] = maps[0]
+            t["explained"].append((g_ms + m_ms) / b)
+            t["fastrm_map"].append(m_ms / b)
+            state["gens"], state["maps"] = gens, maps
 
         def relevancy():
-            gen = t.get("gen") or fast_vlm.generate([s], prompt, n_new, keep)[0]
-            t["gradient_relevancy_map"].append(timed(lambda: reference.explain(eager_vlm, [gen]))[1])
+            gens = state.get("gens") or fast_vlm.generate(batch, prompts, n_new, keep)
+            t["gradient_relevancy_map"].append(timed(lambda: reference.explain(eager_vlm, gens))[1] / b)
 
         steps = [plain, explained, relevancy]
         for r in range(repeats):
@@ -82,9 +86,10 @@ def side_by_side(model: str, limit: int, repeats: int, warmup: int, progress: bo
                 step()
         if i < warmup:
             continue
-        rows.append({"id": s.id, "answer": t["gen"].text, "answer_tokens": len(t["gen"].answer_ids),
-                     "confidence": t["map"].extras["confidence"],
-                     **{k: min(v) for k, v in t.items() if isinstance(v, list)}})
+        best = {k: min(v) for k, v in t.items()}  # per batch: the least disturbed repeat
+        for gen, rmap in zip(state["gens"], state["maps"]):
+            rows.append({"id": gen.sample_id, "answer": gen.text, "answer_tokens": len(gen.answer_ids),
+                         "confidence": rmap.extras["confidence"], **best})
     proxy = fastrm.proxy_for(fast_vlm)
     return {"rows": rows, "model": fast_vlm.name, "model_hash": fast_vlm.model_hash,
             "proxy": {"source": proxy.source, "head": proxy.head_name}}
@@ -92,28 +97,27 @@ def side_by_side(model: str, limit: int, repeats: int, warmup: int, progress: bo
 
 def summarise(rows: list[dict]) -> dict:
     med = {k: statistics.median(r[k] for r in rows) for k in ("plain", "explained", "fastrm_map", "gradient_relevancy_map")}
-    per_sample_latency = [r["explained"] / r["plain"] for r in rows]
-    per_sample_speedup = [r["gradient_relevancy_map"] / r["fastrm_map"] for r in rows]
     return {
         "median_ms": med,
         "map_speedup": med["gradient_relevancy_map"] / med["fastrm_map"],
-        "map_speedup_per_sample_median": statistics.median(per_sample_speedup),
+        "map_speedup_per_sample_median": statistics.median(r["gradient_relevancy_map"] / r["fastrm_map"] for r in rows),
         "latency_ratio": med["explained"] / med["plain"],
-        "latency_ratio_per_sample_median": statistics.median(per_sample_latency),
+        "latency_ratio_per_sample_median": statistics.median(r["explained"] / r["plain"] for r in rows),
         "n": len(rows),
     }
 
 
-def from_runner(model: str, limit: int, out_root: Path) -> dict:
-    """``xbench run`` with fastrm and with gradient_relevancy on the same samples, batch 1."""
+def from_runner(model: str, limit: int, batch_size: int, out_root: Path) -> dict:
+    """``xbench run`` with fastrm and with gradient_relevancy on the same samples."""
     from xbench.records import read_records
     from xbench.runner import RunConfig, run
 
     res = {}
     for method in ("fastrm", "gradient_relevancy"):
-        summary = run(RunConfig(method=method, model=model, limit=limit, batch_size=1, device="cpu",
-                                out=out_root / method, progress=False, metrics=[]))
-        recs = [r for r in read_records(out_root / method / "samples.jsonl") if "error" not in r]
+        out = out_root / f"{method}-b{batch_size}"
+        summary = run(RunConfig(method=method, model=model, limit=limit, batch_size=batch_size, device="cpu",
+                                out=out, progress=False, metrics=[]))
+        recs = [r for r in read_records(out / "samples.jsonl") if "error" not in r]
         res[method] = {
             "n": len(recs), "errors": summary["n_errors"],
             "explain_ms_p50": summary["metrics"]["explain_ms_p50"]["value"],
@@ -121,36 +125,42 @@ def from_runner(model: str, limit: int, out_root: Path) -> dict:
             "ids": [r["id"] for r in recs],
         }
     same = res["fastrm"].pop("ids") == res["gradient_relevancy"].pop("ids")
-    return {**res, "same_samples": same,
+    return {**res, "batch_size": batch_size, "same_samples": same,
             "map_speedup_p50": res["gradient_relevancy"]["explain_ms_p50"] / res["fastrm"]["explain_ms_p50"]}
 
 
 def markdown(r: dict) -> str:
     from tabulate import tabulate
 
-    s = r["side_by_side"]
-    rows = [[k, f"{v:.3f}"] for k, v in s["median_ms"].items()]
-    table = tabulate(rows, headers=["path (per sample, min over repeats)", "median ms"], tablefmt="github")
-    run = r["runner"]
-    run_rows = [[m, run[m]["n"], f"{run[m]['generate_ms_p50']:.2f}", f"{run[m]['explain_ms_p50']:.3f}"]
-                for m in ("fastrm", "gradient_relevancy")]
-    run_table = tabulate(run_rows, headers=["xbench run (batch 1)", "samples", "generate_ms p50", "explain_ms p50"],
-                         tablefmt="github")
     ok = lambda b: "met" if b else "NOT met"  # noqa: E731
-    return (
-        f"# FastRM vs gradient_relevancy vs plain answers, CPU\n\n"
-        f"Model {r['model']} (hash {r['model_hash']}), proxy {r['proxy']['head']} ({r['proxy']['source']}); "
-        f"device {r['environment']['device_name']}, {r['threads']} torch threads; {s['n']} samples of easyvqa/test, "
-        f"{r['repeats']} interleaved repeats each, after {r['warmup']} warm-up samples. Wall time {r['wall_seconds']:.0f} s.\n\n"
-        f"{table}\n\n"
-        f"- gradient_relevancy map / FastRM map: **{s['map_speedup']:.0f}x** (per-sample median {s['map_speedup_per_sample_median']:.0f}x); "
-        f"target >= {MAP_TARGET:.0f}x: {ok(s['map_speedup'] >= MAP_TARGET)}\n"
-        f"- FastRM-explained answer / plain answer latency: **{s['latency_ratio']:.4f}x** (per-sample median "
-        f"{s['latency_ratio_per_sample_median']:.4f}x); target <= {LATENCY_TARGET}x: {ok(s['latency_ratio'] <= LATENCY_TARGET)}\n\n"
-        f"From the runner's records on the same samples (same ids: {run['same_samples']}):\n\n{run_table}\n\n"
-        f"- explain_ms p50 ratio gradient_relevancy / fastrm: {run['map_speedup_p50']:.0f}x\n\n"
-        f"git {r['environment']['git_sha']}, torch {r['environment']['torch']}, {r['finished']}\n"
-    )
+    parts = [
+        "# FastRM vs gradient_relevancy vs plain answers, CPU\n",
+        f"Model {r['model']} (hash {r['model_hash']}), FastRM proxy: {r['proxy']['head']} head ({r['proxy']['source']}); "
+        f"device {r['environment']['device_name']}, {r['threads']} torch threads; {r['limit']} samples of easyvqa/test "
+        f"(seed 0) per batch size, {r['repeats']} interleaved repeats each (rotated order), after {r['warmup']} warm-up "
+        f"batch(es); per-sample time = batch time / batch size, the least disturbed repeat of each batch; medians over "
+        f"samples. Wall time {r['wall_seconds']:.0f} s.\n",
+    ]
+    for b, s in r["side_by_side"].items():
+        rows = [[k, f"{v:.3f}"] for k, v in s["median_ms"].items()]
+        parts.append(f"## Batch size {b}\n")
+        parts.append(tabulate(rows, headers=["path", "median ms / sample"], tablefmt="github") + "\n")
+        parts.append(
+            f"- gradient_relevancy map / FastRM map: **{s['map_speedup']:.0f}x** (per-sample median "
+            f"{s['map_speedup_per_sample_median']:.0f}x); target >= {MAP_TARGET:.0f}x: {ok(s['map_speedup'] >= MAP_TARGET)}\n"
+            f"- FastRM-explained answer / plain answer latency: **{s['latency_ratio']:.4f}x** (per-sample median "
+            f"{s['latency_ratio_per_sample_median']:.4f}x); target <= {LATENCY_TARGET}x: {ok(s['latency_ratio'] <= LATENCY_TARGET)}\n"
+        )
+    run_rows = []
+    for b, run in r["runner"].items():
+        for m in ("fastrm", "gradient_relevancy"):
+            run_rows.append([b, m, run[m]["n"], f"{run[m]['generate_ms_p50']:.2f}", f"{run[m]['explain_ms_p50']:.3f}",
+                             f"{run['map_speedup_p50']:.0f}x" if m == "fastrm" else "", run["same_samples"]])
+    parts.append("## From the runner's own records (`xbench run`, same samples)\n")
+    parts.append(tabulate(run_rows, headers=["batch", "method", "samples", "generate_ms p50", "explain_ms p50",
+                                             "gradient_relevancy / fastrm", "same ids"], tablefmt="github") + "\n")
+    parts.append(f"git {r['environment']['git_sha']}, torch {r['environment']['torch']}, {r['finished']}\n")
+    return "\n".join(parts)
 
 
 def main(argv=None) -> int:
@@ -162,25 +172,33 @@ def main(argv=None) -> int:
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=DEFAULT_MODEL)
-    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--limit", type=int, default=48)
+    p.add_argument("--batch-sizes", default="1,4", help="comma-separated (default 1,4: 4 is the runner's default)")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=ROOT / "results" / "fastrm")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    report = side_by_side(args.model, args.limit, args.repeats, args.warmup, not args.no_progress)
-    report["side_by_side"] = summarise(report["rows"])
+    sizes = [int(b) for b in args.batch_sizes.split(",")]
+    report = {"side_by_side": {}, "runner": {}, "rows": {}}
+    for b in sizes:
+        res = side_by_side(args.model, args.limit, b, args.repeats, args.warmup, not args.no_progress)
+        report["rows"][b] = res.pop("rows")
+        report.update(res)
+        report["side_by_side"][b] = summarise(report["rows"][b])
     with tempfile.TemporaryDirectory() as tmp:
-        report["runner"] = from_runner(args.model, args.limit, Path(tmp))
-    report.update(threads=args.threads, repeats=args.repeats, warmup=args.warmup,
+        for b in sizes:
+            report["runner"][b] = from_runner(args.model, args.limit, b, Path(tmp))
+    report.update(threads=args.threads, limit=args.limit, repeats=args.repeats, warmup=args.warmup,
                   wall_seconds=time.perf_counter() - started, environment=provenance.environment("cpu"),
                   finished=provenance.now())
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "cpu_benchmark.json").write_text(json.dumps(report, indent=2) + "\n")
-    (args.out / "cpu_benchmark.md").write_text(markdown(report))
+    stem = f"cpu_benchmark-{args.threads}threads"
+    (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (args.out / f"{stem}.md").write_text(markdown(report))
     print(markdown(report))
     return 0
 

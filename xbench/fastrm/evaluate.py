@@ -27,9 +27,9 @@ def predict(proxy, labels: LabelSet, batch_size: int = 256) -> tuple[np.ndarray,
     with torch.no_grad():
         for start in range(0, len(labels), batch_size):
             patches, queries, mask = labels.batch(range(start, min(start + batch_size, len(labels))))
-            p = torch.sigmoid(proxy(patches, queries, mask))
-            probs.append(p.numpy())
-            ents.append(entropy_confidence(p)[0].numpy())
+            p = torch.sigmoid(proxy(patches, queries, mask)).numpy()
+            probs.append(p)
+            ents.append(entropy_confidence(p)[0])
     return np.concatenate(probs).astype(np.float32), np.concatenate(ents).astype(np.float64)
 
 

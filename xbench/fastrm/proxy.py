@@ -41,12 +41,12 @@ def model_identity(vlm) -> dict[str, Any]:
     }
 
 
-def features(generations: Sequence) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(patches [B, N, d], queries [B, K, d], query_mask [B, K])`` from generations' kept states.
+def features(generations: Sequence) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``(patches [B, N, d], queries [B, K, d], query_mask [B, K] or None)`` from generations' kept states.
 
     Patches are the image tokens' states; queries the states at the answer tokens' query
-    positions (zero-padded to the longest answer). Raises :class:`ProxyError` when the
-    hidden states were not kept.
+    positions, zero-padded to the longest answer with a mask (None when every answer has
+    the same length). Raises :class:`ProxyError` when the hidden states were not kept.
     """
     patches, queries = [], []
     for gen in generations:
@@ -58,6 +58,8 @@ def features(generations: Sequence) -> tuple[torch.Tensor, torch.Tensor, torch.T
             )
         patches.append(hs[_index(gen.image_positions)])
         queries.append(hs[_index(gen.query_positions)])
+    if len({q.shape[0] for q in queries}) == 1:
+        return torch.stack(patches), torch.stack(queries), None
     return (torch.stack(patches),) + pad_queries(queries)
 
 
@@ -87,10 +89,10 @@ def single_cpu_thread(device):
     thread for each of them costs far more than the work (measured: 0.3 ms on one thread,
     40-140 ms median on two with other processes sharing the cores).
     """
-    if torch.device(device).type != "cpu":
+    before = torch.get_num_threads()
+    if device.type != "cpu" or before == 1:
         yield
         return
-    before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         yield
@@ -98,13 +100,16 @@ def single_cpu_thread(device):
         torch.set_num_threads(before)
 
 
-def entropy_confidence(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Entropy of each map normalised to a distribution over patches, and
-    ``confidence = 1 - entropy / log(N)`` (1: all mass on one patch, 0: uniform)."""
-    p = probs.clamp_min(1e-12)
-    p = p / p.sum(dim=-1, keepdim=True)
-    entropy = -(p * p.log()).sum(dim=-1)
-    return entropy, 1.0 - entropy / np.log(probs.shape[-1])
+def entropy_confidence(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Entropy of each map ``[..., N]`` normalised to a distribution over patches, and
+    ``confidence = 1 - entropy / log(N)`` (1: all mass on one patch, 0: uniform).
+
+    With ``q = p / S``, ``S = sum(p)``: ``H = -sum(q log q) = log S - sum(p log p) / S``.
+    """
+    p = np.maximum(np.asarray(probs, dtype=np.float64), 1e-12)
+    total = p.sum(axis=-1)
+    entropy = np.log(total) - (p * np.log(p)).sum(axis=-1) / total
+    return entropy, 1.0 - entropy / np.log(p.shape[-1])
 
 
 class FastRMProxy(nn.Module):
@@ -132,34 +137,45 @@ class FastRMProxy(nn.Module):
         """Logits ``[B, K, N]`` per answer token."""
         return self.head(patches, queries)
 
-    def forward(self, patches, queries, query_mask) -> torch.Tensor:
+    def forward(self, patches, queries, query_mask=None) -> torch.Tensor:
         """Per-patch logits ``[B, N]``: the per-token logits averaged over each sample's answer tokens."""
         return self.combine(self.token_logits(patches, queries), query_mask)
 
     @staticmethod
-    def combine(token_logits: torch.Tensor, query_mask: torch.Tensor) -> torch.Tensor:
+    def combine(token_logits: torch.Tensor, query_mask: torch.Tensor | None) -> torch.Tensor:
         """Mean of ``[B, K, N]`` token logits over each sample's real answer tokens -> ``[B, N]``."""
+        if query_mask is None:
+            return token_logits.mean(dim=1)
         w = query_mask.to(token_logits.dtype).unsqueeze(-1)
         return (token_logits * w).sum(dim=1) / w.sum(dim=1).clamp_min(1.0)
 
     def predict(self, generations: Sequence) -> dict[str, np.ndarray]:
-        """Maps for generations: ``map [B, h, w]`` (sigmoid probabilities), ``per_token [B, K, h, w]``,
-        ``entropy [B]``, ``confidence [B]``."""
-        param = next(self.parameters())
-        with torch.no_grad(), single_cpu_thread(param.device):
+        """Maps for generations: ``map [B, h, w]`` (sigmoid probabilities), ``per_token [B, K, h, w]``
+        (K: the longest answer), ``entropy [B]``, ``confidence [B]``.
+
+        Kept lean (it is the whole cost of a FastRM map): one conversion to numpy, the
+        sigmoid and entropy in numpy.
+        """
+        param = self.head.bias
+        with torch.inference_mode(), single_cpu_thread(param.device):
             patches, queries, mask = features(generations)
             self.check_states(patches)
-            patches, queries, mask = patches.to(param), queries.to(param), mask.to(param.device)
+            if patches.dtype != param.dtype or patches.device != param.device:
+                patches, queries = patches.to(param), queries.to(param)
+                mask = None if mask is None else mask.to(param.device)
             token_logits = self.token_logits(patches, queries)
-            logits = self.combine(token_logits, mask)
-            probs = torch.sigmoid(logits)
-            entropy, confidence = entropy_confidence(probs)
-        h, w_ = self.grid
+            if token_logits.shape[1] == 1:  # one answer token: its map is the map
+                both = token_logits.float().cpu().numpy()
+            else:
+                both = torch.cat([self.combine(token_logits, mask).unsqueeze(1), token_logits], dim=1).float().cpu().numpy()
+        probs = 1.0 / (1.0 + np.exp(-both))
+        entropy, confidence = entropy_confidence(probs[:, 0])
+        h, w = self.grid
         return {
-            "map": probs.float().cpu().numpy().reshape(-1, h, w_),
-            "per_token": torch.sigmoid(token_logits).float().cpu().numpy().reshape(len(generations), -1, h, w_),
-            "entropy": entropy.float().cpu().numpy(),
-            "confidence": confidence.float().cpu().numpy(),
+            "map": probs[:, 0].reshape(-1, h, w),
+            "per_token": (probs if probs.shape[1] == 1 else probs[:, 1:]).reshape(len(generations), -1, h, w),
+            "entropy": entropy,
+            "confidence": confidence,
         }
 
     # ------------------------------------------------------------------ checks
