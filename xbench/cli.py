@@ -17,6 +17,7 @@ from xbench.errors import ParameterError, XbenchError
 COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
 #: modules whose ``@command`` functions join the CLI (imported when the parser is built)
 COMMAND_MODULES: tuple[str, ...] = (
+    "xbench.zoo.commands",
     "xbench.fastrm.cli",
 )
 

@@ -25,7 +25,7 @@ from xbench.plugins import XbenchPlugins, default
 from xbench.records import SAMPLES, SUMMARY, RecordWriter, read_records, write_json_atomic
 
 DEFAULT_TASK = "easyvqa"
-DEFAULT_MODEL = "tiny-random-llava"
+DEFAULT_MODEL = "tiny-llava-easyvqa"
 INLINE_MAP_LIMIT = 1024  # grids with more cells go to maps/<id>.npy
 
 

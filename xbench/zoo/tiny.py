@@ -69,6 +69,10 @@ class TinyLlavaShape:
     max_positions: int = 256
 
 
+#: the architecture of ``tiny-llava-easyvqa`` (0.67M parameters) and of its random control
+EASYVQA_SHAPE = TinyLlavaShape(vision_hidden=128, text_hidden=128)
+
+
 def build_processor(tokenizer, shape: TinyLlavaShape):
     from transformers import LlavaProcessor
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
