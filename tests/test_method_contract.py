@@ -46,7 +46,6 @@ def generations(tiny_vlm, easyvqa_samples):
 def runs(plugins, tiny_vlm, generations):
     """Per method: a call on 4 generations, a second call on the first 2, one call per generation,
     and what the model looked like after them compared to before."""
-    out = {}
     model = tiny_vlm.model
     params_before = {n: p.detach().clone() for n, p in model.named_parameters()}
     config_before = model.config.to_dict()
