@@ -358,3 +358,57 @@ def test_where_and_concat(train_labels):
     assert sorted(both.ids) == sorted(train_labels.ids)
     i = both.ids.index(train_labels.ids[5])
     np.testing.assert_array_equal(both.batch([i])[1], train_labels.batch([5])[1])
+
+
+# --------------------------------------------------------------------------- heads
+
+
+@pytest.mark.parametrize("head", ["attention", "mlp"])
+def test_heads_match_their_plain_formulas(head):
+    from xbench.fastrm.heads import HEADS
+
+    torch.manual_seed(0)
+    patches, queries = torch.randn(3, 16, 32), torch.randn(3, 2, 32)
+    h = HEADS[head](32, 16, normalise="none")
+    for prm in h.parameters():
+        torch.nn.init.normal_(prm, std=0.3)
+    p, a = h.norm(patches), h.norm(queries)
+    if head == "attention":  # <W_q a + b_q, W_k p + b_k + pos> / sqrt(dim)
+        q = a @ h.q.weight.T + h.q.bias
+        k = p @ h.k.weight.T + h.k.bias + h.pos
+        plain = torch.einsum("bkd,bnd->bkn", q, k) / math.sqrt(h.q.out_features)
+    else:  # out(gelu(W [p, a, p * a] + b + pos))
+        pb, ab = torch.broadcast_tensors(p.unsqueeze(1), a.unsqueeze(2))
+        x = torch.cat([pb, ab, pb * ab], dim=-1) @ h.inp.weight.T + h.inp.bias + h.pos
+        plain = (torch.nn.functional.gelu(x) @ h.out.weight.T + h.out.bias).squeeze(-1)
+    with torch.no_grad():
+        torch.testing.assert_close(h(patches, queries), h.scale * plain + h.bias, rtol=1e-4, atol=1e-5)
+
+
+def test_max_normalisation_puts_each_maps_best_patch_at_the_bias():
+    from xbench.fastrm.heads import HEADS
+
+    torch.manual_seed(0)
+    h = HEADS["attention"](32, 16)  # normalise="max" by default
+    with torch.no_grad():
+        h.bias.fill_(0.7)
+        out = h(torch.randn(4, 16, 32), torch.randn(4, 3, 32))
+    torch.testing.assert_close(out.amax(dim=-1), torch.full((4, 3), 0.7))
+
+
+def test_bad_head_parameters_are_proxy_errors(tiny_vlm):
+    with pytest.raises(ProxyError, match=r"'mlp' head: head 'mlp' has no parameter\(s\) \['heads'\]"):
+        FastRMProxy("mlp", 64, (8, 8), {"heads": 2})
+    with pytest.raises(ProxyError, match="normalise='sum' is not one of"):
+        FastRMProxy("attention", 64, (8, 8), {"normalise": "sum"})
+    with pytest.raises(ProxyError, match="unknown FastRM head 'cnn'"):
+        FastRMProxy("cnn", 64, (8, 8))
+
+
+def test_confidence_on_task_scores_every_answer(plugins, tiny_vlm):
+    from xbench.fastrm.evaluate import confidence_on_task
+
+    task = plugins.registries.tasks.get("easyvqa")()
+    res = confidence_on_task(tiny_vlm, task, plugins.registries.methods.get("fastrm")(), 5, progress=False)
+    assert res["n"] == 5 and res["n_wrong"] == 5  # the random model is never right
+    assert res["auroc_entropy_wrong"] is None  # one class only: no AUROC rather than a made-up one

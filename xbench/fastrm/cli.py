@@ -59,6 +59,8 @@ def _common(p: argparse.ArgumentParser, training: bool = True) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of sample order, proxy init and batches (default 0)")
     p.add_argument("--test-samples", type=positive_int, default=1000, help="held-out test samples (default 1000)")
     p.add_argument("--test-split", default="test", help="held-out split (default test)")
+    p.add_argument("--confidence-samples", type=int, default=0,
+                   help="also score the confidence on this many held-out answers, no reference needed (0: skip; -1: the whole split)")
     p.add_argument("--noise-std", type=float, default=2 / 255, help="pixel noise of the noise ceiling, intensity units (default 2/255)")
     p.add_argument("--cache", type=Path, help="label cache root (default $XBENCH_HOME/fastrm)")
     p.add_argument("--label-batch-size", type=positive_int, default=16)
@@ -67,15 +69,15 @@ def _common(p: argparse.ArgumentParser, training: bool = True) -> None:
     p.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's; 1 is fastest on a busy machine)")
     p.add_argument("--no-progress", action="store_true")
     if training:
-        p.add_argument("--samples", type=positive_int, default=8000, help="training samples (default 8000)")
+        p.add_argument("--samples", type=positive_int, default=23500, help="training samples (default 23500)")
         p.add_argument("--val-samples", type=positive_int, default=500, help="validation samples (default 500)")
         p.add_argument("--train-split", default="train", help="split to train on (default train)")
         p.add_argument("--steps", type=positive_int, default=4000, help="optimiser steps (default 4000)")
         p.add_argument("--batch-size", type=positive_int, default=64)
         p.add_argument("--lr", type=float, default=1e-3)
         p.add_argument("--weight-decay", type=float, default=0.01)
-        p.add_argument("--aux-weight", type=float, default=1.0,
-                       help="weight of the map-matching KL term (default 1; 0 = plain BCE as in the paper)")
+        p.add_argument("--aux-weight", type=float,
+                       help="weight of the map-matching KL term (default: the head's, 1 attention, 3 mlp; 0 = plain BCE as in the paper)")
         p.add_argument("--eval-every", type=positive_int, default=500)
 
 
@@ -108,6 +110,20 @@ class Context:
 
     def test(self):
         return self.labels(self.args.test_split, self.args.test_samples, noise=self.args.noise_std > 0)
+
+    def confidence(self, proxy_dir) -> dict | None:
+        """Confidence AUROC on ``--confidence-samples`` held-out answers (None when 0)."""
+        from xbench.fastrm.evaluate import confidence_on_task
+        from xbench.plugins import default
+
+        n = self.args.confidence_samples
+        if not n:
+            return None
+        reg = default().registries
+        task = reg.tasks.get(self.args.task)(self.args.test_split)
+        method = reg.methods.get("fastrm")(proxy=str(proxy_dir))
+        return confidence_on_task(self.vlm, task, method, None if n < 0 else n, seed=self.args.seed,
+                                  batch_size=self.args.label_batch_size, progress=not self.args.no_progress)
 
 
 def _context(args) -> Context:
@@ -142,9 +158,12 @@ def _print_scores(title: str, res: dict) -> None:
     print("  " + "  ".join(f"{k}={m[k]:.4f}" for k in ("accuracy", "precision", "recall", "f1", "iou", "auroc") if m[k] is not None))
     if nc:
         print(f"  noise ceiling (reference vs itself under pixel noise): f1={nc['f1']:.4f} iou={nc['iou']:.4f} accuracy={nc['accuracy']:.4f}")
-    auc = c["auroc_entropy_wrong"]
-    print(f"  confidence: AUROC of map entropy for wrong answers = {'n/a' if auc is None else f'{auc:.4f}'} "
-          f"({c['n_wrong']} wrong of {c['n']})")
+    for label, c in (("labelled samples", c), ("held-out answers", res.get("confidence_task"))):
+        if c is None:
+            continue
+        auc = c["auroc_entropy_wrong"]
+        print(f"  confidence on {label}: AUROC of map entropy for wrong answers = "
+              f"{'n/a' if auc is None else f'{auc:.4f}'} ({c['n_wrong']} wrong of {c['n']})")
 
 
 # --------------------------------------------------------------------------- subcommands
@@ -182,6 +201,10 @@ def _train(args) -> int:
     proxy.info["test"] = res
     proxy.info["seconds"] = {"labels": t_labels, "train": t_train}
     out = proxy.save(args.out)
+    res["confidence_task"] = ctx.confidence(out)
+    if res["confidence_task"] is not None:
+        proxy.info["test"] = res
+        proxy.save(args.out)
     (out / "metrics.json").write_text(json.dumps(res, indent=2) + "\n")
     _print_scores(f"FastRM {proxy.head_name} vs {ctx.reference.label} on {args.task}/{args.test_split}", res)
     print(f"labels {t_labels:.1f} s, training {t_train:.1f} s; proxy written to {out}")
@@ -201,6 +224,7 @@ def _evaluate(args) -> int:
     if args.eval_filter:
         test = test.where(*args.eval_filter)
     res = evaluate(proxy, test, args.tau)
+    res["confidence_task"] = ctx.confidence(args.proxy)
     _print_scores(f"FastRM {proxy.head_name} ({args.proxy}) vs {ctx.reference.label}", res)
     if args.output:
         args.output.write_text(json.dumps(res, indent=2) + "\n")
@@ -229,7 +253,8 @@ def _ablate(args) -> int:
         "task": f"{args.task}: train {len(train)} + val {len(val)} from {args.train_split}, test {len(test)} from {args.test_split}",
         "reference": ctx.reference.label,
         "training": f"{args.steps} steps, batch {args.batch_size}, AdamW lr {args.lr}, seed {args.seed}, "
-                    f"BCE with positive-class weighting + {args.aux_weight} x map KL, decision threshold by validation F1",
+                    f"BCE with positive-class weighting + map KL (weight {'per head: attention 1, mlp 3' if args.aux_weight is None else args.aux_weight}), "
+                    f"decision threshold by validation F1",
         "metrics": "per patch, pooled over test samples, against the reference min-max normalised and binarised at tau",
         "command": _ablate_command(args),
     }

@@ -100,3 +100,28 @@ def evaluate(proxy, labels: LabelSet, tau: float = DEFAULT_TAU, threshold: float
         "noise_ceiling": noise_ceiling(labels, tau),
         "answer_accuracy": float(np.mean(labels.correct)) if len(labels) else None,
     }
+
+
+def confidence_on_task(vlm, task, method, n: int | None, *, seed: int = 0, batch_size: int = 32,
+                       progress: bool = True) -> dict[str, Any]:
+    """AUROC of FastRM's map entropy for telling wrong answers from right ones, over the first
+    ``n`` samples of ``task`` (all when None): the model answers, ``method`` (fastrm) explains,
+    the task scores. Needs no reference maps, so it can cover a whole split when wrong answers
+    are rare."""
+    from tqdm.auto import tqdm
+
+    from xbench.api import Sample
+    from xbench.runner import batched
+
+    entropy, correct = [], []
+    keep = frozenset(method.needs)
+    bar = tqdm(total=n, desc="confidence", unit="sample", disable=not progress, leave=False)
+    for batch in batched((s for s in task.samples(limit=n, seed=seed) if isinstance(s, Sample)), batch_size):
+        gens = vlm.generate(batch, [task.prompt(s) for s in batch], task.max_new_tokens, keep)
+        for s, g, m in zip(batch, gens, method.explain(vlm, gens)):
+            entropy.append(m.extras["entropy"])
+            correct.append(task.score(s, g.text).get("accuracy", 0.0))
+            s.image = None
+        bar.update(len(batch))
+    bar.close()
+    return confidence_metrics(np.asarray(entropy), np.asarray(correct))

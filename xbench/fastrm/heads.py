@@ -49,6 +49,7 @@ class Head(nn.Module):
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     defaults: ClassVar[dict[str, Any]] = {}
+    aux_weight: ClassVar[float] = 1.0  # default weight of the training's map-matching term
 
     def __init__(self, hidden_size: int, n_patches: int, **params: Any) -> None:
         super().__init__()
@@ -112,6 +113,7 @@ class MLPHead(Head):
     name = "mlp"
     description = "per-patch MLP over [patch, answer, product] + learned position embedding"
     defaults = {"dim": 128}
+    aux_weight = 3.0
 
     def __init__(self, hidden_size: int, n_patches: int, **params: Any) -> None:
         super().__init__(hidden_size, n_patches, **params)
