@@ -20,6 +20,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "xbench.cli_sweep",
     "xbench.report",
     "xbench.zoo.commands",
+    "xbench.fastrm.cli",
 )
 
 
