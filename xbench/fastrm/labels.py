@@ -326,7 +326,7 @@ def _label_block(vlm, task, reference, block, start, keep, max_new_tokens, batch
             noisy = reference.explain(vlm, [perturb(g, noise_std, seed, image_std) for g in gens]) if noise_std else None
             return [(g, m, None if noisy is None else noisy[i]) for i, (g, m) in enumerate(zip(gens, maps))]
 
-        for (position, sample), result, _secs, _peak in call_splitting(run, batch, vlm.device, False):
+        for (position, sample), result, _secs, _peak in call_splitting(run, batch, vlm.device):
             bar.update(1)
             if isinstance(result, Exception):
                 skipped.append({"id": sample.id, "error": describe(result)})
