@@ -240,11 +240,21 @@ def _answer_cell(record: dict | None, run_dir: Path, image, sample_id: str) -> s
             f"{mark}</td>")
 
 
+def one_run_per_method(runs: list[RunData]) -> list[RunData]:
+    """Per task, model and method label, the run with the most metrics (a method may have several runs)."""
+    best: dict[tuple, RunData] = {}
+    for r in runs:
+        key = (*r.group, r.label)
+        if key not in best or len(r.summary.get("metrics", {})) > len(best[key].summary.get("metrics", {})):
+            best[key] = r
+    return [r for r in runs if best[(*r.group, r.label)] is r]
+
+
 def sample_grid(runs: list[RunData], n_samples: int) -> str:
     """Rows: samples every run explained (first run's order); columns: the image, then each run's map."""
     tables = []
     groups: dict[tuple, list[RunData]] = {}
-    for r in runs:
+    for r in one_run_per_method(runs):
         groups.setdefault(r.group, []).append(r)
     for (task, model), group in groups.items():
         indexed = [r.by_id() for r in group]
