@@ -115,3 +115,16 @@ def test_sidecar_maps_are_read(tmp_path):
     np.testing.assert_array_equal(record_map(tmp_path, {"map_file": "maps/s1.npy"}), [[0, 1], [2, 3]])
     assert record_map(tmp_path, {"map": [[1, 2]]}).tolist() == [[1.0, 2.0]]
     assert record_map(tmp_path, {"map_file": "maps/missing.npy"}) is None
+
+
+def test_one_grid_column_per_method(runs, tmp_path):
+    from xbench.report import find_runs, one_run_per_method
+
+    shutil.copytree(runs / "rollout", tmp_path / "rollout-again")
+    summary = json.loads((tmp_path / "rollout-again" / "summary.json").read_text())
+    summary["metrics"] = {"accuracy": summary["metrics"]["accuracy"]}  # a second, smaller run of rollout
+    (tmp_path / "rollout-again" / "summary.json").write_text(json.dumps(summary))
+    all_runs = find_runs([runs, tmp_path / "rollout-again"])
+    kept = one_run_per_method(all_runs)
+    assert len(all_runs) == 4 and len(kept) == 3
+    assert [r.path.name for r in kept if r.label == "rollout"] == ["rollout"]

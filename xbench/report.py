@@ -167,6 +167,12 @@ def pareto_figure(runs: list[RunData], quality: Sequence[str], latency: str) -> 
             handles.setdefault(label, h)
             pts.append((x, y))
             names.append(label)
+        control = [r.summary["metrics"].get(f"{metric}_random", {}).get("value") for r in runs]
+        control = [c for c in control if c is not None]
+        if control:  # a random patch order: the line a faithful map must beat
+            ax.axhline(float(np.mean(control)), color="#888", ls=":", lw=1.2, zorder=1)
+            ax.annotate("random order", (0.99, float(np.mean(control))), xycoords=("axes fraction", "data"),
+                        textcoords="offset points", xytext=(0, -9), fontsize=7, color="#666", ha="right")
         front = pareto_front(pts, hib)
         xs, ys = np.array([p[0] for p in pts]), np.array([p[1] for p in pts])
         ax.plot(xs[front], ys[front], "--", color="#444", lw=1, zorder=2)
@@ -240,11 +246,21 @@ def _answer_cell(record: dict | None, run_dir: Path, image, sample_id: str) -> s
             f"{mark}</td>")
 
 
+def one_run_per_method(runs: list[RunData]) -> list[RunData]:
+    """Per task, model and method label, the run with the most metrics (a method may have several runs)."""
+    best: dict[tuple, RunData] = {}
+    for r in runs:
+        key = (*r.group, r.label)
+        if key not in best or len(r.summary.get("metrics", {})) > len(best[key].summary.get("metrics", {})):
+            best[key] = r
+    return [r for r in runs if best[(*r.group, r.label)] is r]
+
+
 def sample_grid(runs: list[RunData], n_samples: int) -> str:
     """Rows: samples every run explained (first run's order); columns: the image, then each run's map."""
     tables = []
     groups: dict[tuple, list[RunData]] = {}
-    for r in runs:
+    for r in one_run_per_method(runs):
         groups.setdefault(r.group, []).append(r)
     for (task, model), group in groups.items():
         indexed = [r.by_id() for r in group]
@@ -301,7 +317,8 @@ def build_report(
         parts.append(
             f"<img src='{figure}' alt='quality versus latency, one panel per metric' style='max-width:100%'>"
             f"<p class='note'>Each point is a run; bars: 95% bootstrap intervals over samples; the dashed line joins "
-            f"(and labels) the methods no other method beats on both latency ({esc(latency)}) and quality. "
+            f"(and labels) the methods no other method beats on both latency ({esc(latency)}) and quality; a dotted "
+            f"line marks the same curve for a random patch order. "
             f"Panels: {esc(', '.join(shown))}.</p>"
         )
     else:
