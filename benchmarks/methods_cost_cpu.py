@@ -4,7 +4,8 @@ Each method runs as its own ``xbench run`` in a fresh process (peak RSS is a per
 high-water mark), batch size 1, after the runner's untimed warm-up batch, with the method's
 default parameters. Figures come from the run summaries: explain time p50 / p95 and mean,
 peak RSS of the process, and its excess over the ``uniform`` baseline's run (same model and
-data, a method that costs nothing); peak GPU memory is null off-GPU.
+data, a method that costs nothing); peak GPU memory is null off-GPU. One torch thread by
+default: on a shared 2-core machine, 2 threads made the same runs 10-60x slower and erratic.
 
     python benchmarks/methods_cost_cpu.py [--limit 12] [--model NAME] [--methods a,b]
     -> results/methods_cost/<model>-cpu.{json,md}
@@ -60,7 +61,8 @@ def main(argv=None) -> int:
     p.add_argument("--model", default=DEFAULT_MODEL)
     p.add_argument("--limit", type=int, default=12, help="samples per method (default 12)")
     p.add_argument("--methods", help="comma-separated (default: every registered method)")
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (OMP_NUM_THREADS)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (OMP_NUM_THREADS; default 1: on a shared machine more threads wait on each other)")
     p.add_argument("--out", type=Path, default=ROOT / "results" / "methods_cost")
     args = p.parse_args(argv)
     methods = args.methods.split(",") if args.methods else default().registries.methods.names()

@@ -139,7 +139,7 @@ def main(argv=None) -> int:
     methods = default().registries.methods
     for label, params in (("gradient_relevancy", {}), ("gradient_relevancy_first_token", {"token": "first"})):
         method = methods.get("gradient_relevancy")(**params)
-        results[label] = measure(lambda: method.explain(vlm, [gen]), args.device, args.repeats)
+        results[label] = measure(lambda m=method: m.explain(vlm, [gen]), args.device, args.repeats)
         if args.device.startswith("cuda"):
             torch.cuda.empty_cache()
 

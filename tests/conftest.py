@@ -43,3 +43,13 @@ def tiny_vlm(plugins, tiny_model_dir):
 def easyvqa_samples(plugins):
     task = plugins.registries.tasks.get("easyvqa")()
     return task, list(task.samples(limit=8, seed=0))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def fastrm_test_proxies(xbench_home, tiny_model_dir):
+    """Random-weight FastRM proxies installed as tiny-random-llava's defaults, so that
+    ``fastrm`` runs like every other method in generic tests (trained proxies ship only
+    for the default model)."""
+    from xbench.fastrm.testing import install_random_proxies
+
+    return install_random_proxies("tiny-random-llava", tiny_model_dir)

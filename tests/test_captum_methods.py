@@ -11,11 +11,9 @@ import torch
 
 from xbench.errors import ParameterError
 from xbench.methods.captum_common import CaptumMethod, answer_logprob_fn, pool_to_grid
+from xbench.plugins import build
 
-CAPTUM_METHODS = sorted(
-    e.name for e in __import__("xbench.plugins", fromlist=["build"]).build().registries.methods
-    if isinstance(e.obj, type) and issubclass(e.obj, CaptumMethod)
-)
+CAPTUM_METHODS = sorted(e.name for e in build().registries.methods if issubclass(e.obj, CaptumMethod))
 
 
 def plain_logprob(vlm, gen, pixel_values, n_tokens):

@@ -35,7 +35,8 @@ def module_hooks(model) -> dict:
 @pytest.fixture(scope="module")
 def generations(tiny_vlm, easyvqa_samples):
     task, samples = easyvqa_samples
-    gens = tiny_vlm.generate(samples[:4], [task.prompt(s) for s in samples[:4]], 4)
+    # keep the last hidden states for methods that read them (fastrm); the others ignore them
+    gens = tiny_vlm.generate(samples[:4], [task.prompt(s) for s in samples[:4]], 4, frozenset({"hidden_states"}))
     # transformers installs its own output-capturing hooks once, on first use: let it, before any snapshot
     tiny_vlm.forward(gens[0], output_attentions=True, output_hidden_states=True)
     return gens
@@ -45,7 +46,6 @@ def generations(tiny_vlm, easyvqa_samples):
 def runs(plugins, tiny_vlm, generations):
     """Per method: a call on 4 generations, a second call on the first 2, one call per generation,
     and what the model looked like after them compared to before."""
-    out = {}
     model = tiny_vlm.model
     params_before = {n: p.detach().clone() for n, p in model.named_parameters()}
     config_before = model.config.to_dict()

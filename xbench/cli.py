@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[a
 COMMAND_MODULES: tuple[str, ...] = (
     "xbench.report",
     "xbench.zoo.commands",
+    "xbench.fastrm.cli",
 )
 
 

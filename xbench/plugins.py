@@ -40,6 +40,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "xbench.methods.layer_gradcam",
     "xbench.methods.random_map",
     "xbench.methods.uniform",
+    "xbench.methods.fastrm",
     "xbench.tasks.easyvqa",
 )
 

@@ -1,0 +1,172 @@
+"""FastRM on the LLaVA-1.5-7B architecture (random bf16 weights, random proxy weights), on a GPU.
+
+The model comes from ``benchmarks/relevancy_gpu_7b.py`` (built offline from its sizes, random
+weights directly on the device; timing and memory do not depend on weight values). The proxy
+is FastRM's default head with seeded random weights, made for this model (hidden size 4096,
+24x24 patches). Prompt ``--prompt-len`` tokens (576 image tokens), answer ``--answer-len``
+greedy tokens (forced to the full length).
+
+Paths, each synchronised, peak GPU memory over the call (weights included):
+
+* plain answer: ``generate`` with sdpa attention, nothing kept;
+* FastRM-explained answer: the same ``generate`` with the adapter's last-hidden-state capture
+  (what ``needs={"hidden_states"}`` does), then ``fastrm.explain``;
+* FastRM map alone: ``fastrm.explain`` of that generation;
+* gradient_relevancy (eager attention): all answer tokens, and the first token only.
+
+Plain and explained answers alternate ``--repeats`` times after a warm-up; medians are
+reported. Targets: FastRM map >= 1000x faster than gradient_relevancy; explained answer
+<= 1.02x plain latency and <= 1.01x plain peak GPU memory.
+
+    python benchmarks/fastrm_gpu_7b.py            # on a CUDA machine -> results/fastrm/gpu_7b-<device>.{json,md}
+    python benchmarks/fastrm_gpu_7b.py --tiny     # tiny config on any device: checks the script runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+TARGETS = {"map_speedup": 1000.0, "latency_ratio": 1.02, "memory_ratio": 1.01}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tiny", action="store_true", help="tiny config of the same shape (smoke test, any device)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--prompt-len", type=int, default=None, help="prompt tokens incl. image tokens (default 625; tiny 80)")
+    p.add_argument("--answer-len", type=int, default=8)
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--head", default="attention")
+    p.add_argument("--out", type=Path, default=ROOT / "results" / "fastrm")
+    args = p.parse_args(argv)
+    sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
+    import relevancy_gpu_7b as arch
+
+    from xbench import cost, provenance
+    from xbench.api import Generation
+    from xbench.fastrm.proxy import model_identity
+    from xbench.fastrm.testing import random_proxy
+    from xbench.plugins import default
+
+    if not args.tiny and not args.device.startswith("cuda"):
+        raise SystemExit("the 7B architecture needs a CUDA device; use --tiny to check the script elsewhere")
+    dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
+    model = arch.build(args.tiny, args.device, dtype)
+    vlm = arch.adapter(model, args.device, dtype)
+    vlm.model_hash, vlm.config_hash = "random-weights", "random-weights"
+    ids, pixels, n_image = arch.prompt(model, args.prompt_len or (80 if args.tiny else 625), args.device, dtype)
+    input_ids = torch.tensor([ids], device=args.device)
+    side = int(n_image**0.5)
+    methods = default().registries.methods
+    tmp = tempfile.TemporaryDirectory()
+    proxy_dir = random_proxy(model_identity(vlm), (side, side), args.head).save(Path(tmp.name) / "proxy")
+    fastrm = methods.get("fastrm")(proxy=str(proxy_dir))
+    state = {}
+
+    def generate():
+        with torch.no_grad():
+            return model.generate(input_ids=input_ids, pixel_values=pixels, max_new_tokens=args.answer_len,
+                                  min_new_tokens=args.answer_len, do_sample=False, pad_token_id=0, eos_token_id=2)
+
+    def explained():
+        store: list = []
+        with vlm._capture_last_hidden(store):
+            seq = generate()
+        answer = seq[0, len(ids):].tolist()
+        gen = Generation(sample_id="bench", text="", prompt_ids=ids, answer_ids=answer,
+                         image_positions=[i for i, t in enumerate(ids) if t == arch.IMAGE_TOKEN], grid=(side, side),
+                         pixel_values=pixels, hidden_states=torch.cat(store, dim=1)[0, : len(ids) + len(answer) - 1])
+        state["gen"], state["map"] = gen, fastrm.explain(vlm, [gen])[0]
+
+    def timed(fn):
+        with cost.measure(args.device) as m:
+            fn()
+        return m.seconds, m.peak_gpu_bytes
+
+    model.set_attn_implementation("sdpa")
+    generate(), explained()  # warm-up
+    runs = {"plain_answer": [], "fastrm_explained_answer": []}
+    for r in range(args.repeats):
+        order = [("plain_answer", generate), ("fastrm_explained_answer", explained)]
+        for name, fn in order if r % 2 == 0 else order[::-1]:
+            runs[name].append(timed(fn))
+    gen = state["gen"]
+    runs["fastrm_map"] = [timed(lambda: fastrm.explain(vlm, [gen])) for _ in range(args.repeats)]
+    model.set_attn_implementation("eager")
+    for label, params in (("gradient_relevancy_map", {}), ("gradient_relevancy_first_token_map", {"token": "first"})):
+        method = methods.get("gradient_relevancy")(**params)
+        method.explain(vlm, [gen])  # warm-up
+        runs[label] = [timed(lambda: method.explain(vlm, [gen])) for _ in range(max(3, args.repeats // 3))]
+        if args.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+
+    results = {}
+    for name, vals in runs.items():
+        peaks = [b for _, b in vals if b is not None]
+        results[name] = {"seconds": statistics.median(s for s, _ in vals), "all_seconds": [s for s, _ in vals],
+                         "peak_gpu_gib": max(peaks) / 2**30 if peaks else None}
+    plain, explained_r, fmap = results["plain_answer"], results["fastrm_explained_answer"], results["fastrm_map"]
+    ratios = {
+        "map_speedup": results["gradient_relevancy_map"]["seconds"] / fmap["seconds"],
+        "map_speedup_first_token": results["gradient_relevancy_first_token_map"]["seconds"] / fmap["seconds"],
+        "latency_ratio": explained_r["seconds"] / plain["seconds"],
+        "memory_ratio": None if plain["peak_gpu_gib"] is None else explained_r["peak_gpu_gib"] / plain["peak_gpu_gib"],
+    }
+    met = {k: None if ratios[k] is None else (ratios[k] >= t if k == "map_speedup" else ratios[k] <= t)
+           for k, t in TARGETS.items()}
+    env = provenance.environment(args.device)
+    report = {
+        "what": "FastRM vs gradient_relevancy vs plain answers, LLaVA-1.5-7B architecture, random weights"
+        + (" -- TINY CONFIG SMOKE TEST, not the 7B figures" if args.tiny else ""),
+        "tiny": args.tiny, "device_name": env["device_name"], "dtype": str(dtype).replace("torch.", ""),
+        "prompt_len": len(ids), "image_tokens": n_image, "answer_len": len(gen.answer_ids), "repeats": args.repeats,
+        "head": args.head, "hidden_size": model.config.text_config.hidden_size,
+        "n_parameters": sum(q.numel() for q in model.parameters()),
+        "confidence_extra": state["map"].extras, "results": results, "ratios": ratios, "targets": TARGETS, "met": met,
+        "environment": env, "finished": provenance.now(),
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    slug = ("gpu_7b-tiny-" if args.tiny else "gpu_7b-") + re.sub(r"[^A-Za-z0-9]+", "-", env["device_name"]).strip("-").lower()
+    (args.out / f"{slug}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (args.out / f"{slug}.md").write_text(markdown(report))
+    print(markdown(report))
+    tmp.cleanup()
+    return 0
+
+
+def markdown(r: dict) -> str:
+    from tabulate import tabulate
+
+    fmt = lambda v, spec: "null" if v is None else format(v, spec)  # noqa: E731
+    rows = [[k, fmt(v["seconds"] * 1e3, ".3f"), fmt(v["peak_gpu_gib"], ".3f")] for k, v in r["results"].items()]
+    table = tabulate(rows, headers=["path", "ms (median)", "peak GPU GiB"], tablefmt="github")
+    word = lambda b: "n/a (no GPU)" if b is None else ("met" if b else "NOT met")  # noqa: E731
+    ra, t, met = r["ratios"], r["targets"], r["met"]
+    return (
+        f"# {r['what']}\n\n"
+        f"Device: {r['device_name']}; dtype {r['dtype']}; prompt {r['prompt_len']} tokens ({r['image_tokens']} image), "
+        f"answer {r['answer_len']} tokens; {r['n_parameters'] / 1e9:.3f} B parameters; FastRM {r['head']} head over "
+        f"hidden size {r['hidden_size']}; medians of {r['repeats']} (plain and explained answers alternating).\n\n"
+        f"{table}\n\n"
+        f"- gradient_relevancy / FastRM map time: {ra['map_speedup']:.0f}x (first token only: {ra['map_speedup_first_token']:.0f}x); "
+        f"target >= {t['map_speedup']:.0f}x: {word(met['map_speedup']) if not r['tiny'] else 'n/a (tiny)'}\n"
+        f"- explained / plain answer latency: {ra['latency_ratio']:.4f}x; target <= {t['latency_ratio']}x: "
+        f"{word(met['latency_ratio']) if not r['tiny'] else 'n/a (tiny)'}\n"
+        f"- explained / plain answer peak GPU memory: {fmt(ra['memory_ratio'], '.4f')}{'' if ra['memory_ratio'] is None else 'x'}; target <= {t['memory_ratio']}x: "
+        f"{word(met['memory_ratio'])}\n\n"
+        f"git {r['environment']['git_sha']}, torch {r['environment']['torch']}, transformers {r['environment']['transformers']}, "
+        f"{r['finished']}\n"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""`xbench fastrm train|evaluate|ablate|install` end to end on the random tiny model (tiny sizes)."""
+
+import json
+
+import pytest
+
+from xbench.cli import main
+
+SMALL = ["--model", "tiny-random-llava", "--samples", "12", "--val-samples", "4",
+         "--test-samples", "6", "--label-batch-size", "8", "--max-new-tokens", "2", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("fastrm-cli-cache")
+
+
+@pytest.fixture(scope="module")
+def proxy_dir(cache, tmp_path_factory):
+    out = tmp_path_factory.mktemp("proxy") / "p"
+    argv = ["fastrm", "train", *SMALL, "--steps", "4", "--batch-size", "4", "--cache", str(cache), "--out", str(out)]
+    assert main(argv) == 0
+    return out
+
+
+def test_train_writes_a_proxy_naming_its_model(proxy_dir, capsys):
+    cfg = json.loads((proxy_dir / "proxy.json").read_text())
+    assert cfg["model"]["id"] == "tiny-random-llava" and cfg["head"] == "attention"
+    assert cfg["info"]["train"]["steps"] == 4 and cfg["info"]["train"]["n_train"] == 12
+    metrics = json.loads((proxy_dir / "metrics.json").read_text())
+    assert metrics["n_samples"] == 6 and {"f1", "auroc", "accuracy", "iou"} <= set(metrics["map"])
+    assert metrics["noise_ceiling"]["f1"] is not None
+
+
+def test_run_and_evaluate_with_the_proxy(proxy_dir, cache, tmp_path, capsys):
+    run = ["run", "--method", "fastrm", "--model", "tiny-random-llava", "--param", f"proxy={proxy_dir}",
+           "--limit", "2", "--out", str(tmp_path / "r"), "--no-progress", "--warmup", "0"]
+    assert main(run) == 0
+    assert "2 samples explained, 0 errors" in capsys.readouterr().out
+    ev = ["fastrm", "evaluate", "--proxy", str(proxy_dir), *SMALL[:2], "--test-samples", "6", "--max-new-tokens", "2", "--no-progress",
+          "--cache", str(cache), "--output", str(tmp_path / "e.json")]
+    assert main(ev) == 0
+    out = capsys.readouterr().out
+    assert "f1=" in out and "noise ceiling" in out
+    assert json.loads((tmp_path / "e.json").read_text()) == json.loads((proxy_dir / "metrics.json").read_text())
+
+
+def test_ablate_writes_markdown_and_json_tables(cache, tmp_path, capsys):
+    argv = ["fastrm", "ablate", *SMALL, "--steps", "3", "--batch-size", "4", "--cache", str(cache),
+            "--heads", "attention,mlp", "--taus", "0.2,0.4", "--fractions", "0.5,1", "--step-grid", "2,3",
+            "--out", str(tmp_path / "res")]
+    assert main(argv) == 0
+    for name, n_rows in (("ablation_threshold", 4), ("ablation_size", 4), ("ablation_steps", 4), ("transfer", 12)):
+        table = json.loads((tmp_path / "res" / f"{name}.json").read_text())
+        assert len(table["rows"]) == n_rows, name
+        assert {r["head"] for r in table["rows"]} == {"attention", "mlp"}
+        md = (tmp_path / "res" / f"{name}.md").read_text()
+        assert md.startswith("# ") and md.count("\n|") == n_rows + 2  # header, rule, rows
+        assert "xbench fastrm ablate" in table["setup"]["command"]
+    rows = json.loads((tmp_path / "res" / "ablation_threshold.json").read_text())["rows"]
+    assert [r["tau"] for r in rows] == [0.2, 0.2, 0.4, 0.4]
+    assert rows[0]["positive_rate"] > rows[2]["positive_rate"]  # a lower tau marks more patches
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["run", "--method", "fastrm", "--param", "proxy=/no/such/proxy", "--model", "tiny-random-llava"],
+         "FastRM proxy directory '/no/such/proxy' does not exist"),
+        (["fastrm", "evaluate", "--proxy", "/no/such/proxy"], "FastRM proxy directory '/no/such/proxy' does not exist"),
+        (["fastrm", "install", "/no/such/proxy"], "FastRM proxy directory '/no/such/proxy' does not exist"),
+        (["fastrm", "train", "--model", "tiny-random-llava", "--reference", "rollot", "--out", "x"],
+         "unknown method 'rollot'"),
+        (["fastrm", "ablate", "--model", "tiny-random-llava", "--reference", "rollout", "--tables", "size,nope",
+          "--samples", "4", "--val-samples", "2", "--test-samples", "2", "--no-progress"], "unknown ablation table(s) ['nope']"),
+    ],
+)
+def test_user_errors_are_one_line(argv, message, capsys, tmp_path):
+    if "--tables" in argv:
+        argv = argv + ["--cache", str(tmp_path)]
+    assert main(argv + (["--no-progress"] if argv[0] == "run" else [])) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "Traceback" not in "\n".join(err) and err[-1].startswith("xbench: error: ") and message in err[-1]

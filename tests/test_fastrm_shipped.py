@@ -1,0 +1,53 @@
+"""The FastRM proxies shipped for the default model: found by model hash, agreeing with the reference."""
+
+import numpy as np
+import pytest
+
+from xbench.fastrm.proxy import FastRMProxy
+from xbench.fastrm.registry import find_proxy, shipped_root
+from xbench.runner import DEFAULT_MODEL
+
+HEADS = ("attention", "mlp")
+
+
+@pytest.fixture(scope="module")
+def default_vlm(plugins):
+    from xbench.models import load_vlm
+
+    return load_vlm(DEFAULT_MODEL, plugins.registries, needs=frozenset({"hidden_states", "attentions"}), device="cpu")
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_a_proxy_ships_for_the_default_model(head, default_vlm):
+    path = find_proxy(default_vlm, head)
+    assert shipped_root() in path.parents  # package data, read with importlib.resources
+    proxy = FastRMProxy.load(path)
+    proxy.check_compatible(default_vlm)
+    assert proxy.model_info["id"] == DEFAULT_MODEL and proxy.head_name == head
+    test = proxy.info["test"]
+    assert test["n_samples"] >= 1000 and test["map"]["auroc"] > 0.8  # as recorded when it was trained
+
+
+@pytest.mark.parametrize("head", HEADS)
+def test_shipped_proxy_agrees_with_gradient_relevancy(head, default_vlm, plugins, tmp_path):
+    from xbench.fastrm.evaluate import evaluate
+    from xbench.fastrm.labels import build_labels
+
+    task = plugins.registries.tasks.get("easyvqa")("test")
+    reference = plugins.registries.methods.get("gradient_relevancy")()
+    labels = build_labels(default_vlm, task, reference, 32, seed=1, cache_root=tmp_path, batch_size=32, progress=False)
+    res = evaluate(FastRMProxy.load(find_proxy(default_vlm, head)), labels)
+    assert res["map"]["auroc"] > 0.75  # 0.83 (attention) / 0.88 (mlp) on 1000 held-out samples
+
+
+def test_run_fastrm_with_no_other_flag(tmp_path, capsys, monkeypatch):
+    from xbench.cli import main
+    from xbench.records import read_records
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "--method", "fastrm", "--limit", "4", "--no-progress"]) == 0
+    assert "4 samples explained, 0 errors" in capsys.readouterr().out
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    records = read_records(run_dir / "samples.jsonl")
+    assert all(0 <= r["extras"]["confidence"] <= 1 for r in records)
+    assert np.mean([r["scores"]["accuracy"] for r in records]) > 0.5  # the default model answers

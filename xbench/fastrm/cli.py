@@ -1,0 +1,345 @@
+"""``xbench fastrm labels|train|evaluate|ablate|install``: the proxy lifecycle from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from xbench.cli import command, parse_params, positive_int
+from xbench.errors import ParameterError
+
+OPEN_KINDS = ("colour", "shape")
+YES_NO_KINDS = ("yes/no colour", "yes/no shape")
+DEFAULT_REFERENCE = "gradient_relevancy"
+ABLATION_TABLES = ("threshold", "size", "steps", "transfer")
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in _floats(text)]
+
+
+def _names(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def _filter(text: str) -> tuple[str, list[str]]:
+    key, sep, values = text.partition("=")
+    if not sep or not key or not values:
+        raise argparse.ArgumentTypeError(f"expected KEY=V1,V2 (e.g. kind=colour,shape), got {text!r}")
+    return key.strip(), _names(values)
+
+
+# --------------------------------------------------------------------------- shared setup
+
+
+def _common(p: argparse.ArgumentParser, training: bool = True) -> None:
+    from xbench.runner import DEFAULT_MODEL, DEFAULT_TASK
+
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"zoo name or HF directory (default {DEFAULT_MODEL})")
+    p.add_argument("--task", default=DEFAULT_TASK, help=f"task adapter (default {DEFAULT_TASK})")
+    p.add_argument("--reference", default=DEFAULT_REFERENCE, help=f"reference method (default {DEFAULT_REFERENCE})")
+    p.add_argument("--reference-param", action="append", metavar="KEY=VALUE", help="reference method parameter")
+    p.add_argument("--threshold", "--tau", dest="tau", type=float, default=0.3, help="labelling threshold tau (default 0.3)")
+    p.add_argument("--seed", type=int, default=0, help="seed of sample order, proxy init and batches (default 0)")
+    p.add_argument("--test-samples", type=positive_int, default=1000, help="held-out test samples (default 1000)")
+    p.add_argument("--test-split", default="test", help="held-out split (default test)")
+    p.add_argument("--confidence-samples", type=int, default=0,
+                   help="also score the confidence on this many held-out answers, no reference needed (0: skip; -1: the whole split)")
+    p.add_argument("--noise-std", type=float, default=2 / 255, help="pixel noise of the noise ceiling, intensity units (default 2/255)")
+    p.add_argument("--cache", type=Path, help="label cache root (default $XBENCH_HOME/fastrm)")
+    p.add_argument("--label-batch-size", type=positive_int, default=16)
+    p.add_argument("--max-new-tokens", type=positive_int, help="answer length limit (default: the task's)")
+    p.add_argument("--device", help="cpu, cuda ... (default: cuda when present)")
+    p.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's; 1 is fastest on a busy machine)")
+    p.add_argument("--no-progress", action="store_true")
+    if training:
+        p.add_argument("--samples", type=positive_int, default=23500, help="training samples (default 23500)")
+        p.add_argument("--val-samples", type=positive_int, default=500, help="validation samples (default 500)")
+        p.add_argument("--train-split", default="train", help="split to train on (default train)")
+        p.add_argument("--steps", type=positive_int, default=4000, help="optimiser steps (default 4000)")
+        p.add_argument("--batch-size", type=positive_int, default=64)
+        p.add_argument("--lr", type=float, default=1e-3)
+        p.add_argument("--weight-decay", type=float, default=0.01)
+        p.add_argument("--aux-weight", type=float,
+                       help="weight of the map-matching KL term (default: the head's, 1 attention, 3 mlp; 0 = plain BCE as in the paper)")
+        p.add_argument("--eval-every", type=positive_int, default=500)
+
+
+@dataclass
+class Context:
+    vlm: Any
+    reference: Any
+    cache: Path
+    args: argparse.Namespace
+
+    def labels(self, split: str, n: int, noise: bool):
+        from xbench.fastrm.labels import build_labels
+        from xbench.plugins import default
+
+        task = default().registries.tasks.get(self.args.task)(split)
+        return build_labels(
+            self.vlm, task, self.reference, n, seed=self.args.seed, cache_root=self.cache,
+            batch_size=self.args.label_batch_size, noise_std=self.args.noise_std if noise else None,
+            max_new_tokens=self.args.max_new_tokens,
+            progress=not self.args.no_progress, log=_log,
+        )
+
+    def train_val(self):
+        a = self.args
+        data = self.labels(a.train_split, a.samples + a.val_samples, noise=False)
+        if len(data) < 2:
+            raise ParameterError(f"only {len(data)} labelled training samples")
+        n_val = min(a.val_samples, len(data) // 5) if len(data) < a.samples + a.val_samples else a.val_samples
+        return data.subset(range(len(data) - n_val)), data.subset(range(len(data) - n_val, len(data)))
+
+    def test(self):
+        return self.labels(self.args.test_split, self.args.test_samples, noise=self.args.noise_std > 0)
+
+    def confidence(self, proxy_dir) -> dict | None:
+        """Confidence AUROC on ``--confidence-samples`` held-out answers (None when 0)."""
+        from xbench.fastrm.evaluate import confidence_on_task
+        from xbench.plugins import default
+
+        n = self.args.confidence_samples
+        if not n:
+            return None
+        reg = default().registries
+        task = reg.tasks.get(self.args.task)(self.args.test_split)
+        method = reg.methods.get("fastrm")(proxy=str(proxy_dir))
+        return confidence_on_task(self.vlm, task, method, None if n < 0 else n, seed=self.args.seed,
+                                  batch_size=self.args.label_batch_size, progress=not self.args.no_progress)
+
+
+def _context(args) -> Context:
+    from xbench.models import load_vlm, xbench_home
+    from xbench.plugins import default
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    plugins = default()
+    reference = plugins.registries.methods.get(args.reference)(**parse_params(args.reference_param, "--reference-param"))
+    plugins.registries.tasks.get(args.task)  # unknown task: fail before loading the model
+    vlm = load_vlm(args.model, plugins.registries, needs=frozenset(reference.needs | {"hidden_states"}), device=args.device)
+    cache = args.cache or xbench_home() / "fastrm"
+    return Context(vlm, reference, cache, args)
+
+
+def _train_config(args, head: str | None = None):
+    from xbench.fastrm.train import TrainConfig
+
+    return TrainConfig(
+        head=head or args.head, head_params=parse_params(getattr(args, "head_param", None), "--head-param"),
+        tau=args.tau, steps=args.steps, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+        seed=args.seed, eval_every=min(args.eval_every, args.steps), aux_weight=args.aux_weight,
+    )
+
+
+def _print_scores(title: str, res: dict) -> None:
+    m, c, nc = res["map"], res["confidence"], res["noise_ceiling"]
+    print(f"{title} ({res['n_samples']} samples, tau={res['tau']}, decision threshold {m['threshold']}):")
+    print("  " + "  ".join(f"{k}={m[k]:.4f}" for k in ("accuracy", "precision", "recall", "f1", "iou", "auroc") if m[k] is not None))
+    if nc:
+        print(f"  noise ceiling (reference vs itself under pixel noise): f1={nc['f1']:.4f} iou={nc['iou']:.4f} accuracy={nc['accuracy']:.4f}")
+    for label, c in (("labelled samples", c), ("held-out answers", res.get("confidence_task"))):
+        if c is None:
+            continue
+        auc = c["auroc_entropy_wrong"]
+        print(f"  confidence on {label}: AUROC of map entropy for wrong answers = "
+              f"{'n/a' if auc is None else f'{auc:.4f}'} ({c['n_wrong']} wrong of {c['n']})")
+
+
+# --------------------------------------------------------------------------- subcommands
+
+
+def _labels(args) -> int:
+    ctx = _context(args)
+    started = time.perf_counter()
+    tv = ctx.labels(args.train_split, args.samples + args.val_samples, noise=False)
+    te = ctx.test()
+    print(f"labels: {len(tv)} {args.train_split} + {len(te)} {args.test_split} samples in "
+          f"{time.perf_counter() - started:.1f} s (cache {ctx.cache})")
+    return 0
+
+
+def _train(args) -> int:
+    from xbench.fastrm.evaluate import evaluate
+    from xbench.fastrm.proxy import model_identity
+    from xbench.fastrm.registry import install
+    from xbench.fastrm.train import train_proxy
+
+    ctx = _context(args)
+    t0 = time.perf_counter()
+    train, val = ctx.train_val()
+    test = ctx.test()
+    if args.train_filter:
+        train, val = train.where(*args.train_filter), val.where(*args.train_filter)
+    if args.eval_filter:
+        test = test.where(*args.eval_filter)
+    t_labels = time.perf_counter() - t0
+    _log(f"training on {len(train)} samples, validating on {len(val)}, testing on {len(test)}")
+    proxy, _ = train_proxy(train, val, _train_config(args), model_identity(ctx.vlm), progress=not args.no_progress, log=_log)
+    t_train = time.perf_counter() - t0 - t_labels
+    res = evaluate(proxy, test, args.tau)
+    proxy.info["test"] = res
+    proxy.info["seconds"] = {"labels": t_labels, "train": t_train}
+    out = proxy.save(args.out)
+    res["confidence_task"] = ctx.confidence(out)
+    if res["confidence_task"] is not None:
+        proxy.info["test"] = res
+        proxy.save(args.out)
+    (out / "metrics.json").write_text(json.dumps(res, indent=2) + "\n")
+    _print_scores(f"FastRM {proxy.head_name} vs {ctx.reference.label} on {args.task}/{args.test_split}", res)
+    print(f"labels {t_labels:.1f} s, training {t_train:.1f} s; proxy written to {out}")
+    if args.install:
+        print(f"installed as the default {proxy.head_name} proxy of {ctx.vlm.name}: {install(out)}")
+    return 0
+
+
+def _evaluate(args) -> int:
+    from xbench.fastrm.evaluate import evaluate
+    from xbench.fastrm.proxy import FastRMProxy
+
+    proxy = FastRMProxy.load(args.proxy)
+    ctx = _context(args)
+    proxy.check_compatible(ctx.vlm, where=str(args.proxy))
+    test = ctx.test()
+    if args.eval_filter:
+        test = test.where(*args.eval_filter)
+    res = evaluate(proxy, test, args.tau)
+    res["confidence_task"] = ctx.confidence(args.proxy)
+    _print_scores(f"FastRM {proxy.head_name} ({args.proxy}) vs {ctx.reference.label}", res)
+    if args.output:
+        args.output.write_text(json.dumps(res, indent=2) + "\n")
+        print(f"wrote {args.output}")
+    return 0
+
+
+def _ablate(args) -> int:
+    from dataclasses import replace
+
+    from xbench.fastrm import ablate
+    from xbench.fastrm.proxy import model_identity
+
+    unknown = set(args.tables) - set(ABLATION_TABLES)
+    if unknown:
+        raise ParameterError(f"unknown ablation table(s) {sorted(unknown)}; choose from {list(ABLATION_TABLES)}")
+    ctx = _context(args)
+    t0 = time.perf_counter()
+    train, val = ctx.train_val()
+    test = ctx.test()
+    t_labels = time.perf_counter() - t0
+    trainer = ablate.Trainer(train, val, model_identity(ctx.vlm), not args.no_progress, _log)
+    base = _train_config(args, head=args.heads[0])
+    setup = {
+        "model": f"{ctx.vlm.name} (model hash {ctx.vlm.model_hash})",
+        "task": f"{args.task}: train {len(train)} + val {len(val)} from {args.train_split}, test {len(test)} from {args.test_split}",
+        "reference": ctx.reference.label,
+        "training": f"{args.steps} steps, batch {args.batch_size}, AdamW lr {args.lr}, seed {args.seed}, "
+                    f"BCE with positive-class weighting + map KL (weight {'per head: attention 1, mlp 3' if args.aux_weight is None else args.aux_weight}), "
+                    f"decision threshold by validation F1",
+        "metrics": "per patch, pooled over test samples, against the reference min-max normalised and binarised at tau",
+        "command": _ablate_command(args),
+    }
+    tables = {
+        "threshold": ("Labelling threshold (tau): proxy trained and scored at each tau",
+                      lambda: ablate.threshold_table(trainer, test, base, args.heads, args.taus)),
+        "size": ("Training-set size (tau fixed)",
+                 lambda: ablate.size_table(trainer, test, base, args.heads, args.fractions)),
+        "steps": ("Training steps (tau fixed)",
+                  lambda: ablate.steps_table(trainer, test, base, args.heads, args.step_grid)),
+        "transfer": ("Transfer across question types: trained on one, scored on each (training sets size-matched)",
+                     lambda: ablate.transfer_table(trainer, test, base, args.heads, "kind",
+                                                   {"open": OPEN_KINDS, "yes/no": YES_NO_KINDS})),
+    }
+    for name in args.tables:
+        title, make = tables[name]
+        t = time.perf_counter()
+        rows = make()
+        path = ablate.write_table(args.out, f"ablation_{name}" if name != "transfer" else "transfer", title, rows,
+                                  {**setup, "tau": args.tau if name != "threshold" else args.taus,
+                                   "wall_seconds": round(time.perf_counter() - t, 1),
+                                   "label_seconds": round(t_labels, 1)})
+        print(f"wrote {path}")
+    return 0
+
+
+def _ablate_command(args) -> str:
+    join = lambda xs: ",".join(str(x) for x in xs)  # noqa: E731
+    return (
+        f"xbench fastrm ablate --model {args.model} --task {args.task} --reference {args.reference} "
+        f"--samples {args.samples} --val-samples {args.val_samples} --test-samples {args.test_samples} "
+        f"--steps {args.steps} --batch-size {args.batch_size} --lr {args.lr} --seed {args.seed} --tau {args.tau} "
+        f"--heads {join(args.heads)} --taus {join(args.taus)} --fractions {join(args.fractions)} "
+        f"--step-grid {join(args.step_grid)} --tables {join(args.tables)} --out {args.out}"
+    )
+
+
+def _install(args) -> int:
+    from xbench.fastrm.registry import install
+
+    print(f"installed {install(args.proxy)}")
+    return 0
+
+
+def _fastrm_args(p: argparse.ArgumentParser) -> None:
+    from xbench.fastrm.heads import HEADS
+
+    sub = p.add_subparsers(dest="fastrm_command", required=True)
+    lab = sub.add_parser("labels", help="compute (or find cached) reference labels and hidden states")
+    _common(lab)
+    lab.set_defaults(fastrm_func=_labels)
+
+    tr = sub.add_parser("train", help="train a proxy, score it on held-out samples, save it")
+    _common(tr)
+    tr.add_argument("--head", default="attention", choices=sorted(HEADS), help="proxy head (default attention, the paper's)")
+    tr.add_argument("--head-param", action="append", metavar="KEY=VALUE", help="head parameter (e.g. dim=128)")
+    tr.add_argument("--out", type=Path, required=True, help="proxy directory to write")
+    tr.add_argument("--install", action="store_true", help="also make it the model's default proxy ($XBENCH_HOME)")
+    tr.add_argument("--train-filter", type=_filter, metavar="KEY=V1,V2", help="train only on samples whose meta[KEY] is listed")
+    tr.add_argument("--eval-filter", type=_filter, metavar="KEY=V1,V2", help="score only samples whose meta[KEY] is listed")
+    tr.set_defaults(fastrm_func=_train)
+
+    ev = sub.add_parser("evaluate", help="score a proxy against the reference on held-out samples")
+    _common(ev, training=False)
+    ev.add_argument("--proxy", type=Path, required=True)
+    ev.add_argument("--eval-filter", type=_filter, metavar="KEY=V1,V2")
+    ev.add_argument("--output", type=Path, help="write the scores as JSON")
+    ev.set_defaults(fastrm_func=_evaluate)
+
+    ab = sub.add_parser("ablate", help="labelling threshold, training-set size, steps and transfer tables")
+    _common(ab)
+    ab.add_argument("--heads", type=_names, default=sorted(HEADS, key=lambda h: h != "attention"))
+    ab.add_argument("--taus", type=_floats, default=[0.1, 0.2, 0.3, 0.4, 0.5])
+    ab.add_argument("--fractions", type=_floats, default=[0.1, 0.25, 0.5, 1.0])
+    ab.add_argument("--step-grid", type=_ints, default=[500, 1000, 2000, 4000])
+    ab.add_argument("--tables", type=_names, default=list(ABLATION_TABLES), help=f"default {','.join(ABLATION_TABLES)}")
+    ab.add_argument("--out", type=Path, default=Path("results/fastrm"))
+    ab.set_defaults(fastrm_func=_ablate, head_param=None)
+
+    ins = sub.add_parser("install", help="make a proxy directory its model's default proxy")
+    ins.add_argument("proxy", type=Path)
+    ins.set_defaults(fastrm_func=_install)
+
+
+@command("fastrm", _fastrm_args)
+def cmd_fastrm(args: argparse.Namespace) -> int:
+    """FastRM proxies: compute labels, train, evaluate, ablate, install."""
+    return args.fastrm_func(args)

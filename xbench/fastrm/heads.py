@@ -1,0 +1,133 @@
+"""FastRM proxy heads: small modules mapping last-layer hidden states to per-patch logits.
+
+Every head takes ``patches [B, N, d]`` (the image tokens' states), ``queries [B, K, d]``
+(the states at the answer tokens' query positions) and returns logits ``[B, K, N]``, one
+per answer token and image patch. A head computes raw scores ``s`` (:meth:`Head.scores`);
+the shared :meth:`Head.forward` turns them into logits ``a * norm(s) + b`` with learned
+scalars ``a, b`` and ``norm`` one of :data:`NORMALISATIONS` over the patches of each map:
+
+* ``none``: ``s`` itself;
+* ``max``: ``s - max(s)`` (the labels are min-max normalised per map, so "relevant" means
+  "close to this map's maximum": the best patch always sits at logit ``b``);
+* ``softmax``: ``log_softmax(s)`` (the log attention weights of a single-head attention).
+
+Heads register by name in :data:`HEADS`; the proxy builds them from
+``HEADS[name](hidden_size, n_patches, **params)``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+#: head name -> head class (filled by :func:`register_head`)
+HEADS: dict[str, type["Head"]] = {}
+
+#: per-map normalisation of raw scores [..., N] over the patches
+NORMALISATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "none": lambda s: s,
+    "max": lambda s: s - s.amax(dim=-1, keepdim=True),
+    "softmax": lambda s: torch.log_softmax(s, dim=-1),
+}
+
+
+def register_head(cls: type["Head"]) -> type["Head"]:
+    """Class decorator adding a head to :data:`HEADS` under ``cls.name``."""
+    if cls.name in HEADS:
+        raise ValueError(f"FastRM head {cls.name!r} is registered twice")
+    HEADS[cls.name] = cls
+    return cls
+
+
+class Head(nn.Module):
+    """Base class. ``defaults`` lists the constructor parameters (saved in the proxy's config)."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    defaults: ClassVar[dict[str, Any]] = {}
+    aux_weight: ClassVar[float] = 1.0  # default weight of the training's map-matching term
+
+    def __init__(self, hidden_size: int, n_patches: int, **params: Any) -> None:
+        super().__init__()
+        unknown = set(params) - set(self.defaults) - {"normalise"}
+        if unknown:
+            raise ValueError(f"head {self.name!r} has no parameter(s) {sorted(unknown)}; it takes "
+                             f"{sorted(set(self.defaults) | {'normalise'})}")
+        self.hidden_size, self.n_patches = hidden_size, n_patches
+        self.params = {"normalise": "max", **self.defaults, **params}
+        if self.params["normalise"] not in NORMALISATIONS:
+            raise ValueError(f"normalise={self.params['normalise']!r} is not one of {sorted(NORMALISATIONS)}")
+        self.scale = nn.Parameter(torch.ones(()))
+        self.bias = nn.Parameter(torch.zeros(()))
+
+    def scores(self, patches: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:  # pragma: no cover
+        """Raw scores ``[B, K, N]``."""
+        raise NotImplementedError
+
+    def forward(self, patches: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+        s = NORMALISATIONS[self.params["normalise"]](self.scores(patches, queries))
+        return self.scale * s + self.bias
+
+
+@register_head
+class AttentionHead(Head):
+    """The paper's proxy: LayerNorm, then single-head scaled dot-product attention.
+
+    ``s[k, n] = <W_q LN(query_k), W_k LN(patch_n) + p_n> / sqrt(dim)`` where ``p_n`` is a
+    learned position embedding of patch ``n`` (``pos=True``, default; the language model
+    sees image tokens through rotary positions the states do not carry).
+    """
+
+    name = "attention"
+    description = "LayerNorm + single-head attention (FastRM paper)"
+    defaults = {"dim": 256, "pos": True}
+
+    def __init__(self, hidden_size: int, n_patches: int, **params: Any) -> None:
+        super().__init__(hidden_size, n_patches, **params)
+        dim = int(self.params["dim"])
+        self.norm = nn.LayerNorm(hidden_size)
+        self.q = nn.Linear(hidden_size, dim)
+        self.k = nn.Linear(hidden_size, dim)
+        self.pos = nn.Parameter(torch.zeros(n_patches, dim)) if self.params["pos"] else None
+        self.temperature = 1.0 / math.sqrt(dim)
+
+    def scores(self, patches, queries):
+        # <q, W_k x_n + b_k + p_n> computed as <W_k^T q, x_n> + <q, b_k + p_n>: the query is
+        # moved into state space instead of projecting every patch (same numbers, N x fewer FLOPs)
+        q = F.linear(self.norm(queries), self.q.weight, self.q.bias)  # [B, K, dim]
+        s = (q @ self.k.weight) @ self.norm(patches).transpose(1, 2)  # [B, K, N]
+        key_bias = self.k.bias if self.pos is None else self.k.bias + self.pos  # [dim] or [N, dim]
+        s = s + (q @ key_bias.T if key_bias.dim() == 2 else (q @ key_bias).unsqueeze(-1))
+        return s * self.temperature
+
+
+@register_head
+class MLPHead(Head):
+    """Per-patch MLP over ``[patch, answer, patch * answer]`` (LayerNormed) plus a learned
+    position embedding of the patch."""
+
+    name = "mlp"
+    description = "per-patch MLP over [patch, answer, product] + learned position embedding"
+    defaults = {"dim": 128}
+    aux_weight = 3.0
+
+    def __init__(self, hidden_size: int, n_patches: int, **params: Any) -> None:
+        super().__init__(hidden_size, n_patches, **params)
+        dim = int(self.params["dim"])
+        self.norm = nn.LayerNorm(hidden_size)
+        self.inp = nn.Linear(3 * hidden_size, dim)
+        self.pos = nn.Parameter(torch.zeros(n_patches, dim))
+        self.out = nn.Linear(dim, 1)
+
+    def scores(self, patches, queries):
+        # W [p, a, p * a] = (W_p + W_pa * a) p + W_a a: one [dim, d] matrix per answer token
+        p = self.norm(patches)  # [B, N, d]
+        a = self.norm(queries)  # [B, K, d]
+        w_p, w_a, w_pa = self.inp.weight.split(self.hidden_size, dim=1)
+        m = w_p + w_pa * a.unsqueeze(-2)  # [B, K, dim, d]
+        h = torch.einsum("bkjd,bnd->bknj", m, p) + F.linear(a, w_a, self.inp.bias).unsqueeze(2) + self.pos
+        return F.linear(F.gelu(h), self.out.weight, self.out.bias).squeeze(-1)  # [B, K, N]

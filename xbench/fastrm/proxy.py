@@ -1,0 +1,282 @@
+"""The FastRM proxy: a head over last-layer hidden states, its files, and its model check.
+
+A proxy directory holds ``proxy.safetensors`` (the weights) and ``proxy.json`` (the head,
+its parameters, the patch grid, the decision threshold and the VLM it was trained for:
+id, hidden size, config hash, model hash). Loading checks every file and names the one
+at fault; :meth:`FastRMProxy.check_compatible` refuses a model other than the one the
+proxy was trained for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from xbench.errors import XbenchError
+from xbench.fastrm.heads import HEADS
+
+FORMAT = "xbench-fastrm-proxy"
+FORMAT_VERSION = 1
+WEIGHTS = "proxy.safetensors"
+CONFIG = "proxy.json"
+
+
+class ProxyError(XbenchError):
+    """A FastRM proxy that is missing, corrupt, or made for another model."""
+
+
+def model_identity(vlm) -> dict[str, Any]:
+    """What a proxy records about its VLM: id, hidden size, config hash, model hash."""
+    return {
+        "id": getattr(vlm, "name", None),
+        "hidden_size": int(vlm.model.config.get_text_config().hidden_size),
+        "config_hash": getattr(vlm, "config_hash", None),
+        "model_hash": getattr(vlm, "model_hash", None),
+    }
+
+
+def features(generations: Sequence) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``(patches [B, N, d], queries [B, K, d], query_mask [B, K] or None)`` from generations' kept states.
+
+    Patches are the image tokens' states; queries the states at the answer tokens' query
+    positions, zero-padded to the longest answer with a mask (None when every answer has
+    the same length). Raises :class:`ProxyError` when the hidden states were not kept.
+    """
+    patches, queries = [], []
+    for gen in generations:
+        hs = gen.hidden_states
+        if hs is None:
+            raise ProxyError(
+                f"generation {gen.sample_id!r} has no hidden states: FastRM needs the model adapter "
+                "to keep them (method needs {'hidden_states'})"
+            )
+        patches.append(hs[_index(gen.image_positions)])
+        queries.append(hs[_index(gen.query_positions)])
+    if len({q.shape[0] for q in queries}) == 1:
+        return torch.stack(patches), torch.stack(queries), None
+    return (torch.stack(patches),) + pad_queries(queries)
+
+
+def _index(positions: Sequence[int]):
+    """A slice when the positions are consecutive (a view, no gather), else the list."""
+    if positions and list(positions) == list(range(positions[0], positions[0] + len(positions))):
+        return slice(positions[0], positions[0] + len(positions))
+    return list(positions)
+
+
+def pad_queries(queries: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack ``[K_i, d]`` query states into ``[B, K, d]`` with a boolean mask ``[B, K]``."""
+    k_max = max(q.shape[0] for q in queries)
+    out = queries[0].new_zeros(len(queries), k_max, queries[0].shape[-1])
+    mask = torch.zeros(len(queries), k_max, dtype=torch.bool, device=out.device)
+    for i, q in enumerate(queries):
+        out[i, : q.shape[0]] = q
+        mask[i, : q.shape[0]] = True
+    return out, mask
+
+
+@contextlib.contextmanager
+def single_cpu_thread(device):
+    """On CPU, run the block on one intra-op thread (restored after).
+
+    The proxy is a few small matrix products: on a busy machine, waking a second OpenMP
+    thread for each of them costs far more than the work (measured: 0.3 ms on one thread,
+    40-140 ms median on two with other processes sharing the cores).
+    """
+    before = torch.get_num_threads()
+    if device.type != "cpu" or before == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def entropy_confidence(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Entropy of each map ``[..., N]`` normalised to a distribution over patches, and
+    ``confidence = 1 - entropy / log(N)`` (1: all mass on one patch, 0: uniform).
+
+    With ``q = p / S``, ``S = sum(p)``: ``H = -sum(q log q) = log S - sum(p log p) / S``.
+    """
+    p = np.maximum(np.asarray(probs, dtype=np.float64), 1e-12)
+    total = p.sum(axis=-1)
+    entropy = np.log(total) - (p * np.log(p)).sum(axis=-1) / total
+    return entropy, 1.0 - entropy / np.log(p.shape[-1])
+
+
+class FastRMProxy(nn.Module):
+    """A head plus its config. ``forward`` gives one logit per patch (mean over answer tokens)."""
+
+    def __init__(self, head: str, hidden_size: int, grid: Sequence[int], head_params: dict | None = None,
+                 model: dict | None = None, decision_threshold: float = 0.5, info: dict | None = None) -> None:
+        super().__init__()
+        if head not in HEADS:
+            raise ProxyError(f"unknown FastRM head {head!r}; choose from {sorted(HEADS)}")
+        self.grid = (int(grid[0]), int(grid[1]))
+        try:
+            self.head = HEADS[head](int(hidden_size), self.grid[0] * self.grid[1], **(head_params or {}))
+        except ValueError as exc:
+            raise ProxyError(f"FastRM {head!r} head: {exc}") from None
+        self.head_name = head
+        self.hidden_size = int(hidden_size)
+        self.model_info = dict(model or {})
+        self.decision_threshold = float(decision_threshold)
+        self.info = dict(info or {})  # training recipe and metrics, saved with the proxy
+        self.source: str | None = None  # the directory it was loaded from
+
+    # ------------------------------------------------------------------ prediction
+    def token_logits(self, patches, queries) -> torch.Tensor:
+        """Logits ``[B, K, N]`` per answer token."""
+        return self.head(patches, queries)
+
+    def forward(self, patches, queries, query_mask=None) -> torch.Tensor:
+        """Per-patch logits ``[B, N]``: the per-token logits averaged over each sample's answer tokens."""
+        return self.combine(self.token_logits(patches, queries), query_mask)
+
+    @staticmethod
+    def combine(token_logits: torch.Tensor, query_mask: torch.Tensor | None) -> torch.Tensor:
+        """Mean of ``[B, K, N]`` token logits over each sample's real answer tokens -> ``[B, N]``."""
+        if query_mask is None:
+            return token_logits.mean(dim=1)
+        w = query_mask.to(token_logits.dtype).unsqueeze(-1)
+        return (token_logits * w).sum(dim=1) / w.sum(dim=1).clamp_min(1.0)
+
+    def predict(self, generations: Sequence) -> dict[str, np.ndarray]:
+        """Maps for generations: ``map [B, h, w]`` (sigmoid probabilities), ``per_token [B, K, h, w]``
+        (K: the longest answer), ``entropy [B]``, ``confidence [B]``.
+
+        Kept lean (it is the whole cost of a FastRM map): one conversion to numpy, the
+        sigmoid and entropy in numpy.
+        """
+        param = self.head.bias
+        with torch.inference_mode(), single_cpu_thread(param.device):
+            patches, queries, mask = features(generations)
+            self.check_states(patches)
+            if patches.dtype != param.dtype or patches.device != param.device:
+                patches, queries = patches.to(param), queries.to(param)
+                mask = None if mask is None else mask.to(param.device)
+            token_logits = self.token_logits(patches, queries)
+            if token_logits.shape[1] == 1:  # one answer token: its map is the map
+                both = token_logits.float().cpu().numpy()
+            else:
+                both = torch.cat([self.combine(token_logits, mask).unsqueeze(1), token_logits], dim=1).float().cpu().numpy()
+        probs = 1.0 / (1.0 + np.exp(-both))
+        entropy, confidence = entropy_confidence(probs[:, 0])
+        h, w = self.grid
+        return {
+            "map": probs[:, 0].reshape(-1, h, w),
+            "per_token": (probs if probs.shape[1] == 1 else probs[:, 1:]).reshape(len(generations), -1, h, w),
+            "entropy": entropy,
+            "confidence": confidence,
+        }
+
+    # ------------------------------------------------------------------ checks
+    def check_states(self, patches: torch.Tensor) -> None:
+        if patches.shape[-1] != self.hidden_size:
+            raise ProxyError(
+                f"FastRM proxy for model {self.model_info.get('id')!r} expects hidden size {self.hidden_size}, "
+                f"but the model's hidden states have size {patches.shape[-1]}"
+            )
+        if patches.shape[1] != self.grid[0] * self.grid[1]:
+            raise ProxyError(
+                f"FastRM proxy expects a {self.grid[0]}x{self.grid[1]} patch grid, the model gave {patches.shape[1]} patches"
+            )
+
+    def check_compatible(self, vlm, where: str = "") -> None:
+        """Raise :class:`ProxyError` unless ``vlm`` is the model this proxy was trained for."""
+        ident = model_identity(vlm)
+        src = f" {where}" if where else ""
+        if ident["hidden_size"] != self.hidden_size:
+            raise ProxyError(
+                f"FastRM proxy{src} was trained for model {self.model_info.get('id')!r} with hidden size "
+                f"{self.hidden_size}; model {ident['id']!r} has hidden size {ident['hidden_size']}. "
+                f"{train_hint(ident['id'])}"
+            )
+        want = self.model_info.get("model_hash")
+        if want != ident["model_hash"]:
+            raise ProxyError(
+                f"FastRM proxy{src} was trained for model {self.model_info.get('id')!r} (model hash {want}), "
+                f"not for model {ident['id']!r} (model hash {ident['model_hash']}). {train_hint(ident['id'])}"
+            )
+
+    # ------------------------------------------------------------------ files
+    def config(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "head": self.head_name,
+            "head_params": self.head.params,
+            "hidden_size": self.hidden_size,
+            "grid": list(self.grid),
+            "decision_threshold": self.decision_threshold,
+            "model": self.model_info,
+            "info": self.info,
+        }
+
+    def save(self, out_dir: str | Path) -> Path:
+        """Write ``proxy.safetensors`` and ``proxy.json`` into ``out_dir``; return it."""
+        from safetensors.torch import save_file
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        save_file(state, str(out / WEIGHTS), metadata={"format": FORMAT, "head": self.head_name})
+        (out / CONFIG).write_text(json.dumps(self.config(), indent=2, sort_keys=True) + "\n")
+        return out
+
+    @classmethod
+    def load(cls, path: str | Path) -> "FastRMProxy":
+        """Read a proxy directory; every problem is a :class:`ProxyError` naming the file."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        path = Path(path).expanduser()
+        if not path.is_dir():
+            raise ProxyError(f"FastRM proxy directory {str(path)!r} does not exist (train one with `xbench fastrm train`)")
+        for name in (CONFIG, WEIGHTS):
+            if not (path / name).is_file():
+                raise ProxyError(f"FastRM proxy directory {str(path)!r} has no {name}")
+        try:
+            cfg = json.loads((path / CONFIG).read_text())
+        except (OSError, ValueError) as exc:
+            raise ProxyError(f"cannot read FastRM proxy config {path / CONFIG}: {exc}") from None
+        if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
+            raise ProxyError(f"{path / CONFIG} is not a FastRM proxy config (format {FORMAT!r} expected)")
+        missing = [k for k in ("head", "hidden_size", "grid", "model") if k not in cfg]
+        if missing:
+            raise ProxyError(f"FastRM proxy config {path / CONFIG} lacks {missing}")
+        try:
+            proxy = cls(cfg["head"], cfg["hidden_size"], cfg["grid"], cfg.get("head_params"), cfg["model"],
+                        cfg.get("decision_threshold", 0.5), cfg.get("info"))
+        except (TypeError, ValueError) as exc:
+            raise ProxyError(f"FastRM proxy config {path / CONFIG} is invalid: {exc}") from None
+        try:
+            state = load_file(str(path / WEIGHTS))
+        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+            raise ProxyError(f"cannot read FastRM proxy weights {path / WEIGHTS}: {exc}") from None
+        try:
+            proxy.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()
+            raise ProxyError(
+                f"FastRM proxy weights {path / WEIGHTS} do not fit its config ({cfg['head']} head, hidden size "
+                f"{cfg['hidden_size']}): {' '.join(s.strip() for s in first[:3])}"
+            ) from None
+        proxy.source = str(path)
+        return proxy.eval().requires_grad_(False)
+
+
+def train_hint(model_id: str | None) -> str:
+    model = model_id or "MODEL"
+    return (
+        f"Train one with `xbench fastrm train --model {model} --out DIR` and pass `--param proxy=DIR` "
+        f"(add --install to make it this model's default)."
+    )

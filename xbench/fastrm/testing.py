@@ -1,0 +1,50 @@
+"""Random-weight proxies for tests and timing benchmarks (timing does not depend on weights)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+
+from xbench.fastrm.proxy import FastRMProxy
+
+
+def llava_dir_identity(model_id: str, path: Path) -> tuple[dict, tuple[int, int]]:
+    """The identity :func:`~xbench.fastrm.proxy.model_identity` gives a loaded LLaVA directory,
+    and its patch grid, read from the files without loading the model."""
+    from xbench.models import model_hash
+
+    config = json.loads((Path(path) / "config.json").read_text())
+    vision = config["vision_config"]
+    side = vision["image_size"] // vision["patch_size"]
+    identity = {
+        "id": model_id,
+        "hidden_size": int(config["text_config"]["hidden_size"]),
+        "config_hash": hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16],
+        "model_hash": model_hash(Path(path)),
+    }
+    return identity, (side, side)
+
+
+def random_proxy(identity: dict, grid: tuple[int, int], head: str = "attention", seed: int = 0) -> FastRMProxy:
+    """A proxy with seeded random weights for the model ``identity`` describes."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        proxy = FastRMProxy(head, identity["hidden_size"], grid, model=identity, info={"random_weights": True})
+    return proxy.eval().requires_grad_(False)
+
+
+def install_random_proxies(model_id: str, path: Path, heads=("attention", "mlp"), seed: int = 0) -> list[Path]:
+    """Install random-weight proxies of ``heads`` as the defaults of the model at ``path``."""
+    import tempfile
+
+    from xbench.fastrm.registry import install
+
+    identity, grid = llava_dir_identity(model_id, path)
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for head in heads:
+            out.append(install(random_proxy(identity, grid, head, seed).save(Path(tmp) / head)))
+    return out
