@@ -8,8 +8,9 @@
 # method is loaded and timed exactly as it is alone. Runs go to results/runs/<model>/<method>/.
 # confidence_auroc needs wrong answers, and the default model answers about 0.3% of the test
 # questions wrongly (none of the first 200): a second, cheaper run per method computes only it on
-# CONF_LIMIT samples (default 2000), in results/runs/<model>/confidence/<method>/; the
-# leaderboard merges the two runs of a method (runs = 2).
+# CONF_LIMIT samples (default 2000), in results/runs/<model>/confidence/<method>/ (kept as
+# summary.json + per_sample.csv); the leaderboard shows them as a second table (one table per
+# task, model and sample count).
 #
 #   benchmarks/leaderboard_runs.sh [LIMIT]        # default 200 samples per method
 #   METHODS="fastrm" benchmarks/leaderboard_runs.sh 200   # (re)make some runs only (the reference run must exist)
@@ -54,6 +55,7 @@ run_confidence() {  # method
     local start=$(date +%s.%N)
     xbench run --method "$method" --limit "$CONF_LIMIT" --seed 0 --metrics confidence_auroc \
         --out "$OUT/confidence/$method" --no-progress
+    python benchmarks/compact_confidence_run.py "$OUT/confidence/$method"  # summary + per-sample csv only
     printf '%s[confidence] %.1f\n' "$method" "$(echo "$(date +%s.%N) - $start" | bc)" | tee -a "$TIMES"
 }
 

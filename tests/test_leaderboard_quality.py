@@ -83,7 +83,8 @@ def test_column_patterns_and_machine_formats(root):
     text = render(root, columns_filter="agreement_f1*,*_ms_p50")
     assert "accuracy" not in text.split("### ")[1] and "agreement_f1[control]" in text and "explain_ms_p50" in text
     csv = pd.read_csv(io.StringIO(render(root, "csv", columns_filter="agreement_f1")))
-    assert list(csv.columns) == ["task", "model", "method", "runs", "agreement_f1", "agreement_f1_ci95_lo", "agreement_f1_ci95_hi"]
+    assert list(csv.columns) == ["task", "model", "method", "runs", "samples", "agreement_f1", "agreement_f1_ci95_lo",
+                                 "agreement_f1_ci95_hi"]
     data = json.loads(render(root, "json", columns_filter="accuracy"))
     assert data["rows"][0]["accuracy_ci95_hi"] == 1.0 and list(data["columns"]) == ["accuracy"]
     with pytest.raises(ParameterError, match="no metric matches --columns 'nope'"):
@@ -94,3 +95,16 @@ def test_sort_by_quality_column_best_first(root):
     text = render(root, sort_by="agreement_f1")
     rows = [line.split("|")[1].strip() for line in text.splitlines() if line.startswith("| ") and "method" not in line]
     assert rows == ["fastish", "twice"]
+
+
+def test_runs_asked_for_different_sample_counts_get_separate_tables(root):
+    bigger = _summary("twice", 0.1, [0.0, 0.2], 99.0)
+    bigger["config"] = {"limit": 2000}
+    (root / "big").mkdir()
+    (root / "big" / "summary.json").write_text(json.dumps(bigger))
+    text = render(root)
+    assert "### task: easyvqa · model: m1 · samples: 2000" in text and "### task: easyvqa · model: m1 · samples: all" in text
+    table, _ = load(root)
+    big = table[table.samples == "2000"].iloc[0]
+    assert big["runs"] == 1 and big["agreement_f1"] == 0.1 and big["agreement_f1_ci95_hi"] == 0.2
+    assert table[(table.samples == "all") & (table.method == "twice")].iloc[0]["runs"] == 2  # not averaged with it

@@ -208,3 +208,25 @@ def test_every_registered_metric_keeps_the_contract_in_a_default_run(plugins, tm
             values = [r["metrics"][col] for r in records]
             assert all(v is None or np.isfinite(v) for v in values), col
     assert {"agreement_f1", "deletion_auc", "energy_in_mask", "top_region_iou"} <= set(summary["metrics"])
+
+
+def test_in_run_reference_keeps_the_methods_loading(plugins, tmp_path):
+    """A method without attention needs stays on sdpa; the reference switches to eager only for its own
+    call and gives the maps an eager-loaded model gives."""
+    from xbench.api import RelevanceMap
+    from xbench.companions import InRunReference
+    from xbench.models import load_vlm
+
+    summary = run(_cfg(tmp_path / "r", method="random", metrics=["agreement_f1"]), plugins)
+    assert summary["model"]["attn_implementation"] == "sdpa" and summary["metrics"]["agreement_f1"]["n"] == LIMIT
+    task, samples = plugins.registries.tasks.get("easyvqa")(), None
+    samples = list(task.samples(limit=2))
+    sdpa = load_vlm("tiny-random-llava", plugins.registries, device="cpu")
+    gens = sdpa.generate(samples, [task.prompt(s) for s in samples], 4)
+    ref = plugins.registries.methods.get("gradient_relevancy")()
+    maps = InRunReference(ref, False).maps(sdpa, gens, [None, None])
+    assert sdpa.attn_implementation == "sdpa" and sdpa.model.config.text_config._attn_implementation == "sdpa"
+    eager = load_vlm("tiny-random-llava", plugins.registries, device="cpu", needs=frozenset({"attentions"}))
+    for got, want in zip(maps, ref.explain(eager, gens)):
+        assert isinstance(got, RelevanceMap)
+        np.testing.assert_allclose(got.grid, want.grid, rtol=1e-5, atol=1e-7)

@@ -393,6 +393,18 @@ class VLM:
     def forward(self, generation: Generation, *, output_attentions: bool = False, inputs_embeds=None):
         raise NotImplementedError
 
+    def attention(self, implementation: str):
+        """Context manager: calls inside the block use attention ``implementation`` ("eager", "sdpa"),
+        restored on exit (lets a companion method that needs attention weights run on a model
+        loaded for a method that does not). Default: only the implementation already in use."""
+        import contextlib
+
+        from xbench.errors import ModelLoadError
+
+        if getattr(self, "attn_implementation", None) != implementation:
+            raise ModelLoadError(f"model family {type(self).__name__} cannot switch attention to {implementation!r}")
+        return contextlib.nullcontext()
+
     def randomized(self, seed: int) -> "VLM":
         """A new adapter on the same architecture and config with freshly, seeded, randomly
         initialised weights (the sanity control ``--control randomized``)."""

@@ -3,8 +3,8 @@
 * A **reference** for the agreement metrics: the reference method run on the same
   generations (:class:`InRunReference`; the method's own map when it is the reference
   itself), or the maps an earlier run of the same model, task and samples recorded
-  (:class:`RecordedReference`, ``--reference-run DIR``; that is also the way to keep
-  the model loaded exactly as the method alone needs it).
+  (:class:`RecordedReference`, ``--reference-run DIR``: the reference computed once for
+  many methods). Either way the model stays loaded as the run's method alone needs it.
 * A **control** (``--control randomized``): the method re-run on the same architecture
   with seeded random weights (:class:`RandomizedControl`), so each map metric has the value
   an untrained model would get beside it.
@@ -16,6 +16,7 @@ generation; ``label`` names it in errors and ``describe()`` in the summary.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from dataclasses import replace
@@ -30,12 +31,16 @@ from xbench.records import SAMPLES, SUMMARY, read_records
 
 
 class InRunReference:
-    """The reference method explains the run's generations after the method (untimed)."""
+    """The reference method explains the run's generations after the method (untimed).
+
+    The model stays loaded as the run's method needs it: for a reference that needs attention
+    weights the attention is switched to eager around its call (``vlm.attention``), and one that
+    needs hidden states gets them from a teacher-forced forward (``vlm.last_hidden_states``).
+    """
 
     def __init__(self, method: Method, same_as_run_method: bool) -> None:
         self.method = method
         self.same = same_as_run_method
-        self.needs = frozenset() if same_as_run_method else method.needs
         self.label = f"reference {method.label!r}"
 
     def bind(self, vlm, task) -> None:
@@ -44,7 +49,12 @@ class InRunReference:
     def maps(self, vlm, generations: Sequence[Generation], own_maps: Sequence[RelevanceMap]) -> list:
         if self.same:
             return list(own_maps)
-        return self.method.explain(vlm, generations)
+        needs = self.method.needs
+        if "hidden_states" in needs:
+            generations = [g if g.hidden_states is not None else replace(g, hidden_states=vlm.last_hidden_states(g))
+                           for g in generations]
+        with vlm.attention("eager") if "attentions" in needs else contextlib.nullcontext():
+            return self.method.explain(vlm, generations)
 
     def describe(self) -> dict[str, Any]:
         return {"method": self.method.label, "params": self.method.params, "source": "same run"}
@@ -52,8 +62,6 @@ class InRunReference:
 
 class RecordedReference:
     """Maps read from an earlier run's records, matched by sample id and checked answer."""
-
-    needs: frozenset[str] = frozenset()
 
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = Path(run_dir)

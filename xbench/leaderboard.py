@@ -5,7 +5,8 @@ columns (answer, agreement, faithfulness, localisation, confidence) then cost co
 table per task x model. A cell reads ``mean ± h``: the run's value and half the width of
 its 95% bootstrap interval over samples (computed by the runner, see ``summary.json``;
 csv/json give the bounds as ``<metric>_ci95_lo`` / ``_ci95_hi``). Several runs of one
-method are averaged (``runs`` counts them): a metric that several runs give is their mean,
+method asked for the same number of samples (``--limit``; one table per task, model
+and limit) are averaged (``runs`` counts them): a metric that several runs give is their mean,
 shown without an interval; a metric only one of them gives keeps that run's value and interval. A column
 ``name[control]`` is ``name`` on the randomized-weights control model; it has no arrow.
 """
@@ -26,7 +27,8 @@ from xbench.records import iter_summaries
 
 FORMATS = ("github", "latex", "csv", "json", "html")
 CATEGORY_ORDER = ("answer", "agreement", "faithfulness", "localisation", "confidence", "cost")
-ID_COLUMNS = ("task", "model", "method", "runs")
+ID_COLUMNS = ("task", "model", "method", "runs", "samples")
+GROUP = ["task", "model", "samples"]  # one table each: rows in a table were asked the same number of samples
 LO, HI = "_ci95_lo", "_ci95_hi"
 NOTE = (
     "Cells: mean over samples ± half the width of its 95% percentile bootstrap interval (1000 seeded resamples "
@@ -55,7 +57,9 @@ def load(root, task: str | None = None) -> tuple[pd.DataFrame, dict[str, dict]]:
         for _, s in iter_summaries(r):
             if task is not None and s["task"]["name"] != task:
                 continue
-            row = {"task": s["task"]["name"], "model": s["model"]["id"], "method": method_label(s)}
+            limit = (s.get("config") or {}).get("limit")
+            row = {"task": s["task"]["name"], "model": s["model"]["id"], "method": method_label(s),
+                   "samples": "all" if limit is None else str(limit)}
             for name, m in s.get("metrics", {}).items():
                 row[name] = m.get("value")
                 ci = m.get("ci95") or (None, None)
@@ -67,11 +71,12 @@ def load(root, task: str | None = None) -> tuple[pd.DataFrame, dict[str, dict]]:
     metric_cols = ordered_metrics(columns)
     ci_cols = [c + s for c in metric_cols for s in (LO, HI)]
     frame = pd.DataFrame(rows)
-    ids = frame[["task", "model", "method"]]
+    ids = frame[GROUP + ["method"]]
     values = frame.reindex(columns=metric_cols + ci_cols).apply(pd.to_numeric, errors="coerce")
-    grouped = pd.concat([ids, values], axis=1).groupby(["task", "model", "method"], sort=True)
+    grouped = pd.concat([ids, values], axis=1).groupby(GROUP + ["method"], sort=True)
     runs = grouped.size().rename("runs")
     table = pd.concat([runs, grouped.mean()], axis=1).reset_index()
+    table = table[list(ID_COLUMNS) + metric_cols + ci_cols]
     counts = grouped[metric_cols].count().reset_index(drop=True)
     for col in metric_cols:  # an interval belongs to one run: drop it where several runs were averaged
         several = (counts[col] > 1).to_numpy()
@@ -143,7 +148,7 @@ def render(
             {"columns": {c: columns[c] for c in chosen}, "rows": json.loads(flat.to_json(orient="records"))}, indent=2
         )
     parts = []
-    for (task_name, model), group in table.groupby(["task", "model"], sort=True):
+    for (task_name, model, samples), group in table.groupby(GROUP, sort=True):
         metrics = [c for c in chosen if group[c].notna().any()]
         if sort_by:
             hib = columns.get(sort_by, {}).get("higher_is_better")
@@ -155,7 +160,7 @@ def render(
             for _, row in group.iterrows()
         ]
         tablefmt = {"latex": "latex_raw", "html": "html", "github": "github"}[fmt]
-        title = f"task: {task_name} · model: {model}"
+        title = f"task: {task_name} · model: {model} · samples: {samples}"
         rendered = tabulate(body, headers=headers, tablefmt=tablefmt, disable_numparse=True)
         if fmt == "html":
             import html

@@ -355,8 +355,12 @@ def _report_args(p) -> None:
 
 def _cmd_report(args) -> int:
     """Write one static HTML report (leaderboard, Pareto plot, sample x method heatmaps) for runs."""
-    if args.samples < 0 or math.isnan(args.samples):
+    if args.samples < 0:
         raise ParameterError("--samples must be >= 0")
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise ParameterError("xbench report needs matplotlib: pip install 'xbench[report]'") from None
     quality = [q.strip() for q in args.quality.split(",") if q.strip()]
     out = write_report(args.runs, args.output, n_samples=args.samples, quality=quality, latency=args.latency,
                        columns=args.columns)

@@ -190,8 +190,7 @@ class Run:
         done = {r["id"] for r in iter_records(records_path, repair=True)}
         seed_everything(cfg.seed)
         started = provenance.now()
-        needs = self.method.needs | (self.reference.needs if self.reference else frozenset())
-        self.vlm = load_vlm(cfg.model, self.plugins.registries, needs=needs, device=cfg.device, dtype=cfg.dtype)
+        self.vlm = load_vlm(cfg.model, self.plugins.registries, needs=self.method.needs, device=cfg.device, dtype=cfg.dtype)
         for source in (self.reference, self.control):
             if source is not None:
                 source.bind(self.vlm, self.task)

@@ -180,6 +180,21 @@ class LlavaAdapter(VLM):
 
 
     # ------------------------------------------------------------------ controls
+    @contextlib.contextmanager
+    def attention(self, implementation: str):
+        """Switch every attention layer to ``implementation`` inside the block, then back."""
+        previous = self.attn_implementation
+        if implementation == previous:
+            yield self
+            return
+        self.model.set_attn_implementation(implementation)
+        self.attn_implementation = implementation
+        try:
+            yield self
+        finally:
+            self.model.set_attn_implementation(previous)
+            self.attn_implementation = previous
+
     def randomized(self, seed: int) -> "LlavaAdapter":
         """Same class, config, processor, device, dtype and attention, weights from a seeded random init."""
         import copy
