@@ -104,8 +104,20 @@ def side_by_side(model: str, limit: int, batch_size: int, repeats: int, warmup: 
         "rows": rows,
         "model": fast_vlm.name,
         "model_hash": fast_vlm.model_hash,
-        "proxy": {"source": proxy.source, "head": proxy.head_name},
+        "proxy": {"source": _shown(proxy.source), "head": proxy.head_name},
     }
+
+
+def _shown(path: str | None) -> str | None:
+    """A path relative to the package or the repository when inside them (no machine-specific prefix)."""
+    import xbench
+
+    for root in (Path(xbench.__file__).resolve().parent.parent, ROOT):
+        try:
+            return str(Path(path).resolve().relative_to(root))
+        except (TypeError, ValueError):
+            continue
+    return path
 
 
 def summarise(rows: list[dict]) -> dict:
