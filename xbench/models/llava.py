@@ -85,6 +85,7 @@ class LlavaAdapter(VLM):
                 num_beams=1,
                 pad_token_id=self.pad_id,
                 eos_token_id=self.eos_id,
+                suppress_tokens=[self.image_token_id],  # an answer never holds an image placeholder
             )
         hidden = torch.cat(captured, dim=1) if captured else None
         in_len = inputs["input_ids"].shape[1]

@@ -100,7 +100,9 @@ class EasyVQAData:
         return len(self.questions)
 
 
-def image_labels(questions: Sequence[str], answers: Sequence[str], image_ids: Sequence[int]) -> dict[int, tuple[int, int]]:
+def image_labels(
+    questions: Sequence[str], answers: Sequence[str], image_ids: Sequence[int]
+) -> dict[int, tuple[int, int]]:
     """Shape and colour of each image, inferred from its questions and answers.
 
     A "what" answer names the value; a yes/no answer about a named shape or colour says
@@ -412,7 +414,9 @@ def greedy_answers(model, processor, data: EasyVQAData, idx: Sequence[int], max_
     for _ in range(max_new_tokens):
         pos = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
         logits = model(input_ids=ids, pixel_values=pv, attention_mask=mask, position_ids=pos, use_cache=False).logits
-        nxt = logits[:, -1].argmax(-1)
+        last = logits[:, -1]
+        last[:, model.config.image_token_id] = float("-inf")  # as the adapter's generate suppresses it
+        nxt = last.argmax(-1)
         for i, t in enumerate(nxt.tolist()):
             if not done[i]:
                 outs[i].append(t)
@@ -560,6 +564,11 @@ def model_card(info: dict) -> str:
     """The model card (markdown) from a training run's ``info``."""
     r = info["recipe"]
     s = r["shape"]
+    sampling = (
+        "evenly over answer groups within each question kind (yes/no also split by negation)"
+        if r.get("balance")
+        else "uniformly"
+    )
     lines = [
         f"# {MODEL_NAME}",
         "",
@@ -588,17 +597,17 @@ def model_card(info: dict) -> str:
         "## Training recipe",
         "",
         f"- seed {r['seed']}; `torch.use_deterministic_algorithms(True)`; seeded data order and augmentation.",
-        f"- A. warm-up: vision tower + projector + a linear head classifying shape and colour from the mean image",
+        "- A. warm-up: vision tower + projector + a linear head classifying shape and colour from the mean image",
         f"  token; {r['warmup_steps']} steps, batch {r['warmup_batch']} images, AdamW lr {r['warmup_lr']}.",
-        f"- B. QA: whole model, teacher-forced cross-entropy on `answer </s>`, plus the warm-up loss at weight",
+        "- B. QA: whole model, teacher-forced cross-entropy on `answer </s>`, plus the warm-up loss at weight",
         f"  {r['aux_weight']}; {r['qa_steps']} steps, batch {r['qa_batch']} questions, AdamW lr {r['qa_lr']}.",
-        f"  Questions are drawn {'evenly over answer groups within each question kind (yes/no also split by negation)' if r.get('balance') else 'uniformly'}.",
+        f"  Questions are drawn {sampling}.",
         f"  A linear probe on the LM's hidden state after {r.get('probe_layer', 1)} layer(s) at the answer position predicts the",
         f"  colour and shape the question names, its negation and the image's shape and colour (weight {r.get('probe_weight', 0)}).",
         f"- Both phases: {r['lr_warmup']} linear warm-up steps then cosine decay, weight decay {r['weight_decay']},",
         f"  gradient clipping {r['grad_clip']}, horizontal flips and shifts up to {r['max_shift']} px (edge-replicated).",
-        f"- Shape/colour labels of the images come from the train questions (named, or decided by yes/no answers).",
-        f"- The auxiliary heads are dropped; the shipped weights are the LLaVA model's alone.",
+        "- Shape/colour labels of the images come from the train questions (named, or decided by yes/no answers).",
+        "- The auxiliary heads are dropped; the shipped weights are the LLaVA model's alone.",
         "",
         "## Results",
         "",
