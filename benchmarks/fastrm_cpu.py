@@ -1,6 +1,6 @@
 """FastRM beside gradient_relevancy and plain answers, side by side on the same samples (CPU).
 
-For each batch size (default 1 and 4, the runner's default), on batches of the same samples
+For each batch size (default 1, 4 (the runner's default) and 16), on batches of the same samples
 (the model's default FastRM proxy, ``--threads`` torch threads):
 
 * plain answer: ``vlm.generate`` keeping nothing (sdpa attention);
@@ -19,7 +19,7 @@ samples, reading ``explain_ms`` / ``generate_ms``.
 Targets (ANCHORS / issue): gradient_relevancy map time / FastRM map time >= 100x;
 explained answer / plain answer latency <= 1.05x.
 
-    python benchmarks/fastrm_cpu.py [--model NAME] [--limit 48] [--batch-sizes 1,4] [--repeats 3] [--threads 2]
+    python benchmarks/fastrm_cpu.py [--model NAME] [--limit 48] [--batch-sizes 1,4,16] [--repeats 3] [--threads 2]
     -> results/fastrm/cpu_benchmark-<threads>threads.{json,md}
 """
 
@@ -61,7 +61,9 @@ def side_by_side(model: str, limit: int, batch_size: int, repeats: int, warmup: 
     samples = list(task.samples(limit=limit + warmup * batch_size, seed=0))
     keep = frozenset({"hidden_states"})
     rows = []
-    for i, batch in enumerate(tqdm(list(batched(samples, batch_size)), desc=f"batch {batch_size}", disable=not progress)):
+    for i, batch in enumerate(
+        tqdm(list(batched(samples, batch_size)), desc=f"batch {batch_size}", disable=not progress)
+    ):
         prompts, n_new, b = [task.prompt(s) for s in batch], task.max_new_tokens, len(batch)
         t = {"plain": [], "explained": [], "fastrm_map": [], "gradient_relevancy_map": []}
         state = {}
@@ -88,15 +90,40 @@ def side_by_side(model: str, limit: int, batch_size: int, repeats: int, warmup: 
             continue
         best = {k: min(v) for k, v in t.items()}  # per batch: the least disturbed repeat
         for gen, rmap in zip(state["gens"], state["maps"]):
-            rows.append({"id": gen.sample_id, "answer": gen.text, "answer_tokens": len(gen.answer_ids),
-                         "confidence": rmap.extras["confidence"], **best})
+            rows.append(
+                {
+                    "id": gen.sample_id,
+                    "answer": gen.text,
+                    "answer_tokens": len(gen.answer_ids),
+                    "confidence": rmap.extras["confidence"],
+                    **best,
+                }
+            )
     proxy = fastrm.proxy_for(fast_vlm)
-    return {"rows": rows, "model": fast_vlm.name, "model_hash": fast_vlm.model_hash,
-            "proxy": {"source": proxy.source, "head": proxy.head_name}}
+    return {
+        "rows": rows,
+        "model": fast_vlm.name,
+        "model_hash": fast_vlm.model_hash,
+        "proxy": {"source": _shown(proxy.source), "head": proxy.head_name},
+    }
+
+
+def _shown(path: str | None) -> str | None:
+    """A path relative to the package or the repository when inside them (no machine-specific prefix)."""
+    import xbench
+
+    for root in (Path(xbench.__file__).resolve().parent.parent, ROOT):
+        try:
+            return str(Path(path).resolve().relative_to(root))
+        except (TypeError, ValueError):
+            continue
+    return path
 
 
 def summarise(rows: list[dict]) -> dict:
-    med = {k: statistics.median(r[k] for r in rows) for k in ("plain", "explained", "fastrm_map", "gradient_relevancy_map")}
+    med = {
+        k: statistics.median(r[k] for r in rows) for k in ("plain", "explained", "fastrm_map", "gradient_relevancy_map")
+    }
     return {
         "median_ms": med,
         "map_speedup": med["gradient_relevancy_map"] / med["fastrm_map"],
@@ -115,18 +142,33 @@ def from_runner(model: str, limit: int, batch_size: int, out_root: Path) -> dict
     res = {}
     for method in ("fastrm", "gradient_relevancy"):
         out = out_root / f"{method}-b{batch_size}"
-        summary = run(RunConfig(method=method, model=model, limit=limit, batch_size=batch_size, device="cpu",
-                                out=out, progress=False, metrics=[]))
+        summary = run(
+            RunConfig(
+                method=method,
+                model=model,
+                limit=limit,
+                batch_size=batch_size,
+                device="cpu",
+                out=out,
+                progress=False,
+                metrics=[],
+            )
+        )
         recs = [r for r in read_records(out / "samples.jsonl") if "error" not in r]
         res[method] = {
-            "n": len(recs), "errors": summary["n_errors"],
+            "n": len(recs),
+            "errors": summary["n_errors"],
             "explain_ms_p50": summary["metrics"]["explain_ms_p50"]["value"],
             "generate_ms_p50": summary["metrics"]["generate_ms_p50"]["value"],
             "ids": [r["id"] for r in recs],
         }
     same = res["fastrm"].pop("ids") == res["gradient_relevancy"].pop("ids")
-    return {**res, "batch_size": batch_size, "same_samples": same,
-            "map_speedup_p50": res["gradient_relevancy"]["explain_ms_p50"] / res["fastrm"]["explain_ms_p50"]}
+    return {
+        **res,
+        "batch_size": batch_size,
+        "same_samples": same,
+        "map_speedup_p50": res["gradient_relevancy"]["explain_ms_p50"] / res["fastrm"]["explain_ms_p50"],
+    }
 
 
 def markdown(r: dict) -> str:
@@ -154,11 +196,34 @@ def markdown(r: dict) -> str:
     run_rows = []
     for b, run in r["runner"].items():
         for m in ("fastrm", "gradient_relevancy"):
-            run_rows.append([b, m, run[m]["n"], f"{run[m]['generate_ms_p50']:.2f}", f"{run[m]['explain_ms_p50']:.3f}",
-                             f"{run['map_speedup_p50']:.0f}x" if m == "fastrm" else "", run["same_samples"]])
+            run_rows.append(
+                [
+                    b,
+                    m,
+                    run[m]["n"],
+                    f"{run[m]['generate_ms_p50']:.2f}",
+                    f"{run[m]['explain_ms_p50']:.3f}",
+                    f"{run['map_speedup_p50']:.0f}x" if m == "fastrm" else "",
+                    run["same_samples"],
+                ]
+            )
     parts.append("## From the runner's own records (`xbench run`, same samples)\n")
-    parts.append(tabulate(run_rows, headers=["batch", "method", "samples", "generate_ms p50", "explain_ms p50",
-                                             "gradient_relevancy / fastrm", "same ids"], tablefmt="github") + "\n")
+    parts.append(
+        tabulate(
+            run_rows,
+            headers=[
+                "batch",
+                "method",
+                "samples",
+                "generate_ms p50",
+                "explain_ms p50",
+                "gradient_relevancy / fastrm",
+                "same ids",
+            ],
+            tablefmt="github",
+        )
+        + "\n"
+    )
     parts.append(f"git {r['environment']['git_sha']}, torch {r['environment']['torch']}, {r['finished']}\n")
     return "\n".join(parts)
 
@@ -173,7 +238,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=DEFAULT_MODEL)
     p.add_argument("--limit", type=int, default=48)
-    p.add_argument("--batch-sizes", default="1,4", help="comma-separated (default 1,4: 4 is the runner's default)")
+    p.add_argument(
+        "--batch-sizes", default="1,4,16", help="comma-separated (default 1,4,16; 4 is the runner's default)"
+    )
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=2)
@@ -192,9 +259,15 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for b in sizes:
             report["runner"][b] = from_runner(args.model, args.limit, b, Path(tmp))
-    report.update(threads=args.threads, limit=args.limit, repeats=args.repeats, warmup=args.warmup,
-                  wall_seconds=time.perf_counter() - started, environment=provenance.environment("cpu"),
-                  finished=provenance.now())
+    report.update(
+        threads=args.threads,
+        limit=args.limit,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        wall_seconds=time.perf_counter() - started,
+        environment=provenance.environment("cpu"),
+        finished=provenance.now(),
+    )
     args.out.mkdir(parents=True, exist_ok=True)
     stem = f"cpu_benchmark-{args.threads}threads"
     (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")

@@ -42,7 +42,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tiny", action="store_true", help="tiny config of the same shape (smoke test, any device)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--prompt-len", type=int, default=None, help="prompt tokens incl. image tokens (default 625; tiny 80)")
+    p.add_argument(
+        "--prompt-len", type=int, default=None, help="prompt tokens incl. image tokens (default 625; tiny 80)"
+    )
     p.add_argument("--answer-len", type=int, default=8)
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--head", default="attention")
@@ -74,17 +76,31 @@ def main(argv=None) -> int:
 
     def generate():
         with torch.no_grad():
-            return model.generate(input_ids=input_ids, pixel_values=pixels, max_new_tokens=args.answer_len,
-                                  min_new_tokens=args.answer_len, do_sample=False, pad_token_id=0, eos_token_id=2)
+            return model.generate(
+                input_ids=input_ids,
+                pixel_values=pixels,
+                max_new_tokens=args.answer_len,
+                min_new_tokens=args.answer_len,
+                do_sample=False,
+                pad_token_id=0,
+                eos_token_id=2,
+            )
 
     def explained():
         store: list = []
         with vlm._capture_last_hidden(store):
             seq = generate()
-        answer = seq[0, len(ids):].tolist()
-        gen = Generation(sample_id="bench", text="", prompt_ids=ids, answer_ids=answer,
-                         image_positions=[i for i, t in enumerate(ids) if t == arch.IMAGE_TOKEN], grid=(side, side),
-                         pixel_values=pixels, hidden_states=torch.cat(store, dim=1)[0, : len(ids) + len(answer) - 1])
+        answer = seq[0, len(ids) :].tolist()
+        gen = Generation(
+            sample_id="bench",
+            text="",
+            prompt_ids=ids,
+            answer_ids=answer,
+            image_positions=[i for i, t in enumerate(ids) if t == arch.IMAGE_TOKEN],
+            grid=(side, side),
+            pixel_values=pixels,
+            hidden_states=torch.cat(store, dim=1)[0, : len(ids) + len(answer) - 1],
+        )
         state["gen"], state["map"] = gen, fastrm.explain(vlm, [gen])[0]
 
     def timed(fn):
@@ -112,8 +128,11 @@ def main(argv=None) -> int:
     results = {}
     for name, vals in runs.items():
         peaks = [b for _, b in vals if b is not None]
-        results[name] = {"seconds": statistics.median(s for s, _ in vals), "all_seconds": [s for s, _ in vals],
-                         "peak_gpu_gib": max(peaks) / 2**30 if peaks else None}
+        results[name] = {
+            "seconds": statistics.median(s for s, _ in vals),
+            "all_seconds": [s for s, _ in vals],
+            "peak_gpu_gib": max(peaks) / 2**30 if peaks else None,
+        }
     plain, explained_r, fmap = results["plain_answer"], results["fastrm_explained_answer"], results["fastrm_map"]
     ratios = {
         "map_speedup": results["gradient_relevancy_map"]["seconds"] / fmap["seconds"],
@@ -121,21 +140,36 @@ def main(argv=None) -> int:
         "latency_ratio": explained_r["seconds"] / plain["seconds"],
         "memory_ratio": None if plain["peak_gpu_gib"] is None else explained_r["peak_gpu_gib"] / plain["peak_gpu_gib"],
     }
-    met = {k: None if ratios[k] is None else (ratios[k] >= t if k == "map_speedup" else ratios[k] <= t)
-           for k, t in TARGETS.items()}
+    met = {
+        k: None if ratios[k] is None else (ratios[k] >= t if k == "map_speedup" else ratios[k] <= t)
+        for k, t in TARGETS.items()
+    }
     env = provenance.environment(args.device)
     report = {
         "what": "FastRM vs gradient_relevancy vs plain answers, LLaVA-1.5-7B architecture, random weights"
         + (" -- TINY CONFIG SMOKE TEST, not the 7B figures" if args.tiny else ""),
-        "tiny": args.tiny, "device_name": env["device_name"], "dtype": str(dtype).replace("torch.", ""),
-        "prompt_len": len(ids), "image_tokens": n_image, "answer_len": len(gen.answer_ids), "repeats": args.repeats,
-        "head": args.head, "hidden_size": model.config.text_config.hidden_size,
+        "tiny": args.tiny,
+        "device_name": env["device_name"],
+        "dtype": str(dtype).replace("torch.", ""),
+        "prompt_len": len(ids),
+        "image_tokens": n_image,
+        "answer_len": len(gen.answer_ids),
+        "repeats": args.repeats,
+        "head": args.head,
+        "hidden_size": model.config.text_config.hidden_size,
         "n_parameters": sum(q.numel() for q in model.parameters()),
-        "confidence_extra": state["map"].extras, "results": results, "ratios": ratios, "targets": TARGETS, "met": met,
-        "environment": env, "finished": provenance.now(),
+        "confidence_extra": state["map"].extras,
+        "results": results,
+        "ratios": ratios,
+        "targets": TARGETS,
+        "met": met,
+        "environment": env,
+        "finished": provenance.now(),
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    slug = ("gpu_7b-tiny-" if args.tiny else "gpu_7b-") + re.sub(r"[^A-Za-z0-9]+", "-", env["device_name"]).strip("-").lower()
+    slug = ("gpu_7b-tiny-" if args.tiny else "gpu_7b-") + re.sub(r"[^A-Za-z0-9]+", "-", env["device_name"]).strip(
+        "-"
+    ).lower()
     (args.out / f"{slug}.json").write_text(json.dumps(report, indent=2) + "\n")
     (args.out / f"{slug}.md").write_text(markdown(report))
     print(markdown(report))

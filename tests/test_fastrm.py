@@ -36,15 +36,21 @@ def train_labels(plugins, tiny_vlm, reference, label_root):
 @pytest.fixture(scope="module")
 def test_labels(plugins, tiny_vlm, reference, label_root):
     task = plugins.registries.tasks.get("easyvqa")("test")
-    return build_labels(tiny_vlm, task, reference, 8, cache_root=label_root, batch_size=8, noise_std=0.05,
-                        progress=False, **SHORT)
+    return build_labels(
+        tiny_vlm, task, reference, 8, cache_root=label_root, batch_size=8, noise_std=0.05, progress=False, **SHORT
+    )
 
 
 @pytest.fixture(scope="module")
 def trained(train_labels, tiny_vlm):
     cfg = TrainConfig(steps=30, batch_size=16, lr=3e-3, eval_every=10, warmup=5)
-    return train_proxy(train_labels.subset(range(24)), train_labels.subset(range(24, 32)), cfg,
-                       model_identity(tiny_vlm), progress=False)
+    return train_proxy(
+        train_labels.subset(range(24)),
+        train_labels.subset(range(24, 32)),
+        cfg,
+        model_identity(tiny_vlm),
+        progress=False,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +81,9 @@ def test_labels_match_the_reference_and_the_generation(train_labels, tiny_vlm, r
     assert train_labels.ids[:3] == [s.id for s in samples]
     for i, (g, m) in enumerate(zip(gens, maps)):
         np.testing.assert_allclose(train_labels.maps[i], m.grid, atol=1e-5)
-        np.testing.assert_allclose(train_labels.patches[i].numpy(), g.hidden_states[g.image_positions].numpy(), atol=1e-5)
+        np.testing.assert_allclose(
+            train_labels.patches[i].numpy(), g.hidden_states[g.image_positions].numpy(), atol=1e-5
+        )
         q = train_labels.queries[train_labels.offsets[i] : train_labels.offsets[i + 1]]
         np.testing.assert_allclose(q.numpy(), g.hidden_states[g.query_positions].numpy(), atol=1e-5)
 
@@ -84,7 +92,9 @@ def test_label_cache_hit_and_extension(plugins, tiny_vlm, reference, label_root,
     task = plugins.registries.tasks.get("easyvqa")("train")
     calls = []
     real = tiny_vlm.generate
-    monkeypatch.setattr(tiny_vlm, "generate", lambda samples, *a, **k: calls.append(len(samples)) or real(samples, *a, **k))
+    monkeypatch.setattr(
+        tiny_vlm, "generate", lambda samples, *a, **k: calls.append(len(samples)) or real(samples, *a, **k)
+    )
     again = build_labels(tiny_vlm, task, reference, 32, cache_root=label_root, batch_size=8, progress=False, **SHORT)
     assert calls == []  # served from disk
     assert again.ids == train_labels.ids and torch.equal(again.patches, train_labels.patches)
@@ -273,10 +283,14 @@ def test_fastrm_adds_no_forward_pass(plugins, tiny_vlm, generations, monkeypatch
     def count(*_):
         calls["model"] += 1
 
-    handles = [m.register_forward_pre_hook(count) for m in (tiny_vlm.model, tiny_vlm.language_model,
-                                                            tiny_vlm.model.model.vision_tower)]
+    handles = [
+        m.register_forward_pre_hook(count)
+        for m in (tiny_vlm.model, tiny_vlm.language_model, tiny_vlm.model.model.vision_tower)
+    ]
     real = tiny_vlm.forward
-    monkeypatch.setattr(tiny_vlm, "forward", lambda *a, **k: calls.__setitem__("adapter", calls["adapter"] + 1) or real(*a, **k))
+    monkeypatch.setattr(
+        tiny_vlm, "forward", lambda *a, **k: calls.__setitem__("adapter", calls["adapter"] + 1) or real(*a, **k)
+    )
     try:
         with torch.autograd.graph.saved_tensors_hooks(lambda t: pytest.fail("autograd used"), lambda t: t):
             maps = method.explain(tiny_vlm, generations)
@@ -306,9 +320,10 @@ def test_runner_records_confidence(plugins, tmp_path):
     from xbench.records import read_records
     from xbench.runner import RunConfig, run
 
-    # metrics that need no reference map: the model is loaded for FastRM's needs alone (no eager attention)
-    summary = run(RunConfig(method="fastrm", model="tiny-random-llava", limit=3, out=tmp_path / "r", warmup=0,
-                            metrics=["energy_in_mask", "confidence_auroc"], progress=False), plugins)
+    summary = run(
+        RunConfig(method="fastrm", model="tiny-random-llava", limit=3, out=tmp_path / "r", warmup=0, progress=False),
+        plugins,
+    )
     assert summary["n_errors"] == 0 and summary["model"]["attn_implementation"] == "sdpa"
     for r in read_records(tmp_path / "r" / "samples.jsonl"):
         assert set(r["extras"]) == {"entropy", "confidence"} and r["explain_ms"] > 0

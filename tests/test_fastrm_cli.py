@@ -6,8 +6,21 @@ import pytest
 
 from xbench.cli import main
 
-SMALL = ["--model", "tiny-random-llava", "--samples", "12", "--val-samples", "4",
-         "--test-samples", "6", "--label-batch-size", "8", "--max-new-tokens", "2", "--no-progress"]
+SMALL = [
+    "--model",
+    "tiny-random-llava",
+    "--samples",
+    "12",
+    "--val-samples",
+    "4",
+    "--test-samples",
+    "6",
+    "--label-batch-size",
+    "8",
+    "--max-new-tokens",
+    "2",
+    "--no-progress",
+]
 
 
 @pytest.fixture(scope="module")
@@ -33,12 +46,40 @@ def test_train_writes_a_proxy_naming_its_model(proxy_dir, capsys):
 
 
 def test_run_and_evaluate_with_the_proxy(proxy_dir, cache, tmp_path, capsys):
-    run = ["run", "--method", "fastrm", "--model", "tiny-random-llava", "--param", f"proxy={proxy_dir}",
-           "--limit", "2", "--out", str(tmp_path / "r"), "--no-progress", "--warmup", "0"]
+    run = [
+        "run",
+        "--method",
+        "fastrm",
+        "--model",
+        "tiny-random-llava",
+        "--param",
+        f"proxy={proxy_dir}",
+        "--limit",
+        "2",
+        "--out",
+        str(tmp_path / "r"),
+        "--no-progress",
+        "--warmup",
+        "0",
+    ]
     assert main(run) == 0
     assert "2 samples explained, 0 errors" in capsys.readouterr().out
-    ev = ["fastrm", "evaluate", "--proxy", str(proxy_dir), *SMALL[:2], "--test-samples", "6", "--max-new-tokens", "2", "--no-progress",
-          "--cache", str(cache), "--output", str(tmp_path / "e.json")]
+    ev = [
+        "fastrm",
+        "evaluate",
+        "--proxy",
+        str(proxy_dir),
+        *SMALL[:2],
+        "--test-samples",
+        "6",
+        "--max-new-tokens",
+        "2",
+        "--no-progress",
+        "--cache",
+        str(cache),
+        "--output",
+        str(tmp_path / "e.json"),
+    ]
     assert main(ev) == 0
     out = capsys.readouterr().out
     assert "f1=" in out and "noise ceiling" in out
@@ -46,9 +87,27 @@ def test_run_and_evaluate_with_the_proxy(proxy_dir, cache, tmp_path, capsys):
 
 
 def test_ablate_writes_markdown_and_json_tables(cache, tmp_path, capsys):
-    argv = ["fastrm", "ablate", *SMALL, "--steps", "3", "--batch-size", "4", "--cache", str(cache),
-            "--heads", "attention,mlp", "--taus", "0.2,0.4", "--fractions", "0.5,1", "--step-grid", "2,3",
-            "--out", str(tmp_path / "res")]
+    argv = [
+        "fastrm",
+        "ablate",
+        *SMALL,
+        "--steps",
+        "3",
+        "--batch-size",
+        "4",
+        "--cache",
+        str(cache),
+        "--heads",
+        "attention,mlp",
+        "--taus",
+        "0.2,0.4",
+        "--fractions",
+        "0.5,1",
+        "--step-grid",
+        "2,3",
+        "--out",
+        str(tmp_path / "res"),
+    ]
     assert main(argv) == 0
     for name, n_rows in (("ablation_threshold", 4), ("ablation_size", 4), ("ablation_steps", 4), ("transfer", 12)):
         table = json.loads((tmp_path / "res" / f"{name}.json").read_text())
@@ -65,14 +124,36 @@ def test_ablate_writes_markdown_and_json_tables(cache, tmp_path, capsys):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["run", "--method", "fastrm", "--param", "proxy=/no/such/proxy", "--model", "tiny-random-llava"],
-         "FastRM proxy directory '/no/such/proxy' does not exist"),
+        (
+            ["run", "--method", "fastrm", "--param", "proxy=/no/such/proxy", "--model", "tiny-random-llava"],
+            "FastRM proxy directory '/no/such/proxy' does not exist",
+        ),
         (["fastrm", "evaluate", "--proxy", "/no/such/proxy"], "FastRM proxy directory '/no/such/proxy' does not exist"),
         (["fastrm", "install", "/no/such/proxy"], "FastRM proxy directory '/no/such/proxy' does not exist"),
-        (["fastrm", "train", "--model", "tiny-random-llava", "--reference", "rollot", "--out", "x"],
-         "unknown method 'rollot'"),
-        (["fastrm", "ablate", "--model", "tiny-random-llava", "--reference", "rollout", "--tables", "size,nope",
-          "--samples", "4", "--val-samples", "2", "--test-samples", "2", "--no-progress"], "unknown ablation table(s) ['nope']"),
+        (
+            ["fastrm", "train", "--model", "tiny-random-llava", "--reference", "rollot", "--out", "x"],
+            "unknown method 'rollot'",
+        ),
+        (
+            [
+                "fastrm",
+                "ablate",
+                "--model",
+                "tiny-random-llava",
+                "--reference",
+                "rollout",
+                "--tables",
+                "size,nope",
+                "--samples",
+                "4",
+                "--val-samples",
+                "2",
+                "--test-samples",
+                "2",
+                "--no-progress",
+            ],
+            "unknown ablation table(s) ['nope']",
+        ),
     ],
 )
 def test_user_errors_are_one_line(argv, message, capsys, tmp_path):

@@ -80,8 +80,14 @@ def steps_table(trainer: Trainer, test: LabelSet, base: TrainConfig, heads: Sequ
     return rows
 
 
-def transfer_table(trainer: Trainer, test: LabelSet, base: TrainConfig, heads: Sequence[str], key: str,
-                   groups: dict[str, Sequence[str]]):
+def transfer_table(
+    trainer: Trainer,
+    test: LabelSet,
+    base: TrainConfig,
+    heads: Sequence[str],
+    key: str,
+    groups: dict[str, Sequence[str]],
+):
     """Train on each group of ``meta[key]`` values (and on all, size-matched to the smallest group);
     score on every group of the test set."""
     train_sets = {name: trainer.train.where(key, values) for name, values in groups.items()}

@@ -13,8 +13,8 @@ from typing import Any
 from xbench.cli import command, parse_params, positive_int
 from xbench.errors import ParameterError
 
-OPEN_KINDS = ("colour", "shape")
-YES_NO_KINDS = ("yes/no colour", "yes/no shape")
+#: easy-vqa's question kinds (tasks/easyvqa.py question_kind): open questions vs yes/no probes
+TRANSFER_GROUPS = "open=colour,shape;yes/no=yes/no colour,yes/no shape"
 DEFAULT_REFERENCE = "gradient_relevancy"
 ABLATION_TABLES = ("threshold", "size", "steps", "transfer")
 
@@ -38,6 +38,16 @@ def _names(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip()]
 
 
+def _groups(text: str) -> dict[str, list[str]]:
+    groups = {}
+    for part in text.split(";"):
+        name, sep, values = part.partition("=")
+        if not sep or not name.strip() or not _names(values):
+            raise argparse.ArgumentTypeError(f"expected NAME=V1,V2;NAME=V3 (e.g. {TRANSFER_GROUPS!r}), got {text!r}")
+        groups[name.strip()] = _names(values)
+    return groups
+
+
 def _filter(text: str) -> tuple[str, list[str]]:
     key, sep, values = text.partition("=")
     if not sep or not key or not values:
@@ -55,18 +65,32 @@ def _common(p: argparse.ArgumentParser, training: bool = True) -> None:
     p.add_argument("--task", default=DEFAULT_TASK, help=f"task adapter (default {DEFAULT_TASK})")
     p.add_argument("--reference", default=DEFAULT_REFERENCE, help=f"reference method (default {DEFAULT_REFERENCE})")
     p.add_argument("--reference-param", action="append", metavar="KEY=VALUE", help="reference method parameter")
-    p.add_argument("--threshold", "--tau", dest="tau", type=float, default=0.3, help="labelling threshold tau (default 0.3)")
+    p.add_argument(
+        "--threshold", "--tau", dest="tau", type=float, default=0.3, help="labelling threshold tau (default 0.3)"
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of sample order, proxy init and batches (default 0)")
     p.add_argument("--test-samples", type=positive_int, default=1000, help="held-out test samples (default 1000)")
     p.add_argument("--test-split", default="test", help="held-out split (default test)")
-    p.add_argument("--confidence-samples", type=int, default=0,
-                   help="also score the confidence on this many held-out answers, no reference needed (0: skip; -1: the whole split)")
-    p.add_argument("--noise-std", type=float, default=2 / 255, help="pixel noise of the noise ceiling, intensity units (default 2/255)")
+    p.add_argument(
+        "--confidence-samples",
+        type=int,
+        default=0,
+        help="also score the confidence on this many held-out answers, no reference needed "
+        "(0: skip; -1: the whole split)",
+    )
+    p.add_argument(
+        "--noise-std",
+        type=float,
+        default=2 / 255,
+        help="pixel noise of the noise ceiling, intensity units (default 2/255)",
+    )
     p.add_argument("--cache", type=Path, help="label cache root (default $XBENCH_HOME/fastrm)")
     p.add_argument("--label-batch-size", type=positive_int, default=16)
     p.add_argument("--max-new-tokens", type=positive_int, help="answer length limit (default: the task's)")
     p.add_argument("--device", help="cpu, cuda ... (default: cuda when present)")
-    p.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's; 1 is fastest on a busy machine)")
+    p.add_argument(
+        "--threads", type=positive_int, help="torch CPU threads (default: torch's; 1 is fastest on a busy machine)"
+    )
     p.add_argument("--no-progress", action="store_true")
     if training:
         p.add_argument("--samples", type=positive_int, default=23500, help="training samples (default 23500)")
@@ -76,8 +100,12 @@ def _common(p: argparse.ArgumentParser, training: bool = True) -> None:
         p.add_argument("--batch-size", type=positive_int, default=64)
         p.add_argument("--lr", type=float, default=1e-3)
         p.add_argument("--weight-decay", type=float, default=0.01)
-        p.add_argument("--aux-weight", type=float,
-                       help="weight of the map-matching KL term (default: the head's, 1 attention, 3 mlp; 0 = plain BCE as in the paper)")
+        p.add_argument(
+            "--aux-weight",
+            type=float,
+            help="weight of the map-matching KL term (default: the head's, 1 attention, 3 mlp; "
+            "0 = plain BCE as in the paper)",
+        )
         p.add_argument("--eval-every", type=positive_int, default=500)
 
 
@@ -94,10 +122,17 @@ class Context:
 
         task = default().registries.tasks.get(self.args.task)(split)
         return build_labels(
-            self.vlm, task, self.reference, n, seed=self.args.seed, cache_root=self.cache,
-            batch_size=self.args.label_batch_size, noise_std=self.args.noise_std if noise else None,
+            self.vlm,
+            task,
+            self.reference,
+            n,
+            seed=self.args.seed,
+            cache_root=self.cache,
+            batch_size=self.args.label_batch_size,
+            noise_std=self.args.noise_std if noise else None,
             max_new_tokens=self.args.max_new_tokens,
-            progress=not self.args.no_progress, log=_log,
+            progress=not self.args.no_progress,
+            log=_log,
         )
 
     def train_val(self):
@@ -122,8 +157,15 @@ class Context:
         reg = default().registries
         task = reg.tasks.get(self.args.task)(self.args.test_split)
         method = reg.methods.get("fastrm")(proxy=str(proxy_dir))
-        return confidence_on_task(self.vlm, task, method, None if n < 0 else n, seed=self.args.seed,
-                                  batch_size=self.args.label_batch_size, progress=not self.args.no_progress)
+        return confidence_on_task(
+            self.vlm,
+            task,
+            method,
+            None if n < 0 else n,
+            seed=self.args.seed,
+            batch_size=self.args.label_batch_size,
+            progress=not self.args.no_progress,
+        )
 
 
 def _context(args) -> Context:
@@ -135,9 +177,13 @@ def _context(args) -> Context:
 
         torch.set_num_threads(args.threads)
     plugins = default()
-    reference = plugins.registries.methods.get(args.reference)(**parse_params(args.reference_param, "--reference-param"))
+    reference = plugins.registries.methods.get(args.reference)(
+        **parse_params(args.reference_param, "--reference-param")
+    )
     plugins.registries.tasks.get(args.task)  # unknown task: fail before loading the model
-    vlm = load_vlm(args.model, plugins.registries, needs=frozenset(reference.needs | {"hidden_states"}), device=args.device)
+    vlm = load_vlm(
+        args.model, plugins.registries, needs=frozenset(reference.needs | {"hidden_states"}), device=args.device
+    )
     cache = args.cache or xbench_home() / "fastrm"
     return Context(vlm, reference, cache, args)
 
@@ -146,24 +192,41 @@ def _train_config(args, head: str | None = None):
     from xbench.fastrm.train import TrainConfig
 
     return TrainConfig(
-        head=head or args.head, head_params=parse_params(getattr(args, "head_param", None), "--head-param"),
-        tau=args.tau, steps=args.steps, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-        seed=args.seed, eval_every=min(args.eval_every, args.steps), aux_weight=args.aux_weight,
+        head=head or args.head,
+        head_params=parse_params(getattr(args, "head_param", None), "--head-param"),
+        tau=args.tau,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        seed=args.seed,
+        eval_every=min(args.eval_every, args.steps),
+        aux_weight=args.aux_weight,
     )
 
 
 def _print_scores(title: str, res: dict) -> None:
     m, c, nc = res["map"], res["confidence"], res["noise_ceiling"]
     print(f"{title} ({res['n_samples']} samples, tau={res['tau']}, decision threshold {m['threshold']}):")
-    print("  " + "  ".join(f"{k}={m[k]:.4f}" for k in ("accuracy", "precision", "recall", "f1", "iou", "auroc") if m[k] is not None))
+    print(
+        "  "
+        + "  ".join(
+            f"{k}={m[k]:.4f}" for k in ("accuracy", "precision", "recall", "f1", "iou", "auroc") if m[k] is not None
+        )
+    )
     if nc:
-        print(f"  noise ceiling (reference vs itself under pixel noise): f1={nc['f1']:.4f} iou={nc['iou']:.4f} accuracy={nc['accuracy']:.4f}")
+        print(
+            f"  noise ceiling (reference vs itself under pixel noise): f1={nc['f1']:.4f} iou={nc['iou']:.4f} "
+            f"accuracy={nc['accuracy']:.4f}"
+        )
     for label, c in (("labelled samples", c), ("held-out answers", res.get("confidence_task"))):
         if c is None:
             continue
         auc = c["auroc_entropy_wrong"]
-        print(f"  confidence on {label}: AUROC of map entropy for wrong answers = "
-              f"{'n/a' if auc is None else f'{auc:.4f}'} ({c['n_wrong']} wrong of {c['n']})")
+        print(
+            f"  confidence on {label}: AUROC of map entropy for wrong answers = "
+            f"{'n/a' if auc is None else f'{auc:.4f}'} ({c['n_wrong']} wrong of {c['n']})"
+        )
 
 
 # --------------------------------------------------------------------------- subcommands
@@ -174,8 +237,10 @@ def _labels(args) -> int:
     started = time.perf_counter()
     tv = ctx.labels(args.train_split, args.samples + args.val_samples, noise=False)
     te = ctx.test()
-    print(f"labels: {len(tv)} {args.train_split} + {len(te)} {args.test_split} samples in "
-          f"{time.perf_counter() - started:.1f} s (cache {ctx.cache})")
+    print(
+        f"labels: {len(tv)} {args.train_split} + {len(te)} {args.test_split} samples in "
+        f"{time.perf_counter() - started:.1f} s (cache {ctx.cache})"
+    )
     return 0
 
 
@@ -195,7 +260,9 @@ def _train(args) -> int:
         test = test.where(*args.eval_filter)
     t_labels = time.perf_counter() - t0
     _log(f"training on {len(train)} samples, validating on {len(val)}, testing on {len(test)}")
-    proxy, _ = train_proxy(train, val, _train_config(args), model_identity(ctx.vlm), progress=not args.no_progress, log=_log)
+    proxy, _ = train_proxy(
+        train, val, _train_config(args), model_identity(ctx.vlm), progress=not args.no_progress, log=_log
+    )
     t_train = time.perf_counter() - t0 - t_labels
     res = evaluate(proxy, test, args.tau)
     proxy.info["test"] = res
@@ -233,8 +300,6 @@ def _evaluate(args) -> int:
 
 
 def _ablate(args) -> int:
-    from dataclasses import replace
-
     from xbench.fastrm import ablate
     from xbench.fastrm.proxy import model_identity
 
@@ -248,35 +313,51 @@ def _ablate(args) -> int:
     t_labels = time.perf_counter() - t0
     trainer = ablate.Trainer(train, val, model_identity(ctx.vlm), not args.no_progress, _log)
     base = _train_config(args, head=args.heads[0])
+    aux = "per head: attention 1, mlp 3" if args.aux_weight is None else args.aux_weight
     setup = {
         "model": f"{ctx.vlm.name} (model hash {ctx.vlm.model_hash})",
-        "task": f"{args.task}: train {len(train)} + val {len(val)} from {args.train_split}, test {len(test)} from {args.test_split}",
+        "task": f"{args.task}: train {len(train)} + val {len(val)} from {args.train_split}, "
+        f"test {len(test)} from {args.test_split}",
         "reference": ctx.reference.label,
         "training": f"{args.steps} steps, batch {args.batch_size}, AdamW lr {args.lr}, seed {args.seed}, "
-                    f"BCE with positive-class weighting + map KL (weight {'per head: attention 1, mlp 3' if args.aux_weight is None else args.aux_weight}), "
-                    f"decision threshold by validation F1",
+        f"BCE with positive-class weighting + map KL (weight {aux}), decision threshold by validation F1",
         "metrics": "per patch, pooled over test samples, against the reference min-max normalised and binarised at tau",
         "command": _ablate_command(args),
     }
     tables = {
-        "threshold": ("Labelling threshold (tau): proxy trained and scored at each tau",
-                      lambda: ablate.threshold_table(trainer, test, base, args.heads, args.taus)),
-        "size": ("Training-set size (tau fixed)",
-                 lambda: ablate.size_table(trainer, test, base, args.heads, args.fractions)),
-        "steps": ("Training steps (tau fixed)",
-                  lambda: ablate.steps_table(trainer, test, base, args.heads, args.step_grid)),
-        "transfer": ("Transfer across question types: trained on one, scored on each (training sets size-matched)",
-                     lambda: ablate.transfer_table(trainer, test, base, args.heads, "kind",
-                                                   {"open": OPEN_KINDS, "yes/no": YES_NO_KINDS})),
+        "threshold": (
+            "Labelling threshold (tau): proxy trained and scored at each tau",
+            lambda: ablate.threshold_table(trainer, test, base, args.heads, args.taus),
+        ),
+        "size": (
+            "Training-set size (tau fixed)",
+            lambda: ablate.size_table(trainer, test, base, args.heads, args.fractions),
+        ),
+        "steps": (
+            "Training steps (tau fixed)",
+            lambda: ablate.steps_table(trainer, test, base, args.heads, args.step_grid),
+        ),
+        "transfer": (
+            "Transfer across question types: trained on one, scored on each (training sets size-matched)",
+            lambda: ablate.transfer_table(trainer, test, base, args.heads, args.transfer_key, args.transfer_groups),
+        ),
     }
     for name in args.tables:
         title, make = tables[name]
         t = time.perf_counter()
         rows = make()
-        path = ablate.write_table(args.out, f"ablation_{name}" if name != "transfer" else "transfer", title, rows,
-                                  {**setup, "tau": args.tau if name != "threshold" else args.taus,
-                                   "wall_seconds": round(time.perf_counter() - t, 1),
-                                   "label_seconds": round(t_labels, 1)})
+        path = ablate.write_table(
+            args.out,
+            f"ablation_{name}" if name != "transfer" else "transfer",
+            title,
+            rows,
+            {
+                **setup,
+                "tau": args.tau if name != "threshold" else args.taus,
+                "wall_seconds": round(time.perf_counter() - t, 1),
+                "label_seconds": round(t_labels, 1),
+            },
+        )
         print(f"wrote {path}")
     return 0
 
@@ -309,12 +390,18 @@ def _fastrm_args(p: argparse.ArgumentParser) -> None:
 
     tr = sub.add_parser("train", help="train a proxy, score it on held-out samples, save it")
     _common(tr)
-    tr.add_argument("--head", default="attention", choices=sorted(HEADS), help="proxy head (default attention, the paper's)")
+    tr.add_argument(
+        "--head", default="attention", choices=sorted(HEADS), help="proxy head (default attention, the paper's)"
+    )
     tr.add_argument("--head-param", action="append", metavar="KEY=VALUE", help="head parameter (e.g. dim=128)")
     tr.add_argument("--out", type=Path, required=True, help="proxy directory to write")
     tr.add_argument("--install", action="store_true", help="also make it the model's default proxy ($XBENCH_HOME)")
-    tr.add_argument("--train-filter", type=_filter, metavar="KEY=V1,V2", help="train only on samples whose meta[KEY] is listed")
-    tr.add_argument("--eval-filter", type=_filter, metavar="KEY=V1,V2", help="score only samples whose meta[KEY] is listed")
+    tr.add_argument(
+        "--train-filter", type=_filter, metavar="KEY=V1,V2", help="train only on samples whose meta[KEY] is listed"
+    )
+    tr.add_argument(
+        "--eval-filter", type=_filter, metavar="KEY=V1,V2", help="score only samples whose meta[KEY] is listed"
+    )
     tr.set_defaults(fastrm_func=_train)
 
     ev = sub.add_parser("evaluate", help="score a proxy against the reference on held-out samples")
@@ -331,6 +418,15 @@ def _fastrm_args(p: argparse.ArgumentParser) -> None:
     ab.add_argument("--fractions", type=_floats, default=[0.1, 0.25, 0.5, 1.0])
     ab.add_argument("--step-grid", type=_ints, default=[500, 1000, 2000, 4000])
     ab.add_argument("--tables", type=_names, default=list(ABLATION_TABLES), help=f"default {','.join(ABLATION_TABLES)}")
+    ab.add_argument(
+        "--transfer-key", default="kind", help="sample meta field the transfer groups split on (default kind)"
+    )
+    ab.add_argument(
+        "--transfer-groups",
+        type=_groups,
+        default=_groups(TRANSFER_GROUPS),
+        help=f"groups of meta values (default {TRANSFER_GROUPS!r})",
+    )
     ab.add_argument("--out", type=Path, default=Path("results/fastrm"))
     ab.set_defaults(fastrm_func=_ablate, head_param=None)
 

@@ -102,8 +102,9 @@ def evaluate(proxy, labels: LabelSet, tau: float = DEFAULT_TAU, threshold: float
     }
 
 
-def confidence_on_task(vlm, task, method, n: int | None, *, seed: int = 0, batch_size: int = 32,
-                       progress: bool = True) -> dict[str, Any]:
+def confidence_on_task(
+    vlm, task, method, n: int | None, *, seed: int = 0, batch_size: int = 32, progress: bool = True
+) -> dict[str, Any]:
     """AUROC of FastRM's map entropy for telling wrong answers from right ones, over the first
     ``n`` samples of ``task`` (all when None): the model answers, ``method`` (fastrm) explains,
     the task scores. Needs no reference maps, so it can cover a whole split when wrong answers

@@ -55,8 +55,10 @@ class Head(nn.Module):
         super().__init__()
         unknown = set(params) - set(self.defaults) - {"normalise"}
         if unknown:
-            raise ValueError(f"head {self.name!r} has no parameter(s) {sorted(unknown)}; it takes "
-                             f"{sorted(set(self.defaults) | {'normalise'})}")
+            raise ValueError(
+                f"head {self.name!r} has no parameter(s) {sorted(unknown)}; it takes "
+                f"{sorted(set(self.defaults) | {'normalise'})}"
+            )
         self.hidden_size, self.n_patches = hidden_size, n_patches
         self.params = {"normalise": "max", **self.defaults, **params}
         if self.params["normalise"] not in NORMALISATIONS:

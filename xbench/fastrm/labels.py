@@ -172,7 +172,9 @@ class LabelCache:
                 info = json.loads(meta_path.read_text())
                 arrays = load_file(str(meta_path.with_suffix(".safetensors")))
             except (OSError, ValueError, SafetensorError) as exc:
-                raise DataError(f"FastRM label cache chunk {meta_path} is unreadable ({exc}); delete {self.dir}") from None
+                raise DataError(
+                    f"FastRM label cache chunk {meta_path} is unreadable ({exc}); delete {self.dir}"
+                ) from None
             part = _chunk_to_set(arrays, info, self.spec)
             keep = [i for i, pos in enumerate(info["positions"]) if pos < n]
             parts.append(part.subset(keep) if len(keep) < len(part) else part)
@@ -215,8 +217,17 @@ class LabelCache:
 def _chunk_to_set(arrays: dict, info: dict, spec: dict) -> LabelSet:
     if not info["ids"]:
         empty = torch.zeros(0)
-        return LabelSet([], empty, empty, torch.zeros(1, dtype=torch.long), np.zeros((0, 1, 1), np.float32),
-                        np.zeros(0, np.float32), [], None, spec)
+        return LabelSet(
+            [],
+            empty,
+            empty,
+            torch.zeros(1, dtype=torch.long),
+            np.zeros((0, 1, 1), np.float32),
+            np.zeros(0, np.float32),
+            [],
+            None,
+            spec,
+        )
     lengths = torch.from_numpy(arrays["lengths"])
     return LabelSet(
         ids=list(info["ids"]),
@@ -289,8 +300,22 @@ def build_labels(
             block = list(islice(stream, min(chunk_size, n - pos)))
             if not block:
                 break
-            rows, skipped = _label_block(vlm, task, reference, block, pos, keep, max_new_tokens, batch_size,
-                                         noise_std, seed, image_std, call_splitting, describe, bar)
+            rows, skipped = _label_block(
+                vlm,
+                task,
+                reference,
+                block,
+                pos,
+                keep,
+                max_new_tokens,
+                batch_size,
+                noise_std,
+                seed,
+                image_std,
+                call_splitting,
+                describe,
+                bar,
+            )
             cache.write(index, pos, pos + len(block), rows, skipped)
             index += 1
             pos += len(block)
@@ -303,8 +328,22 @@ def build_labels(
     return labels
 
 
-def _label_block(vlm, task, reference, block, start, keep, max_new_tokens, batch_size, noise_std, seed,
-                 image_std, call_splitting, describe, bar):
+def _label_block(
+    vlm,
+    task,
+    reference,
+    block,
+    start,
+    keep,
+    max_new_tokens,
+    batch_size,
+    noise_std,
+    seed,
+    image_std,
+    call_splitting,
+    describe,
+    bar,
+):
     rows: list[dict] = []
     skipped: list[dict] = []
     for b in range(0, len(block), batch_size):
@@ -323,7 +362,9 @@ def _label_block(vlm, task, reference, block, start, keep, max_new_tokens, batch
             samples = [s for _, s in items]
             gens = vlm.generate(samples, [task.prompt(s) for s in samples], max_new_tokens, keep)
             maps = reference.explain(vlm, gens)
-            noisy = reference.explain(vlm, [perturb(g, noise_std, seed, image_std) for g in gens]) if noise_std else None
+            noisy = (
+                reference.explain(vlm, [perturb(g, noise_std, seed, image_std) for g in gens]) if noise_std else None
+            )
             return [(g, m, None if noisy is None else noisy[i]) for i, (g, m) in enumerate(zip(gens, maps))]
 
         for (position, sample), result, _secs, _peak in call_splitting(run, batch, vlm.device):
@@ -333,17 +374,21 @@ def _label_block(vlm, task, reference, block, start, keep, max_new_tokens, batch
                 continue
             gen, rmap, noisy = result
             hs = gen.hidden_states.float().cpu()
-            rows.append({
-                "id": sample.id,
-                "position": position,
-                "patches": hs[gen.image_positions].numpy(),
-                "queries": hs[gen.query_positions].numpy(),
-                "map": np.asarray(rmap.grid, dtype=np.float32),
-                "perturbed": None if noisy is None else np.asarray(noisy.grid, dtype=np.float32),
-                "correct": _answer_score(task, sample, gen.text),
-                "meta": {**{k: v for k, v in sample.meta.items() if isinstance(v, (str, int, float, bool))},
-                         "answer": gen.text},
-            })
+            rows.append(
+                {
+                    "id": sample.id,
+                    "position": position,
+                    "patches": hs[gen.image_positions].numpy(),
+                    "queries": hs[gen.query_positions].numpy(),
+                    "map": np.asarray(rmap.grid, dtype=np.float32),
+                    "perturbed": None if noisy is None else np.asarray(noisy.grid, dtype=np.float32),
+                    "correct": _answer_score(task, sample, gen.text),
+                    "meta": {
+                        **{k: v for k, v in sample.meta.items() if isinstance(v, (str, int, float, bool))},
+                        "answer": gen.text,
+                    },
+                }
+            )
             sample.image = None  # free the decoded image
         bar.update(len(block[b : b + batch_size]) - len(batch))
     return rows, skipped

@@ -115,8 +115,16 @@ def entropy_confidence(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 class FastRMProxy(nn.Module):
     """A head plus its config. ``forward`` gives one logit per patch (mean over answer tokens)."""
 
-    def __init__(self, head: str, hidden_size: int, grid: Sequence[int], head_params: dict | None = None,
-                 model: dict | None = None, decision_threshold: float = 0.5, info: dict | None = None) -> None:
+    def __init__(
+        self,
+        head: str,
+        hidden_size: int,
+        grid: Sequence[int],
+        head_params: dict | None = None,
+        model: dict | None = None,
+        decision_threshold: float = 0.5,
+        info: dict | None = None,
+    ) -> None:
         super().__init__()
         if head not in HEADS:
             raise ProxyError(f"unknown FastRM head {head!r}; choose from {sorted(HEADS)}")
@@ -167,7 +175,12 @@ class FastRMProxy(nn.Module):
             if token_logits.shape[1] == 1:  # one answer token: its map is the map
                 both = token_logits.float().cpu().numpy()
             else:
-                both = torch.cat([self.combine(token_logits, mask).unsqueeze(1), token_logits], dim=1).float().cpu().numpy()
+                both = (
+                    torch.cat([self.combine(token_logits, mask).unsqueeze(1), token_logits], dim=1)
+                    .float()
+                    .cpu()
+                    .numpy()
+                )
         probs = 1.0 / (1.0 + np.exp(-both))
         entropy, confidence = entropy_confidence(probs[:, 0])
         h, w = self.grid
@@ -187,7 +200,8 @@ class FastRMProxy(nn.Module):
             )
         if patches.shape[1] != self.grid[0] * self.grid[1]:
             raise ProxyError(
-                f"FastRM proxy expects a {self.grid[0]}x{self.grid[1]} patch grid, the model gave {patches.shape[1]} patches"
+                f"FastRM proxy expects a {self.grid[0]}x{self.grid[1]} patch grid, "
+                f"the model gave {patches.shape[1]} patches"
             )
 
     def check_compatible(self, vlm, where: str = "") -> None:
@@ -240,7 +254,9 @@ class FastRMProxy(nn.Module):
 
         path = Path(path).expanduser()
         if not path.is_dir():
-            raise ProxyError(f"FastRM proxy directory {str(path)!r} does not exist (train one with `xbench fastrm train`)")
+            raise ProxyError(
+                f"FastRM proxy directory {str(path)!r} does not exist (train one with `xbench fastrm train`)"
+            )
         for name in (CONFIG, WEIGHTS):
             if not (path / name).is_file():
                 raise ProxyError(f"FastRM proxy directory {str(path)!r} has no {name}")
@@ -254,8 +270,15 @@ class FastRMProxy(nn.Module):
         if missing:
             raise ProxyError(f"FastRM proxy config {path / CONFIG} lacks {missing}")
         try:
-            proxy = cls(cfg["head"], cfg["hidden_size"], cfg["grid"], cfg.get("head_params"), cfg["model"],
-                        cfg.get("decision_threshold", 0.5), cfg.get("info"))
+            proxy = cls(
+                cfg["head"],
+                cfg["hidden_size"],
+                cfg["grid"],
+                cfg.get("head_params"),
+                cfg["model"],
+                cfg.get("decision_threshold", 0.5),
+                cfg.get("info"),
+            )
         except (TypeError, ValueError) as exc:
             raise ProxyError(f"FastRM proxy config {path / CONFIG} is invalid: {exc}") from None
         try:

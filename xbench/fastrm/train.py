@@ -98,13 +98,20 @@ def train_proxy(
         sched.step()
         losses.append(loss.item())
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
-            entry = {"step": step + 1, "train_loss": float(np.mean(losses[-cfg.eval_every :])),
-                     "seconds": time.perf_counter() - started}
+            entry = {
+                "step": step + 1,
+                "train_loss": float(np.mean(losses[-cfg.eval_every :])),
+                "seconds": time.perf_counter() - started,
+            }
             if val is not None and len(val):
                 probs, _ = predict(proxy, val)
                 vt = val.targets(cfg.tau)
-                entry["val_loss"] = float(loss_fn(torch.logit(torch.from_numpy(probs).clamp(1e-6, 1 - 1e-6)),
-                                                  torch.from_numpy(vt.astype(np.float32))))
+                entry["val_loss"] = float(
+                    loss_fn(
+                        torch.logit(torch.from_numpy(probs).clamp(1e-6, 1 - 1e-6)),
+                        torch.from_numpy(vt.astype(np.float32)),
+                    )
+                )
                 m = map_metrics(probs, vt, 0.5)
                 entry.update({f"val_{k}": m[k] for k in ("f1", "accuracy", "auroc")})
             history.append(entry)
@@ -119,9 +126,16 @@ def train_proxy(
     elif cfg.decision != "val-f1":
         proxy.decision_threshold = float(cfg.decision)
     proxy.info = {
-        "train": {**asdict(cfg), "aux_weight": aux_weight, "n_train": len(train), "n_val": len(val) if val is not None else 0,
-                  "positive_rate": pos, "pos_weight": float(pos_weight), "labels": train.spec,
-                  "seconds": time.perf_counter() - started},
+        "train": {
+            **asdict(cfg),
+            "aux_weight": aux_weight,
+            "n_train": len(train),
+            "n_val": len(val) if val is not None else 0,
+            "positive_rate": pos,
+            "pos_weight": float(pos_weight),
+            "labels": train.spec,
+            "seconds": time.perf_counter() - started,
+        },
         "history": history,
     }
     return proxy.requires_grad_(False), history
