@@ -7,7 +7,13 @@ norm weights 1, biases 0, seeded. A method whose maps depend on what the model l
 should give maps that rank patches differently: Spearman correlation per sample, expected
 < 0.5 on average. Maps that are constant on a sample have no ranking; they are counted.
 
-    python benchmarks/sanity_randomization.py [--model NAME] [--limit 50]
+The check is the first stage of a cascade, as in the paper (top of the network first): then
+the projector is re-initialised too, then the vision tower as well (every weight random).
+The later stages show where a method's map comes from: a method that stays correlated
+until the vision tower is random reads the image through the vision weights, not the
+language model's answer.
+
+    python benchmarks/sanity_randomization.py [--model NAME] [--limit 50] [--stages N]
     -> results/sanity/<model>.{json,md}
 """
 
@@ -27,24 +33,29 @@ ROOT = Path(__file__).resolve().parent.parent
 THRESHOLD = 0.5
 
 
-def randomise_language_model(vlm, seed: int) -> int:
-    """Re-initialise the language model and LM head of ``vlm`` in place; returns the number of tensors."""
-    model = vlm.model
-    std = model.config.text_config.initializer_range
+#: cumulative randomisation stages: name -> the modules of a LLaVA model it re-initialises
+STAGES = {
+    "language_model": lambda m: [m.model.language_model, m.lm_head],
+    "+projector": lambda m: [m.model.multi_modal_projector],
+    "+vision_tower": lambda m: [m.model.vision_tower],
+}
+
+
+def randomise(vlm, modules, std: float, seed: int) -> int:
+    """Re-initialise ``modules`` in place (matrices ~ N(0, std), norm weights 1, biases 0); returns the tensor count."""
     g = torch.Generator(device="cpu").manual_seed(seed)
-    parts = [model.model.language_model, model.lm_head]
     seen, n = set(), 0
     with torch.no_grad():
-        for part in parts:
+        for part in modules:
             for name, p in part.named_parameters():
                 if id(p) in seen:
                     continue
                 seen.add(id(p))
-                if p.ndim >= 2:
-                    p.copy_(torch.randn(p.shape, generator=g) * std)
-                elif name.endswith("bias"):
+                if name.endswith("bias"):
                     p.zero_()
-                else:
+                elif p.ndim >= 2 or not name.endswith("weight"):  # matrices, embeddings (class token too)
+                    p.copy_(torch.randn(p.shape, generator=g) * std)
+                else:  # norm scales
                     p.fill_(1.0)
                 n += 1
     return n
@@ -57,6 +68,23 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float | None:
     if np.ptp(a) == 0 or np.ptp(b) == 0:
         return None
     return float(spearmanr(a, b).statistic)
+
+
+def rho_summary(rhos: list, gens) -> dict:
+    valid = np.array([r for r in rhos if r is not None])
+    stat = lambda f: float(f(valid)) if len(valid) else None  # noqa: E731
+    return {
+        "n": len(rhos),
+        "n_constant": len(rhos) - len(valid),
+        "spearman_mean": stat(np.mean),
+        "spearman_median": stat(np.median),
+        "spearman_std": stat(np.std),
+        "spearman_min": stat(np.min),
+        "spearman_max": stat(np.max),
+        "fraction_below_threshold": stat(lambda v: (v < THRESHOLD).mean()),
+        "passes": bool(len(valid) and valid.mean() < THRESHOLD),
+        "per_sample": dict(zip([g.sample_id for g in gens], rhos)),
+    }
 
 
 def main(argv=None) -> int:
@@ -73,6 +101,8 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--methods", help="comma-separated (default: every registered method that needs gradients)")
+    p.add_argument("--stages", type=int, default=len(STAGES), help=f"cascade stages to run, 1-{len(STAGES)} "
+                   "(1: the language model only, the check itself)")
     p.add_argument("--out", type=Path, default=ROOT / "results" / "sanity")
     args = p.parse_args(argv)
 
@@ -82,37 +112,32 @@ def main(argv=None) -> int:
     seed_everything(args.seed)
     needs = frozenset({"attentions", "gradients"})
     vlm = load_vlm(args.model, reg, needs=needs, device=args.device)
-    shuffled = load_vlm(args.model, reg, needs=needs, device=args.device)
-    n_tensors = randomise_language_model(shuffled, args.seed + 1)
     task = reg.tasks.get(args.task)()
     samples = [s for s in task.samples(args.limit, args.seed) if hasattr(s, "load_image")]
     gens = []
     for batch in batched(samples, 8):
         gens += vlm.generate(batch, [task.prompt(s) for s in batch], task.max_new_tokens)
-
-    results = {}
+    methods = {}
     for name in names:
-        method = reg.methods.get(name)()
-        method.seed = args.seed
-        start = time.perf_counter()
-        trained = method.explain(vlm, gens)
-        random = method.explain(shuffled, gens)
-        rhos = [spearman(a.grid, b.grid) for a, b in zip(trained, random)]
-        valid = np.array([r for r in rhos if r is not None])
-        results[name] = {
-            "n": len(rhos),
-            "n_constant": len(rhos) - len(valid),
-            "spearman_mean": float(valid.mean()) if len(valid) else None,
-            "spearman_median": float(np.median(valid)) if len(valid) else None,
-            "spearman_std": float(valid.std()) if len(valid) else None,
-            "spearman_min": float(valid.min()) if len(valid) else None,
-            "spearman_max": float(valid.max()) if len(valid) else None,
-            "fraction_below_threshold": float((valid < THRESHOLD).mean()) if len(valid) else None,
-            "passes": bool(len(valid) and valid.mean() < THRESHOLD),
-            "per_sample": dict(zip([g.sample_id for g in gens], rhos)),
-            "seconds": time.perf_counter() - start,
-        }
-        print(f"{name:22s} mean Spearman {results[name]['spearman_mean']}", flush=True)
+        methods[name] = reg.methods.get(name)()
+        methods[name].seed = args.seed
+    trained = {name: m.explain(vlm, gens) for name, m in methods.items()}
+
+    stages = []
+    for k, stage in enumerate(list(STAGES)[: args.stages]):
+        shuffled = load_vlm(args.model, reg, needs=needs, device=args.device)
+        modules = [m for parts in list(STAGES.values())[: k + 1] for m in parts(shuffled.model)]
+        std = shuffled.model.config.text_config.initializer_range
+        n_tensors = randomise(shuffled, modules, std, args.seed + 1)
+        results = {}
+        for name, method in methods.items():
+            start = time.perf_counter()
+            random = method.explain(shuffled, gens)
+            results[name] = rho_summary([spearman(a.grid, b.grid) for a, b in zip(trained[name], random)], gens)
+            results[name]["seconds"] = time.perf_counter() - start
+            print(f"{stage:16s} {name:22s} mean Spearman {results[name]['spearman_mean']}", flush=True)
+        stages.append({"stage": stage, "randomised_tensors": n_tensors, "methods": results})
+        del shuffled
 
     env = provenance.environment(args.device)
     report = {
@@ -122,10 +147,11 @@ def main(argv=None) -> int:
         "task": args.task,
         "samples": len(gens),
         "seed": args.seed,
-        "randomised_tensors": n_tensors,
         "threshold": THRESHOLD,
         "device_name": env["device_name"],
-        "methods": results,
+        "methods": stages[0]["methods"],  # the check itself: the language model re-initialised
+        "randomised_tensors": stages[0]["randomised_tensors"],
+        "cascade": stages,
         "environment": env,
         "finished": provenance.now(),
     }
@@ -146,13 +172,25 @@ def markdown(r: dict) -> str:
             for k, v in r["methods"].items()]
     table = tabulate(rows, headers=["method", "mean rho", "median", "min", "max", f"share < {r['threshold']}",
                                     "constant maps", f"mean < {r['threshold']}", "s"], tablefmt="github")
+    stages = r.get("cascade", [])
+    cascade = tabulate(
+        [[name] + [f(s["methods"][name]["spearman_mean"]) for s in stages] for name in r["methods"]],
+        headers=["method"] + [s["stage"] for s in stages],
+        tablefmt="github",
+    )
+    cascade_part = (
+        f"\n## Cascade: mean Spearman as more of the model is re-initialised\n\n"
+        f"Each column re-initialises the parts named so far (the first column is the check above).\n\n{cascade}\n"
+        if len(stages) > 1
+        else ""
+    )
     return (
         f"# Sanity check: model randomisation (Adebayo et al. 2018)\n\n"
         f"Model {r['model']} (hash {r['model_hash']}), task {r['task']}, {r['samples']} samples, seed {r['seed']}; "
         f"language model re-initialised ({r['randomised_tensors']} tensors). Device: {r['device_name']}.\n"
         f"Spearman correlation per sample between the patch maps of the same answers on the model and on the "
         f"randomised copy (lower is better; a method passing the check is expected below {r['threshold']}).\n\n"
-        f"{table}\n\ngit {r['environment']['git_sha']}, torch {r['environment']['torch']}, "
+        f"{table}\n{cascade_part}\ngit {r['environment']['git_sha']}, torch {r['environment']['torch']}, "
         f"transformers {r['environment']['transformers']}, captum {r['environment']['captum']}, {r['finished']}\n"
     )
 

@@ -15,6 +15,7 @@ Task parameters: ``prompt``, ``image_dir``, ``questions_file``, ``scene_graphs``
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Iterator, NamedTuple
 
 import numpy as np
@@ -24,10 +25,10 @@ from xbench.api import Sample, SampleError, Task
 from xbench.errors import DataError, ParameterError
 from xbench.hookspecs import hookimpl
 from xbench.taskdata import (
+    HashedFiles,
     box_mask,
     data_file,
     data_root,
-    file_digest,
     fill_prompt,
     fit_mask,
     load_json,
@@ -78,7 +79,7 @@ def _compact_scene(obj: dict) -> Any:
     return obj
 
 
-class GQA(Task):
+class GQA(HashedFiles, Task):
     name = "gqa"
     description = "GQA balanced questions (local official files); exact-match accuracy, binary/open"
     splits = ("testdev", "val", "train")
@@ -109,7 +110,6 @@ class GQA(Task):
             if not isinstance(scenes, dict):
                 raise DataError(f"{str(self.scene_graphs_path)!r} is not an object keyed by image id; is it a GQA scene-graph file?")
             self._scenes = scenes
-        self._digest: str | None = None
 
     # ------------------------------------------------------------------ samples
     def samples(self, limit=None, seed=0) -> Iterator[Sample | SampleError]:
@@ -162,10 +162,8 @@ class GQA(Task):
         stored = (int(scene.get("width") or size[0]), int(scene.get("height") or size[1]))
         return fit_mask(box_mask(stored, boxes), size)
 
-    def data_hash(self) -> str:
-        if self._digest is None:
-            self._digest = file_digest([self.questions_path, self.scene_graphs_path])
-        return self._digest
+    def data_files(self) -> list[Path]:
+        return [self.questions_path, self.scene_graphs_path]
 
 
 @hookimpl

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
@@ -29,10 +30,10 @@ from xbench.api import Sample, SampleError, Task
 from xbench.errors import DataError, ParameterError
 from xbench.hookspecs import hookimpl
 from xbench.taskdata import (
+    HashedFiles,
     box_mask,
     data_file,
     data_root,
-    file_digest,
     fill_prompt,
     fit_mask,
     load_json,
@@ -78,7 +79,7 @@ class _Instances:
         return obj
 
 
-class POPE(Task):
+class POPE(HashedFiles, Task):
     name = "pope"
     description = "POPE object-hallucination yes/no questions on COCO (local official files); acc, P, R, F1, yes-ratio"
     splits = ("random", "popular", "adversarial")
@@ -105,7 +106,6 @@ class POPE(Task):
         if params["instances"]:
             self.instances_path = data_file(self.root, params["instances"], "COCO instance annotations")
             self._load_instances()
-        self._digest: str | None = None
 
     # ------------------------------------------------------------------ loading
     def _read_lines(self) -> list[tuple[int, Any]]:
@@ -240,10 +240,8 @@ class POPE(Task):
             return fit_mask(rle_mask(seg), size)
         raise DataError(f"{self.instances_path.name}: unrecognised segmentation of type {type(seg).__name__}")
 
-    def data_hash(self) -> str:
-        if self._digest is None:
-            self._digest = file_digest([self.questions_path, self.instances_path])
-        return self._digest
+    def data_files(self) -> list[Path]:
+        return [self.questions_path, self.instances_path]
 
 
 @hookimpl

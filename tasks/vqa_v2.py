@@ -14,6 +14,7 @@ Task parameters: ``prompt`` (``llava15`` | ``plain`` | a template with ``{questi
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Iterator, NamedTuple
 
 
@@ -21,7 +22,7 @@ from xbench.answers import vqa_accuracy
 from xbench.api import Sample, SampleError, Task
 from xbench.errors import DataError, ParameterError
 from xbench.hookspecs import hookimpl
-from xbench.taskdata import data_file, data_root, file_digest, fill_prompt, load_json, pick, resolve_prompt, take_params
+from xbench.taskdata import HashedFiles, data_file, data_root, fill_prompt, load_json, pick, resolve_prompt, take_params
 
 DEFAULTS: dict[str, Any] = {
     "prompt": "llava15",
@@ -73,7 +74,7 @@ class _Loader:
         return obj
 
 
-class VQAv2(Task):
+class VQAv2(HashedFiles, Task):
     name = "vqa_v2"
     description = "VQA v2 open-ended on COCO (local official files); official 10-human-answer accuracy"
     splits = ("val2014", "train2014")
@@ -98,7 +99,6 @@ class VQAv2(Task):
         self.annotations_path = data_file(self.root, params["annotations_file"].format(**fmt), "VQA v2 annotations")
         self._questions = self._load_questions()
         self._annotations = self._load_annotations()
-        self._digest: str | None = None
 
     # ------------------------------------------------------------------ loading
     def _load_questions(self) -> list:
@@ -164,10 +164,8 @@ class VQAv2(Task):
         return {"accuracy": vqa_accuracy(answer, sample.answers, llava_prediction=bool(self.params["normalise_prediction"]))}
 
 
-    def data_hash(self) -> str:
-        if self._digest is None:
-            self._digest = file_digest([self.questions_path, self.annotations_path])
-        return self._digest
+    def data_files(self) -> list[Path]:
+        return [self.questions_path, self.annotations_path]
 
 
 @hookimpl

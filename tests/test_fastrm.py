@@ -428,3 +428,21 @@ def test_confidence_on_task_scores_every_answer(plugins, tiny_vlm):
     res = confidence_on_task(tiny_vlm, task, plugins.registries.methods.get("fastrm")(), 5, progress=False)
     assert res["n"] == 5 and res["n_wrong"] == 5  # the random model is never right
     assert res["auroc_entropy_wrong"] is None  # one class only: no AUROC rather than a made-up one
+
+
+def test_randomized_control_runs_the_proxy_on_the_random_copy(plugins, tmp_path):
+    """`--control randomized`: the model's proxy reads the random copy's hidden states (the sanity
+    control), while a model of its own with another hash is still refused."""
+    from xbench.records import read_records
+    from xbench.runner import RunConfig, run
+
+    summary = run(
+        RunConfig(method="fastrm", model="tiny-random-llava", limit=3, out=tmp_path / "r", warmup=0, progress=False,
+                  control="randomized", metrics=["agreement_f1", "energy_in_mask"]),
+        plugins,
+    )
+    assert summary["n_errors"] == 0
+    records = list(read_records(tmp_path / "r" / "samples.jsonl"))
+    assert not [r["control_error"] for r in records if "control_error" in r]
+    assert all("energy_in_mask[control]" in r["metrics"] and "control_map" in r for r in records)
+    assert any(r["control_map"] != r["map"] for r in records)  # the proxy saw other hidden states

@@ -107,6 +107,21 @@ def file_digest(paths: Iterable[Path | None]) -> str:
     return h.hexdigest()[:16]
 
 
+class HashedFiles:
+    """Task mixin: ``data_hash()`` is :func:`file_digest` of ``data_files()``, computed once."""
+
+    _digest: str | None = None
+
+    def data_files(self) -> list[Path | None]:  # pragma: no cover - every user overrides it
+        """The files whose bytes identify the task's data."""
+        raise NotImplementedError
+
+    def data_hash(self) -> str:
+        if self._digest is None:
+            self._digest = file_digest(self.data_files())
+        return self._digest
+
+
 def pick(items: Sequence[Any], limit: int | None, seed: int) -> list[int]:
     """Indices of ``items`` in a seeded shuffled order (the same for the same seed), first ``limit``."""
     import random

@@ -382,6 +382,7 @@ def _install(args) -> int:
 
 def _fastrm_args(p: argparse.ArgumentParser) -> None:
     from xbench.fastrm.heads import HEADS
+    from xbench.fastrm.registry import DEFAULT_HEAD
 
     sub = p.add_subparsers(dest="fastrm_command", required=True)
     lab = sub.add_parser("labels", help="compute (or find cached) reference labels and hidden states")
@@ -391,7 +392,10 @@ def _fastrm_args(p: argparse.ArgumentParser) -> None:
     tr = sub.add_parser("train", help="train a proxy, score it on held-out samples, save it")
     _common(tr)
     tr.add_argument(
-        "--head", default="attention", choices=sorted(HEADS), help="proxy head (default attention, the paper's)"
+        "--head",
+        default=DEFAULT_HEAD,
+        choices=sorted(HEADS),
+        help=f"proxy head (default {DEFAULT_HEAD}; attention is the paper's)",
     )
     tr.add_argument("--head-param", action="append", metavar="KEY=VALUE", help="head parameter (e.g. dim=128)")
     tr.add_argument("--out", type=Path, required=True, help="proxy directory to write")

@@ -131,5 +131,6 @@ class MLPHead(Head):
         a = self.norm(queries)  # [B, K, d]
         w_p, w_a, w_pa = self.inp.weight.split(self.hidden_size, dim=1)
         m = w_p + w_pa * a.unsqueeze(-2)  # [B, K, dim, d]
-        h = torch.einsum("bkjd,bnd->bknj", m, p) + F.linear(a, w_a, self.inp.bias).unsqueeze(2) + self.pos
+        h = torch.matmul(p.unsqueeze(1), m.transpose(-1, -2))  # [B, K, N, dim]
+        h = h + (F.linear(a, w_a, self.inp.bias).unsqueeze(2) + self.pos)
         return F.linear(F.gelu(h), self.out.weight, self.out.bias).squeeze(-1)  # [B, K, N]

@@ -32,12 +32,19 @@ class ProxyError(XbenchError):
 
 
 def model_identity(vlm) -> dict[str, Any]:
-    """What a proxy records about its VLM: id, hidden size, config hash, model hash."""
+    """What a proxy records about its VLM: id, hidden size, config hash, model hash.
+
+    A randomized control copy (``--control randomized``) has no weights hash of its own; it
+    stands for the model named in its ``randomized_from``, so that model's proxy reads the
+    random copy's hidden states (the sanity control) instead of being refused.
+    """
+    origin = getattr(vlm, "randomized_from", None) or {}
+    model_hash = getattr(vlm, "model_hash", None) or origin.get("model_hash")
     return {
         "id": getattr(vlm, "name", None),
         "hidden_size": int(vlm.model.config.get_text_config().hidden_size),
         "config_hash": getattr(vlm, "config_hash", None),
-        "model_hash": getattr(vlm, "model_hash", None),
+        "model_hash": model_hash,
     }
 
 
@@ -205,7 +212,9 @@ class FastRMProxy(nn.Module):
             )
 
     def check_compatible(self, vlm, where: str = "") -> None:
-        """Raise :class:`ProxyError` unless ``vlm`` is the model this proxy was trained for."""
+        """Raise :class:`ProxyError` unless ``vlm`` is the model this proxy was trained for, or the
+        randomized control copy of it (same architecture, random weights: ``vlm.randomized_from``
+        names the model it was made from: see :func:`model_identity`)."""
         ident = model_identity(vlm)
         src = f" {where}" if where else ""
         if ident["hidden_size"] != self.hidden_size:

@@ -25,11 +25,12 @@ import torch
 from xbench.fastrm.evaluate import best_threshold, map_metrics, predict
 from xbench.fastrm.labels import DEFAULT_TAU, LabelSet, normalise
 from xbench.fastrm.proxy import FastRMProxy
+from xbench.fastrm.registry import DEFAULT_HEAD
 
 
 @dataclass
 class TrainConfig:
-    head: str = "attention"
+    head: str = DEFAULT_HEAD
     head_params: dict[str, Any] = field(default_factory=dict)
     tau: float = DEFAULT_TAU
     steps: int = 4000

@@ -1,0 +1,52 @@
+"""The model-randomisation sanity benchmark: what it re-initialises, and its report on a tiny model."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def sanity():
+    spec = importlib.util.spec_from_file_location("sanity_randomization", ROOT / "benchmarks" / "sanity_randomization.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_randomise_touches_only_the_named_modules(sanity, plugins):
+    from xbench.models import load_vlm
+
+    vlm = load_vlm("tiny-random-llava", plugins.registries, needs=frozenset({"attentions"}), device="cpu")
+    before = {k: v.clone() for k, v in vlm.model.state_dict().items()}
+    modules = sanity.STAGES["language_model"](vlm.model)
+    n = sanity.randomise(vlm, modules, std=0.02, seed=1)
+    inside = {id(p) for m in modules for p in m.parameters()}
+    changed = {name for name, p in vlm.model.named_parameters() if not torch.equal(p, before[name])}
+    touched = {name for name, p in vlm.model.named_parameters() if id(p) in inside}
+    assert n == len(inside) and changed and changed <= touched
+    assert not any(name.startswith(("model.vision_tower", "model.multi_modal_projector")) for name in changed)
+    # norm scales become 1, biases 0: the rule the docstring states
+    for name, p in vlm.model.named_parameters():
+        if id(p) in inside and p.ndim == 1:
+            assert torch.all(p == (0.0 if name.endswith("bias") else 1.0)), name
+
+
+def test_report_has_the_check_and_the_cascade(sanity, tmp_path):
+    assert sanity.main(["--model", "tiny-random-llava", "--limit", "2", "--methods", "gradient_relevancy,saliency",
+                        "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "tiny-random-llava.json").read_text())
+    assert [s["stage"] for s in report["cascade"]] == list(sanity.STAGES)
+    assert report["methods"] == report["cascade"][0]["methods"]  # the check = the first stage
+    counts = [s["randomised_tensors"] for s in report["cascade"]]
+    assert counts == sorted(counts) and len(set(counts)) == len(counts)  # each stage adds tensors
+    for stage in report["cascade"]:
+        for res in stage["methods"].values():
+            assert res["n"] == 2 and (res["spearman_mean"] is None or -1.0 <= res["spearman_mean"] <= 1.0)
+    assert "## Cascade" in (tmp_path / "tiny-random-llava.md").read_text()
