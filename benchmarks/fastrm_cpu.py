@@ -19,8 +19,8 @@ samples, reading ``explain_ms`` / ``generate_ms``.
 Targets (ANCHORS / issue): gradient_relevancy map time / FastRM map time >= 100x;
 explained answer / plain answer latency <= 1.05x.
 
-    python benchmarks/fastrm_cpu.py [--model NAME] [--limit 48] [--batch-sizes 1,4,16] [--repeats 3] [--threads 2]
-    -> results/fastrm/cpu_benchmark-<threads>threads.{json,md}
+    python benchmarks/fastrm_cpu.py [--model NAME] [--head attention|mlp] [--limit 48] [--batch-sizes 1,4,16] [--repeats 3] [--threads 2]
+    -> results/fastrm/cpu_benchmark-<head>-<threads>threads.{json,md}
 """
 
 from __future__ import annotations
@@ -43,7 +43,9 @@ def timed(fn):
     return out, (time.perf_counter() - start) * 1e3
 
 
-def side_by_side(model: str, limit: int, batch_size: int, repeats: int, warmup: int, progress: bool) -> dict:
+def side_by_side(
+    model: str, head: str, limit: int, batch_size: int, repeats: int, warmup: int, progress: bool
+) -> dict:
     """Interleaved plain / explained / gradient_relevancy on batches of ``batch_size`` samples;
     per-sample times are batch times divided by the batch size (as the runner records them)."""
     from tqdm.auto import tqdm
@@ -55,7 +57,7 @@ def side_by_side(model: str, limit: int, batch_size: int, repeats: int, warmup: 
     reg = default().registries
     fast_vlm = load_vlm(model, reg, needs=frozenset({"hidden_states"}), device="cpu")
     eager_vlm = load_vlm(model, reg, needs=frozenset({"attentions"}), device="cpu")
-    fastrm = reg.methods.get("fastrm")()
+    fastrm = reg.methods.get("fastrm")(head=head)
     reference = reg.methods.get("gradient_relevancy")()
     task = reg.tasks.get(DEFAULT_TASK)()
     samples = list(task.samples(limit=limit + warmup * batch_size, seed=0))
@@ -134,7 +136,7 @@ def summarise(rows: list[dict]) -> dict:
     }
 
 
-def from_runner(model: str, limit: int, batch_size: int, out_root: Path) -> dict:
+def from_runner(model: str, head: str, limit: int, batch_size: int, out_root: Path) -> dict:
     """``xbench run`` with fastrm and with gradient_relevancy on the same samples."""
     from xbench.records import read_records
     from xbench.runner import RunConfig, run
@@ -145,6 +147,7 @@ def from_runner(model: str, limit: int, batch_size: int, out_root: Path) -> dict
         summary = run(
             RunConfig(
                 method=method,
+                method_params={"head": head} if method == "fastrm" else {},
                 model=model,
                 limit=limit,
                 batch_size=batch_size,
@@ -233,10 +236,12 @@ def main(argv=None) -> int:
     import torch
 
     from xbench import provenance
+    from xbench.fastrm.registry import DEFAULT_HEAD
     from xbench.runner import DEFAULT_MODEL
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--head", default=DEFAULT_HEAD, help=f"FastRM proxy head (default {DEFAULT_HEAD})")
     p.add_argument("--limit", type=int, default=48)
     p.add_argument(
         "--batch-sizes", default="1,4,16", help="comma-separated (default 1,4,16; 4 is the runner's default)"
@@ -252,13 +257,13 @@ def main(argv=None) -> int:
     sizes = [int(b) for b in args.batch_sizes.split(",")]
     report = {"side_by_side": {}, "runner": {}, "rows": {}}
     for b in sizes:
-        res = side_by_side(args.model, args.limit, b, args.repeats, args.warmup, not args.no_progress)
+        res = side_by_side(args.model, args.head, args.limit, b, args.repeats, args.warmup, not args.no_progress)
         report["rows"][b] = res.pop("rows")
         report.update(res)
         report["side_by_side"][b] = summarise(report["rows"][b])
     with tempfile.TemporaryDirectory() as tmp:
         for b in sizes:
-            report["runner"][b] = from_runner(args.model, args.limit, b, Path(tmp))
+            report["runner"][b] = from_runner(args.model, args.head, args.limit, b, Path(tmp))
     report.update(
         threads=args.threads,
         limit=args.limit,
@@ -269,7 +274,7 @@ def main(argv=None) -> int:
         finished=provenance.now(),
     )
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = f"cpu_benchmark-{args.threads}threads"
+    stem = f"cpu_benchmark-{args.head}-{args.threads}threads"
     (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
     (args.out / f"{stem}.md").write_text(markdown(report))
     print(markdown(report))

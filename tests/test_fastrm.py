@@ -401,6 +401,22 @@ def test_heads_match_their_plain_formulas(head):
         torch.testing.assert_close(h(patches, queries), h.scale * plain + h.bias, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("normalise", ["none", "max", "softmax"])
+@pytest.mark.parametrize("head,params", [("attention", {}), ("attention", {"pos": False}), ("mlp", {})])
+def test_infer_equals_forward(head, params, normalise):
+    """Every head's prediction path gives its training forward's numbers, also after the weights change."""
+    from xbench.fastrm.heads import HEADS
+
+    torch.manual_seed(0)
+    h = HEADS[head](32, 16, normalise=normalise, **params).eval()
+    patches, queries = torch.randn(3, 16, 32), torch.randn(3, 2, 32)
+    for _ in range(2):  # the second round after new weights: a cached folding must not go stale
+        with torch.no_grad():
+            for prm in h.parameters():
+                prm.normal_(std=0.3)
+            torch.testing.assert_close(h.infer(patches, queries), h(patches, queries), rtol=1e-4, atol=1e-4)
+
+
 def test_max_normalisation_puts_each_maps_best_patch_at_the_bias():
     from xbench.fastrm.heads import HEADS
 

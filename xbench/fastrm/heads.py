@@ -71,8 +71,15 @@ class Head(nn.Module):
         raise NotImplementedError
 
     def forward(self, patches: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
-        s = NORMALISATIONS[self.params["normalise"]](self.scores(patches, queries))
-        return self.scale * s + self.bias
+        return self.logits(self.scores(patches, queries))
+
+    def logits(self, s: torch.Tensor) -> torch.Tensor:
+        return self.scale * NORMALISATIONS[self.params["normalise"]](s) + self.bias
+
+    def infer(self, patches: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` for prediction without gradients; a head may compute it in fewer
+        operations (the same numbers up to float rounding; a test holds every head to that)."""
+        return self(patches, queries)
 
 
 @register_head
@@ -105,6 +112,34 @@ class AttentionHead(Head):
         key_bias = self.k.bias if self.pos is None else self.k.bias + self.pos  # [dim] or [N, dim]
         s = s + (q @ key_bias.T if key_bias.dim() == 2 else (q @ key_bias).unsqueeze(-1))
         return s * self.temperature
+
+    def infer(self, patches, queries):
+        # The same scores folded into one product per side. With LN(x) = x' * g + b (x' the
+        # plain normalised state), q = W_q LN(a) + b_q and r_n = W_k b + b_k + p_n:
+        #   s_n = t <q, W_k (x'_n * g) + r_n> = <LN(a) U + c, x'_n> + (LN(a) V + e)_n
+        # with U = t W_q^T W_k diag(g), c = t b_q^T W_k diag(g), V = t W_q^T R^T, e = t R b_q:
+        # one linear map of the query gives [u | v], then one batched product with the patches.
+        weight, bias = self._folded()
+        d = self.hidden_size
+        uv = F.linear(self.norm(queries), weight, bias)  # [B, K, d + N] (N = 1 without positions)
+        plain = F.layer_norm(patches, (d,), eps=self.norm.eps)
+        s = torch.baddbmm(uv[..., d:], uv[..., :d], plain.transpose(1, 2))
+        return self.logits(s)
+
+    def _folded(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(weight [d + N, d], bias [d + N])`` of :meth:`infer`, recomputed when a parameter changes."""
+        params = (self.norm.weight, self.norm.bias, self.q.weight, self.q.bias, self.k.weight, self.k.bias, self.pos)
+        key = tuple((p.data_ptr(), p._version) for p in params if p is not None)
+        if getattr(self, "_folded_key", None) != key:
+            with torch.no_grad():
+                t = self.temperature
+                wk_g = self.k.weight * self.norm.weight  # W_k diag(g)  [dim, d]
+                r = self.k.weight @ self.norm.bias + self.k.bias  # [dim]
+                r = (r + self.pos) if self.pos is not None else r.unsqueeze(0)  # [N or 1, dim]
+                weight = torch.cat([t * wk_g.T @ self.q.weight, t * r @ self.q.weight])  # [d + N, d]
+                bias = torch.cat([t * self.q.bias @ wk_g, t * r @ self.q.bias])
+            self._folded_cache, self._folded_key = (weight, bias), key
+        return self._folded_cache
 
 
 @register_head

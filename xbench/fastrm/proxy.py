@@ -149,7 +149,7 @@ class FastRMProxy(nn.Module):
 
     # ------------------------------------------------------------------ prediction
     def token_logits(self, patches, queries) -> torch.Tensor:
-        """Logits ``[B, K, N]`` per answer token."""
+        """Logits ``[B, K, N]`` per answer token (differentiable: training and scoring)."""
         return self.head(patches, queries)
 
     def forward(self, patches, queries, query_mask=None) -> torch.Tensor:
@@ -178,7 +178,7 @@ class FastRMProxy(nn.Module):
             if patches.dtype != param.dtype or patches.device != param.device:
                 patches, queries = patches.to(param), queries.to(param)
                 mask = None if mask is None else mask.to(param.device)
-            token_logits = self.token_logits(patches, queries)
+            token_logits = self.head.infer(patches, queries)
             if token_logits.shape[1] == 1:  # one answer token: its map is the map
                 both = token_logits.float().cpu().numpy()
             else:
