@@ -323,7 +323,34 @@ MODEL_CASES = [
 #: FastRM proxy checkpoints (missing file, corrupt weights, wrong hidden size for the model,
 #: proxy trained on another grid...). Engineers of the FastRM method add their cases here;
 #: they run with the rest of the table.
-FASTRM_PROXY_CASES: list[Case] = []
+def proxy_case(change: Callable[[Path], None] | None, model: str = "tiny-llava-easyvqa") -> Callable[[Path], list[str]]:
+    """``run --method fastrm --param proxy=DIR`` with a copy of the default model's shipped proxy altered by ``change``."""
+
+    def make(tmp: Path) -> list[str]:
+        from xbench.fastrm.registry import shipped_root
+
+        proxy = tmp / "proxy"
+        shutil.copytree(shipped_root() / "tiny-llava-easyvqa-attention", proxy)
+        if change:
+            change(proxy)
+        return ["run", "--method", "fastrm", "--param", f"proxy={proxy}", "--model", model, "--limit", "1",
+                "--warmup", "0", "--no-progress", "--device", "cpu", "--out", str(tmp / "out")]  # fmt: skip
+
+    return make
+
+
+FASTRM_PROXY_CASES: list[Case] = [
+    Case("fastrm-proxy-dir-missing", cli_case("run", "--method", "fastrm", "--param", "proxy={tmp}/none"), ("FastRM proxy directory", "none' does not exist")),
+    Case("fastrm-proxy-no-config", proxy_case(lambda p: (p / "proxy.json").unlink()), ("has no proxy.json",)),
+    Case("fastrm-proxy-no-weights", proxy_case(lambda p: (p / "proxy.safetensors").unlink()), ("has no proxy.safetensors",)),
+    Case("fastrm-proxy-config-bad-json", proxy_case(lambda p: (p / "proxy.json").write_text("{")), ("cannot read FastRM proxy config", "proxy.json")),
+    Case("fastrm-proxy-config-other-format", proxy_case(edit_json("proxy.json", lambda c: c.update(format="onnx"))), ("proxy.json is not a FastRM proxy config",)),
+    Case("fastrm-proxy-weights-corrupt", proxy_case(lambda p: (p / "proxy.safetensors").write_bytes(b"\x00" * 64)), ("cannot read FastRM proxy weights", "proxy.safetensors")),
+    Case("fastrm-proxy-weights-other-size", proxy_case(edit_json("proxy.json", lambda c: c.update(hidden_size=64))), ("proxy.safetensors do not fit its config", "hidden size 64")),
+    Case("fastrm-proxy-other-grid", proxy_case(edit_json("proxy.json", lambda c: c.update(grid=[4, 4]))), ("proxy.safetensors do not fit its config",)),
+    Case("fastrm-proxy-unknown-head", cli_case("run", "--method", "fastrm", "--param", "head=cnn"), ("unknown head 'cnn'; choose from ['attention', 'mlp']",)),
+    Case("fastrm-proxy-other-model", proxy_case(None, model="tiny-random-llava"), ("was trained for model 'tiny-llava-easyvqa' with hidden size 128; model 'tiny-random-llava' has hidden size 64", "xbench fastrm train --model tiny-random-llava"), exit=0, record="error"),
+]
 
 CASES = CLI_CASES + SUITE_CASES + DATA_CASES + IMAGE_CASES + MODEL_CASES + FASTRM_PROXY_CASES
 
