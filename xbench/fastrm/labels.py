@@ -300,22 +300,8 @@ def build_labels(
             block = list(islice(stream, min(chunk_size, n - pos)))
             if not block:
                 break
-            rows, skipped = _label_block(
-                vlm,
-                task,
-                reference,
-                block,
-                pos,
-                keep,
-                max_new_tokens,
-                batch_size,
-                noise_std,
-                seed,
-                image_std,
-                call_splitting,
-                describe,
-                bar,
-            )
+            rows, skipped = _label_block(vlm, task, reference, block, pos, keep, max_new_tokens, batch_size,
+                                         noise_std, seed, image_std, call_splitting, describe, bar)  # fmt: skip
             cache.write(index, pos, pos + len(block), rows, skipped)
             index += 1
             pos += len(block)
@@ -328,22 +314,8 @@ def build_labels(
     return labels
 
 
-def _label_block(
-    vlm,
-    task,
-    reference,
-    block,
-    start,
-    keep,
-    max_new_tokens,
-    batch_size,
-    noise_std,
-    seed,
-    image_std,
-    call_splitting,
-    describe,
-    bar,
-):
+def _label_block(vlm, task, reference, block, start, keep, max_new_tokens, batch_size, noise_std, seed,
+                 image_std, call_splitting, describe, bar):  # fmt: skip
     rows: list[dict] = []
     skipped: list[dict] = []
     for b in range(0, len(block), batch_size):
