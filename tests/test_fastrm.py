@@ -146,6 +146,20 @@ def test_training_is_seeded(train_labels, tiny_vlm):
         assert ka == kb and torch.equal(va, vb)
 
 
+def test_ema_weights_are_the_moving_average(train_labels, tiny_vlm):
+    """``ema``: the proxy ends with the average of its trajectory; a decay near 0 keeps the last weights."""
+    from dataclasses import replace
+
+    cfg = TrainConfig(steps=6, batch_size=8, eval_every=6, warmup=1)
+    info = model_identity(tiny_vlm)
+    plain, _ = train_proxy(train_labels, None, cfg, info, progress=False)
+    last, _ = train_proxy(train_labels, None, replace(cfg, ema=1e-12), info, progress=False)
+    smooth, _ = train_proxy(train_labels, None, replace(cfg, ema=0.9), info, progress=False)
+    for k, v in plain.state_dict().items():
+        torch.testing.assert_close(last.state_dict()[k], v)
+    assert any(not torch.allclose(smooth.state_dict()[k], v) for k, v in plain.state_dict().items())
+
+
 @pytest.mark.parametrize("head", ["attention", "mlp"])
 def test_save_load_round_trip_gives_identical_maps(head, train_labels, tiny_vlm, generations, tmp_path, plugins):
     cfg = TrainConfig(head=head, steps=3, batch_size=8, eval_every=3, warmup=1)

@@ -115,6 +115,7 @@ def _common(p: argparse.ArgumentParser, recipe: dict | None = TRAIN_RECIPE) -> N
             "0 = plain BCE as in the paper)",
         )
         p.add_argument("--eval-every", type=positive_int, default=500)
+        p.add_argument("--ema", type=float, help="use an exponential moving average of the weights with this decay")
 
 
 @dataclass
@@ -210,6 +211,7 @@ def _train_config(args, head: str | None = None):
         seed=args.seed,
         eval_every=min(args.eval_every, args.steps),
         aux_weight=args.aux_weight,
+        ema=args.ema,
     )
 
 

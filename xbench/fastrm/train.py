@@ -7,7 +7,9 @@ normalised reference map, scaled to sum to one, to the softmax over patches of t
 logits (times a learned temperature used only in training). On easy-vqa it raised test F1
 by 0.02-0.04 for both heads (weight 3 raised the mlp head's AUROC and accuracy further, not
 the attention head's); ``aux_weight=0`` is the paper's plain BCE. The learning rate warms
-up linearly then decays on a cosine to 10%. Validation metrics are logged every
+up linearly then decays on a cosine to 10%. With ``ema`` (a decay, e.g. 0.999) the proxy
+ends with the exponential moving average of its weights over training
+(``torch.optim.swa_utils``), not its last weights. Validation metrics are logged every
 ``eval_every`` steps. With a validation set the decision threshold is the one with the best
 validation F1 (``decision="val-f1"``), otherwise ``decision`` itself (a number).
 """
@@ -42,6 +44,7 @@ class TrainConfig:
     eval_every: int = 500
     decision: str | float = "val-f1"
     aux_weight: float | None = None  # None: the head's ``aux_weight``
+    ema: float | None = None  # decay of an exponential moving average of the weights, used at the end
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:
@@ -79,6 +82,9 @@ def train_proxy(
     gen = torch.Generator().manual_seed(cfg.seed)
     history: list[dict[str, Any]] = []
     order = torch.randperm(len(train), generator=gen)
+    averaged = torch.optim.swa_utils.AveragedModel(
+        proxy, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema)
+    ) if cfg.ema else None
     cursor, losses, started = 0, [], time.perf_counter()
     bar = tqdm(range(cfg.steps), desc=f"fastrm {cfg.head}", unit="step", disable=not progress, leave=False)
     for step in bar:
@@ -97,6 +103,8 @@ def train_proxy(
         loss.backward()
         opt.step()
         sched.step()
+        if averaged is not None:
+            averaged.update_parameters(proxy)
         losses.append(loss.item())
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
             entry = {
@@ -120,6 +128,8 @@ def train_proxy(
             if log:
                 log("  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in entry.items()))
     bar.close()
+    if averaged is not None:
+        proxy.load_state_dict(averaged.module.state_dict())
     proxy.eval()
     if cfg.decision == "val-f1" and val is not None and len(val):
         probs, _ = predict(proxy, val)
