@@ -47,15 +47,15 @@ def main(argv=None) -> int:
     )
     p.add_argument("--answer-len", type=int, default=8)
     p.add_argument("--repeats", type=int, default=10)
-    p.add_argument("--head", default="attention")
+    p.add_argument("--head", default=None, help="FastRM proxy head (default: the default proxy's)")
     p.add_argument("--out", type=Path, default=ROOT / "results" / "fastrm")
     args = p.parse_args(argv)
     sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
     import relevancy_gpu_7b as arch
 
     from xbench import cost, provenance
-    from xbench.api import Generation
     from xbench.fastrm.proxy import model_identity
+    from xbench.fastrm.registry import DEFAULT_HEAD
     from xbench.fastrm.testing import random_proxy
     from xbench.plugins import default
 
@@ -66,42 +66,23 @@ def main(argv=None) -> int:
     vlm = arch.adapter(model, args.device, dtype)
     vlm.model_hash, vlm.config_hash = "random-weights", "random-weights"
     ids, pixels, n_image = arch.prompt(model, args.prompt_len or (80 if args.tiny else 625), args.device, dtype)
-    input_ids = torch.tensor([ids], device=args.device)
     side = int(n_image**0.5)
+    args.head = args.head or DEFAULT_HEAD
     methods = default().registries.methods
     tmp = tempfile.TemporaryDirectory()
     proxy_dir = random_proxy(model_identity(vlm), (side, side), args.head).save(Path(tmp.name) / "proxy")
     fastrm = methods.get("fastrm")(proxy=str(proxy_dir))
+    generate = arch.generator(model, ids, pixels, args.answer_len)
     state = {}
-
-    def generate():
-        with torch.no_grad():
-            return model.generate(
-                input_ids=input_ids,
-                pixel_values=pixels,
-                max_new_tokens=args.answer_len,
-                min_new_tokens=args.answer_len,
-                do_sample=False,
-                pad_token_id=0,
-                eos_token_id=2,
-            )
 
     def explained():
         store: list = []
         with vlm._capture_last_hidden(store):
             seq = generate()
         answer = seq[0, len(ids) :].tolist()
-        gen = Generation(
-            sample_id="bench",
-            text="",
-            prompt_ids=ids,
-            answer_ids=answer,
-            image_positions=[i for i, t in enumerate(ids) if t == arch.IMAGE_TOKEN],
-            grid=(side, side),
-            pixel_values=pixels,
-            hidden_states=torch.cat(store, dim=1)[0, : len(ids) + len(answer) - 1],
-        )
-        state["gen"], state["map"] = gen, fastrm.explain(vlm, [gen])[0]
+        hidden = torch.cat(store, dim=1)[0, : len(ids) + len(answer) - 1]
+        state["gen"] = gen = arch.generation(ids, answer, n_image, pixels, hidden)
+        state["map"] = fastrm.explain(vlm, [gen])[0]
 
     def timed(fn):
         with cost.measure(args.device) as m:
@@ -115,16 +96,6 @@ def main(argv=None) -> int:
         order = [("plain_answer", generate), ("fastrm_explained_answer", explained)]
         for name, fn in order if r % 2 == 0 else order[::-1]:
             runs[name].append(timed(fn))
-    gen = state["gen"]
-    runs["fastrm_map"] = [timed(lambda: fastrm.explain(vlm, [gen])) for _ in range(args.repeats)]
-    model.set_attn_implementation("eager")
-    for label, params in (("gradient_relevancy_map", {}), ("gradient_relevancy_first_token_map", {"token": "first"})):
-        method = methods.get("gradient_relevancy")(**params)
-        method.explain(vlm, [gen])  # warm-up
-        runs[label] = [timed(lambda: method.explain(vlm, [gen])) for _ in range(max(3, args.repeats // 3))]
-        if args.device.startswith("cuda"):
-            torch.cuda.empty_cache()
-
     results = {}
     for name, vals in runs.items():
         peaks = [b for _, b in vals if b is not None]
@@ -133,6 +104,14 @@ def main(argv=None) -> int:
             "all_seconds": [s for s, _ in vals],
             "peak_gpu_gib": max(peaks) / 2**30 if peaks else None,
         }
+    gen = state["gen"]
+    results["fastrm_map"] = arch.measure(lambda: fastrm.explain(vlm, [gen]), args.device, args.repeats)
+    model.set_attn_implementation("eager")
+    for label, params in (("gradient_relevancy_map", {}), ("gradient_relevancy_first_token_map", {"token": "first"})):
+        method = methods.get("gradient_relevancy")(**params)
+        results[label] = arch.measure(lambda: method.explain(vlm, [gen]), args.device, max(3, args.repeats // 3))
+        if args.device.startswith("cuda"):
+            torch.cuda.empty_cache()
     plain, explained_r, fmap = results["plain_answer"], results["fastrm_explained_answer"], results["fastrm_map"]
     ratios = {
         "map_speedup": results["gradient_relevancy_map"]["seconds"] / fmap["seconds"],

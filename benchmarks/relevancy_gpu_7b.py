@@ -86,6 +86,28 @@ def prompt(model, prompt_len: int, device: str, dtype: torch.dtype):
     return ids, pixels, n_image
 
 
+def generator(model, ids: list[int], pixels, answer_len: int):
+    """A function running greedy generation of exactly ``answer_len`` tokens for the prompt."""
+    input_ids = torch.tensor([ids], device=pixels.device)
+
+    def generate():
+        with torch.no_grad():
+            return model.generate(input_ids=input_ids, pixel_values=pixels, max_new_tokens=answer_len,
+                                  min_new_tokens=answer_len, do_sample=False, pad_token_id=0, eos_token_id=2)
+
+    return generate
+
+
+def generation(ids: list[int], answer: list[int], n_image: int, pixels, hidden_states=None):
+    """The :class:`~xbench.api.Generation` of the benchmark prompt and its answer."""
+    from xbench.api import Generation
+
+    side = int(n_image**0.5)
+    return Generation(sample_id="bench", text="", prompt_ids=ids, answer_ids=answer,
+                      image_positions=[i for i, t in enumerate(ids) if t == IMAGE_TOKEN], grid=(side, side),
+                      pixel_values=pixels, hidden_states=hidden_states)
+
+
 def measure(fn, device: str, repeats: int) -> dict:
     """Warm-up once, then ``repeats`` synchronised calls: median seconds, max peak GPU bytes."""
     from xbench import cost
@@ -112,7 +134,6 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     from xbench import provenance
-    from xbench.api import Generation
     from xbench.plugins import default
 
     if not args.tiny and not args.device.startswith("cuda"):
@@ -121,21 +142,13 @@ def main(argv=None) -> int:
     model = build(args.tiny, args.device, dtype)
     vlm = adapter(model, args.device, dtype)
     ids, pixels, n_image = prompt(model, args.prompt_len or (80 if args.tiny else 625), args.device, dtype)
-    input_ids = torch.tensor([ids], device=args.device)
-
-    def generate():
-        with torch.no_grad():
-            return model.generate(input_ids=input_ids, pixel_values=pixels, max_new_tokens=args.answer_len,
-                                  min_new_tokens=args.answer_len, do_sample=False, pad_token_id=0, eos_token_id=2)
+    generate = generator(model, ids, pixels, args.answer_len)
 
     model.set_attn_implementation("sdpa")
     results = {"generate_sdpa": measure(generate, args.device, args.repeats)}
     model.set_attn_implementation("eager")
     results["generate_eager"] = measure(generate, args.device, args.repeats)
-    answer = generate()[0, len(ids):].tolist()
-    side = int(n_image ** 0.5)
-    gen = Generation(sample_id="bench", text="", prompt_ids=ids, answer_ids=answer,
-                     image_positions=[i for i, t in enumerate(ids) if t == IMAGE_TOKEN], grid=(side, side), pixel_values=pixels)
+    gen = generation(ids, generate()[0, len(ids):].tolist(), n_image, pixels)
     methods = default().registries.methods
     for label, params in (("gradient_relevancy", {}), ("gradient_relevancy_first_token", {"token": "first"})):
         method = methods.get("gradient_relevancy")(**params)
@@ -154,7 +167,7 @@ def main(argv=None) -> int:
         "tiny": args.tiny,
         "device_name": env["device_name"],
         "dtype": str(dtype).replace("torch.", ""),
-        "prompt_len": len(ids), "image_tokens": n_image, "answer_len": len(answer), "repeats": args.repeats,
+        "prompt_len": len(ids), "image_tokens": n_image, "answer_len": len(gen.answer_ids), "repeats": args.repeats,
         "n_parameters": sum(p.numel() for p in model.parameters()),
         "target_peak_ratio": TARGET_RATIO,
         "meets_target": None if base is None else results["gradient_relevancy"]["peak_vs_generate_sdpa"] <= TARGET_RATIO,

@@ -460,6 +460,17 @@ def test_confidence_on_task_scores_every_answer(plugins, tiny_vlm):
     assert res["auroc_entropy_wrong"] is None  # one class only: no AUROC rather than a made-up one
 
 
+def test_confidence_on_task_counts_right_and_unscored_answers(plugins, tiny_vlm, monkeypatch):
+    from xbench.fastrm.evaluate import confidence_on_task
+
+    task = plugins.registries.tasks.get("easyvqa")()
+    ids = [s.id for s in task.samples(limit=5)]
+    verdict = {ids[0]: {"accuracy": 1.0}, ids[1]: {}}  # one right, one the task does not score
+    monkeypatch.setattr(task, "score", lambda s, answer: verdict.get(s.id, {"accuracy": 0.0}))
+    res = confidence_on_task(tiny_vlm, task, plugins.registries.methods.get("fastrm")(), 5, progress=False)
+    assert res["n"] == 4 and res["n_wrong"] == 3 and res["auroc_entropy_wrong"] is not None
+
+
 def test_randomized_control_runs_the_proxy_on_the_random_copy(plugins, tmp_path):
     """`--control randomized`: the model's proxy reads the random copy's hidden states (the sanity
     control), while a model of its own with another hash is still refused."""

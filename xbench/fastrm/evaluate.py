@@ -120,8 +120,10 @@ def confidence_on_task(
     for batch in batched((s for s in task.samples(limit=n, seed=seed) if isinstance(s, Sample)), batch_size):
         gens = vlm.generate(batch, [task.prompt(s) for s in batch], task.max_new_tokens, keep)
         for s, g, m in zip(batch, gens, method.explain(vlm, gens)):
-            entropy.append(m.extras["entropy"])
-            correct.append(task.score(s, g.text).get("accuracy", 0.0))
+            accuracy = task.score(s, g.text).get("accuracy")
+            if accuracy is not None:  # an answer the task does not score is left out, not counted wrong
+                entropy.append(m.extras["entropy"])
+                correct.append(accuracy)
             s.image = None
         bar.update(len(batch))
     bar.close()

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 import torch
 
+from xbench.fastrm.heads import HEADS
 from xbench.fastrm.proxy import FastRMProxy
+from xbench.fastrm.registry import DEFAULT_HEAD
 
 
 def llava_dir_identity(model_id: str, path: Path) -> tuple[dict, tuple[int, int]]:
     """The identity :func:`~xbench.fastrm.proxy.model_identity` gives a loaded LLaVA directory,
     and its patch grid, read from the files without loading the model."""
-    from xbench.models import model_hash
+    from xbench.models import config_hash, model_hash
 
     config = json.loads((Path(path) / "config.json").read_text())
     vision = config["vision_config"]
@@ -22,13 +23,13 @@ def llava_dir_identity(model_id: str, path: Path) -> tuple[dict, tuple[int, int]
     identity = {
         "id": model_id,
         "hidden_size": int(config["text_config"]["hidden_size"]),
-        "config_hash": hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16],
+        "config_hash": config_hash(config),
         "model_hash": model_hash(Path(path)),
     }
     return identity, (side, side)
 
 
-def random_proxy(identity: dict, grid: tuple[int, int], head: str = "attention", seed: int = 0) -> FastRMProxy:
+def random_proxy(identity: dict, grid: tuple[int, int], head: str = DEFAULT_HEAD, seed: int = 0) -> FastRMProxy:
     """A proxy with seeded random weights for the model ``identity`` describes."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -36,7 +37,7 @@ def random_proxy(identity: dict, grid: tuple[int, int], head: str = "attention",
     return proxy.eval().requires_grad_(False)
 
 
-def install_random_proxies(model_id: str, path: Path, heads=("attention", "mlp"), seed: int = 0) -> list[Path]:
+def install_random_proxies(model_id: str, path: Path, heads=tuple(HEADS), seed: int = 0) -> list[Path]:
     """Install random-weight proxies of ``heads`` as the defaults of the model at ``path``."""
     import tempfile
 

@@ -85,6 +85,11 @@ def check_model_dir(path: Path) -> dict:
     return config
 
 
+def config_hash(config: dict) -> str:
+    """First 16 hex digits of a sha256 over the canonical JSON of a model's config."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def model_hash(path: Path) -> str:
     """sha256 over config.json and the weight files (content, or name+size+ends beyond 512 MiB)."""
     h = hashlib.sha256((path / "config.json").read_bytes())
@@ -169,6 +174,6 @@ def load_vlm(
     vlm = families[0].load(path, device=device, dtype=getattr(torch, dtype), attn_implementation=attn)
     vlm.name = model_id
     vlm.path = path
-    vlm.config_hash = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+    vlm.config_hash = config_hash(config)
     vlm.model_hash = model_hash(path)
     return vlm
