@@ -43,23 +43,31 @@ def timed(fn):
     return out, (time.perf_counter() - start) * 1e3
 
 
-def side_by_side(
-    model: str, head: str, limit: int, batch_size: int, repeats: int, warmup: int, progress: bool
-) -> dict:
+def load(model: str, head: str) -> dict:
+    """The model twice (sdpa keeping hidden states; eager for gradient_relevancy), both methods, the task."""
+    from xbench.models import load_vlm
+    from xbench.plugins import default
+    from xbench.runner import DEFAULT_TASK
+
+    reg = default().registries
+    return {
+        "fast_vlm": load_vlm(model, reg, needs=frozenset({"hidden_states"}), device="cpu"),
+        "eager_vlm": load_vlm(model, reg, needs=frozenset({"attentions"}), device="cpu"),
+        "fastrm": reg.methods.get("fastrm")(head=head),
+        "reference": reg.methods.get("gradient_relevancy")(),
+        "task": reg.tasks.get(DEFAULT_TASK)(),
+    }
+
+
+def side_by_side(setup: dict, limit: int, batch_size: int, repeats: int, warmup: int, progress: bool) -> dict:
     """Interleaved plain / explained / gradient_relevancy on batches of ``batch_size`` samples;
     per-sample times are batch times divided by the batch size (as the runner records them)."""
     from tqdm.auto import tqdm
 
-    from xbench.models import load_vlm
-    from xbench.plugins import default
-    from xbench.runner import DEFAULT_TASK, batched
+    from xbench.runner import batched
 
-    reg = default().registries
-    fast_vlm = load_vlm(model, reg, needs=frozenset({"hidden_states"}), device="cpu")
-    eager_vlm = load_vlm(model, reg, needs=frozenset({"attentions"}), device="cpu")
-    fastrm = reg.methods.get("fastrm")(head=head)
-    reference = reg.methods.get("gradient_relevancy")()
-    task = reg.tasks.get(DEFAULT_TASK)()
+    fast_vlm, eager_vlm, task = setup["fast_vlm"], setup["eager_vlm"], setup["task"]
+    fastrm, reference = setup["fastrm"], setup["reference"]
     samples = list(task.samples(limit=limit + warmup * batch_size, seed=0))
     keep = frozenset({"hidden_states"})
     rows = []
@@ -80,8 +88,8 @@ def side_by_side(
             t["fastrm_map"].append(m_ms / b)
             state["gens"], state["maps"] = gens, maps
 
-        def relevancy():
-            gens = state.get("gens") or fast_vlm.generate(batch, prompts, n_new, keep)
+        def relevancy():  # the rotation runs explained before relevancy in the first repeat
+            gens = state["gens"]
             t["gradient_relevancy_map"].append(timed(lambda: reference.explain(eager_vlm, gens))[1] / b)
 
         steps = [plain, explained, relevancy]
@@ -256,8 +264,9 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     sizes = [int(b) for b in args.batch_sizes.split(",")]
     report = {"side_by_side": {}, "runner": {}, "rows": {}}
+    setup = load(args.model, args.head)
     for b in sizes:
-        res = side_by_side(args.model, args.head, args.limit, b, args.repeats, args.warmup, not args.no_progress)
+        res = side_by_side(setup, args.limit, b, args.repeats, args.warmup, not args.no_progress)
         report["rows"][b] = res.pop("rows")
         report.update(res)
         report["side_by_side"][b] = summarise(report["rows"][b])

@@ -41,9 +41,9 @@ STAGES = {
 }
 
 
-def randomise(vlm, modules, std: float, seed: int) -> int:
-    """Re-initialise ``modules`` in place (matrices ~ N(0, std), norm weights 1, biases 0); returns the tensor count."""
-    g = torch.Generator(device="cpu").manual_seed(seed)
+def randomise(modules, std: float, g: torch.Generator) -> int:
+    """Re-initialise ``modules`` in place (matrices ~ N(0, std) drawn from ``g``, norm weights 1,
+    biases 0); returns the tensor count."""
     seen, n = set(), 0
     with torch.no_grad():
         for part in modules:
@@ -123,12 +123,12 @@ def main(argv=None) -> int:
         methods[name].seed = args.seed
     trained = {name: m.explain(vlm, gens) for name, m in methods.items()}
 
-    stages = []
-    for k, stage in enumerate(list(STAGES)[: args.stages]):
-        shuffled = load_vlm(args.model, reg, needs=needs, device=args.device)
-        modules = [m for parts in list(STAGES.values())[: k + 1] for m in parts(shuffled.model)]
-        std = shuffled.model.config.text_config.initializer_range
-        n_tensors = randomise(shuffled, modules, std, args.seed + 1)
+    stages, n_tensors = [], 0
+    shuffled = load_vlm(args.model, reg, needs=needs, device=args.device)
+    std = shuffled.model.config.text_config.initializer_range
+    g = torch.Generator(device="cpu").manual_seed(args.seed + 1)
+    for stage, parts in list(STAGES.items())[: args.stages]:  # cumulative: each stage adds its parts
+        n_tensors += randomise(parts(shuffled.model), std, g)
         results = {}
         for name, method in methods.items():
             start = time.perf_counter()
@@ -137,7 +137,6 @@ def main(argv=None) -> int:
             results[name]["seconds"] = time.perf_counter() - start
             print(f"{stage:16s} {name:22s} mean Spearman {results[name]['spearman_mean']}", flush=True)
         stages.append({"stage": stage, "randomised_tensors": n_tensors, "methods": results})
-        del shuffled
 
     env = provenance.environment(args.device)
     report = {
