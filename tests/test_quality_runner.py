@@ -201,6 +201,7 @@ def test_every_registered_metric_keeps_the_contract_in_a_default_run(plugins, tm
     summary = run(_cfg(tmp_path / "r", method="rollout", limit=3, control="randomized",
                        metric_params={"steps": 2}), plugins)
     records = read_records(tmp_path / "r" / "samples.jsonl")
+    assert not [r["meta"]["metric_errors"] for r in records if "metric_errors" in r.get("meta", {})]
     for entry in reg:
         cols = [entry.name] + ([entry.name + CONTROL] if entry.obj.uses_map else [])
         for col in cols:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Iterable, Iterator, Mapping, Sequence
+from typing import Any, ClassVar, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -182,7 +182,39 @@ class RelevanceMap:
 # --------------------------------------------------------------------------- plugins
 
 
-class Method:
+def seeded_rng(*key: Any) -> np.random.Generator:
+    """A numpy generator fixed by ``key`` (joined with ":", hashed): the same key, the same draws."""
+    import hashlib
+
+    digest = hashlib.sha256(":".join(str(k) for k in key).encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+
+
+class Parameterised:
+    """Keyword parameters declared with their defaults by :meth:`default_params`; an unknown one
+    is a :class:`~xbench.errors.ParameterError` naming the ``kind`` and ``name`` at fault."""
+
+    kind: ClassVar[str] = "plugin"
+    name: ClassVar[str] = ""
+
+    def __init__(self, **params: Any) -> None:
+        unknown = set(params) - set(self.default_params())
+        if unknown:
+            from xbench.errors import ParameterError
+
+            raise ParameterError(
+                f"{self.kind} {self.name!r} has no parameter(s) {sorted(unknown)}; "
+                f"it takes {sorted(self.default_params()) or 'none'}"
+            )
+        self.params = {**self.default_params(), **params}
+
+    @classmethod
+    def default_params(cls) -> dict[str, Any]:
+        """The parameters this accepts, with their defaults."""
+        return {}
+
+
+class Method(Parameterised):
     """Base class of explanation methods. One subclass per module in ``methods/``.
 
     Subclasses set ``name``, ``description`` and ``needs`` (a subset of
@@ -191,33 +223,14 @@ class Method:
     :attr:`params` records them for the summary.
     """
 
-    name: ClassVar[str] = ""
+    kind = "method"
     description: ClassVar[str] = ""
     needs: ClassVar[frozenset[str]] = frozenset()
     seed: int = 0  # set by the runner; use :meth:`rng` for any random choice
 
     def rng(self, sample_id: str) -> np.random.Generator:
         """A generator fixed by the run seed and the sample id (independent of batching)."""
-        import hashlib
-
-        digest = hashlib.sha256(f"{self.seed}:{self.name}:{sample_id}".encode()).digest()
-        return np.random.default_rng(int.from_bytes(digest[:8], "little"))
-
-    def __init__(self, **params: Any) -> None:
-        unknown = set(params) - set(self.default_params())
-        if unknown:
-            from xbench.errors import ParameterError
-
-            raise ParameterError(
-                f"method {self.name!r} has no parameter(s) {sorted(unknown)}; "
-                f"it takes {sorted(self.default_params()) or 'none'}"
-            )
-        self.params = {**self.default_params(), **params}
-
-    @classmethod
-    def default_params(cls) -> dict[str, Any]:
-        """The parameters this method accepts, with their defaults."""
-        return {}
+        return seeded_rng(self.seed, self.name, sample_id)
 
     @property
     def label(self) -> str:
@@ -316,13 +329,10 @@ class MetricContext:
 
     def rng(self, purpose: str, sample_id: str) -> np.random.Generator:
         """A generator fixed by the run seed, ``purpose`` and the sample id (the same for every method)."""
-        import hashlib
-
-        digest = hashlib.sha256(f"{self.seed}:{purpose}:{sample_id}".encode()).digest()
-        return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+        return seeded_rng(self.seed, purpose, sample_id)
 
 
-class Metric:
+class Metric(Parameterised):
     """A per-sample map metric, summarised per run.
 
     ``compute(sample, generation, rmap)`` returns a float, or None when it does not apply
@@ -338,28 +348,12 @@ class Metric:
     control value that ignores the map: the runner does not repeat it for ``--control``.
     """
 
-    name: ClassVar[str] = ""
+    kind = "metric"
     description: ClassVar[str] = ""
     category: ClassVar[str] = ""  # answer | agreement | faithfulness | localisation | confidence | cost
     higher_is_better: ClassVar[bool | None] = True
     needs: ClassVar[frozenset[str]] = frozenset()  # subset of {"model", "reference"}
     uses_map: ClassVar[bool] = True
-
-    def __init__(self, **params: Any) -> None:
-        unknown = set(params) - set(self.default_params())
-        if unknown:
-            from xbench.errors import ParameterError
-
-            raise ParameterError(
-                f"metric {self.name!r} has no parameter(s) {sorted(unknown)}; "
-                f"it takes {sorted(self.default_params()) or 'none'}"
-            )
-        self.params = {**self.default_params(), **params}
-
-    @classmethod
-    def default_params(cls) -> dict[str, Any]:
-        """The parameters this metric accepts, with their defaults."""
-        return {}
 
     def compute(
         self, sample: Sample, generation: Generation, rmap: RelevanceMap, context: MetricContext | None = None

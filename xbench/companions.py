@@ -23,11 +23,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 
 from xbench.api import Generation, Method, RelevanceMap
 from xbench.errors import ParameterError, RunDirectoryError, XbenchError
-from xbench.records import SAMPLES, SUMMARY, read_records
+from xbench.records import SAMPLES, SUMMARY, load_map, method_label, read_records
 
 
 class InRunReference:
@@ -105,16 +104,14 @@ class RecordedReference:
             return XbenchError(
                 f"{self.label} explained another answer for sample {gen.sample_id!r} ({rec.get('answer')!r} vs {gen.text!r})"
             )
-        if "map" in rec:
-            return RelevanceMap(np.asarray(rec["map"], dtype=np.float32))
         try:
-            return RelevanceMap(np.load(self.run_dir / rec["map_file"], allow_pickle=False))
+            return RelevanceMap(load_map(self.run_dir, rec))
         except (OSError, ValueError, KeyError) as exc:
             return XbenchError(f"{self.label}: cannot read the map of sample {gen.sample_id!r}: {exc}")
 
     def describe(self) -> dict[str, Any]:
-        m = self.summary["method"]
-        return {"method": m.get("label") or m["name"], "params": m.get("params", {}), "source": str(self.run_dir),
+        return {"method": method_label(self.summary), "params": self.summary["method"].get("params", {}),
+                "source": str(self.run_dir),
                 "run_id": self.summary.get("run_id")}
 
 

@@ -23,7 +23,8 @@ import pandas as pd
 from tabulate import tabulate
 
 from xbench.errors import ParameterError
-from xbench.records import iter_summaries
+from xbench.stats import LEVEL, N_RESAMPLES
+from xbench.records import iter_summaries, method_label
 
 FORMATS = ("github", "latex", "csv", "json", "html")
 CATEGORY_ORDER = ("answer", "agreement", "faithfulness", "localisation", "confidence", "cost")
@@ -31,17 +32,13 @@ ID_COLUMNS = ("task", "model", "method", "runs", "samples")
 GROUP = ["task", "model", "samples"]  # one table each: rows in a table were asked the same number of samples
 LO, HI = "_ci95_lo", "_ci95_hi"
 NOTE = (
-    "Cells: mean over samples ± half the width of its 95% percentile bootstrap interval (1000 seeded resamples "
+    f"Cells: mean over samples ± half the width of its {LEVEL:.0%} percentile bootstrap interval ({N_RESAMPLES} "
+    "seeded resamples "
     "of the samples; a value averaged over several runs of a method shows no interval). ↑ higher is better, ↓ lower is better. "
     "`name[control]`: the same metric for the method on the model with re-randomised weights (`--control "
     "randomized`); `*_random`: a random patch order, the control of deletion/insertion. Cost: milliseconds per "
     "sample (p50/p95), peak memory in MiB."
 )
-
-
-def method_label(summary: dict) -> str:
-    """The method's name plus its non-default parameters, as the run recorded it."""
-    return summary["method"].get("label") or summary["method"]["name"]
 
 
 def _roots(root: Path | str | Iterable[Path | str]) -> list[Path]:

@@ -126,6 +126,21 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
+def method_label(summary: dict) -> str:
+    """The method's name plus its non-default parameters, as the run's summary recorded it."""
+    return summary["method"].get("label") or summary["method"]["name"]
+
+
+def load_map(run_dir: Path, record: dict):
+    """A record's map as a numpy array: inline (``map``) or its ``maps/*.npy`` sidecar
+    (``map_file``). Raises OSError, ValueError or KeyError when it cannot be read."""
+    import numpy as np
+
+    if record.get("map") is not None:
+        return np.asarray(record["map"], dtype=np.float32)
+    return np.load(Path(run_dir) / record["map_file"], allow_pickle=False)
+
+
 def iter_summaries(root: Path) -> Iterator[tuple[Path, dict]]:
     """Every ``summary.json`` under ``root`` (or ``root`` itself if it is one)."""
     paths = [root] if root.is_file() else sorted(root.rglob(SUMMARY))

@@ -22,7 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from xbench.errors import ParameterError
-from xbench.records import SAMPLES, SUMMARY, iter_summaries, read_records
+from xbench.records import SAMPLES, SUMMARY, iter_summaries, load_map, method_label, read_records
 
 DEFAULT_QUALITY = ("agreement_f1", "deletion_auc", "insertion_auc", "energy_in_mask")
 DEFAULT_LATENCY = "explain_ms_p50"
@@ -39,7 +39,7 @@ class RunData:
 
     @property
     def label(self) -> str:
-        return self.summary["method"].get("label") or self.summary["method"]["name"]
+        return method_label(self.summary)
 
     @property
     def group(self) -> tuple[str, str]:
@@ -223,10 +223,8 @@ def esc(text: Any) -> str:
 
 def record_map(run_dir: Path, record: dict) -> np.ndarray | None:
     """The record's map: inline, or from its ``maps/*.npy`` sidecar (None if unreadable)."""
-    if record.get("map") is not None:
-        return np.asarray(record["map"], dtype=np.float32)
     try:
-        return np.load(Path(run_dir) / record["map_file"], allow_pickle=False)
+        return load_map(run_dir, record)
     except (KeyError, OSError, ValueError):
         return None
 
