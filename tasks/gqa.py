@@ -22,14 +22,13 @@ import numpy as np
 
 from xbench.answers import gqa_correct
 from xbench.api import Sample, SampleError, Task
-from xbench.errors import DataError, ParameterError
+from xbench.errors import DataError
 from xbench.hookspecs import hookimpl
 from xbench.taskdata import (
-    HashedFiles,
+    LocalFiles,
     box_mask,
     data_file,
     data_root,
-    fill_prompt,
     fit_mask,
     load_json,
     pick,
@@ -79,7 +78,7 @@ def _compact_scene(obj: dict) -> Any:
     return obj
 
 
-class GQA(HashedFiles, Task):
+class GQA(LocalFiles, Task):
     name = "gqa"
     description = "GQA balanced questions (local official files); exact-match accuracy, binary/open"
     splits = ("testdev", "val", "train")
@@ -91,10 +90,7 @@ class GQA(HashedFiles, Task):
         params = take_params(self.name, params, DEFAULTS)
         super().__init__(split, data_dir, **params)
         self.template = resolve_prompt(params["prompt"])
-        try:
-            questions_name = params["questions_file"].format(split=self.split)
-        except (KeyError, IndexError, ValueError) as exc:
-            raise ParameterError(f"gqa questions_file may use {{split}} only: {exc}") from None
+        questions_name = self.split_name("questions_file", params["questions_file"])
         self.root = data_root(self.name, data_dir, questions_name)
         self.questions_path = data_file(self.root, questions_name, "GQA questions")
         data = load_json(self.questions_path, "an object keyed by question id", object_hook=_compact_question)
@@ -135,9 +131,6 @@ class GQA(HashedFiles, Task):
             )
 
     # ------------------------------------------------------------------ scoring
-    def prompt(self, sample: Sample) -> str:
-        return fill_prompt(self.template, sample.question)
-
     def score(self, sample: Sample, answer: str) -> dict[str, float]:
         return {"accuracy": float(gqa_correct(answer, sample.answers[0]))}
 

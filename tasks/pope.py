@@ -30,11 +30,10 @@ from xbench.api import Sample, SampleError, Task
 from xbench.errors import DataError, ParameterError
 from xbench.hookspecs import hookimpl
 from xbench.taskdata import (
-    HashedFiles,
+    LocalFiles,
     box_mask,
     data_file,
     data_root,
-    fill_prompt,
     fit_mask,
     load_json,
     pick,
@@ -79,7 +78,7 @@ class _Instances:
         return obj
 
 
-class POPE(HashedFiles, Task):
+class POPE(LocalFiles, Task):
     name = "pope"
     description = "POPE object-hallucination yes/no questions on COCO (local official files); acc, P, R, F1, yes-ratio"
     splits = ("random", "popular", "adversarial")
@@ -92,10 +91,7 @@ class POPE(HashedFiles, Task):
         self.template = resolve_prompt(params["prompt"])
         if params["mask_from"] not in MASK_SOURCES:
             raise ParameterError(f"pope mask_from={params['mask_from']!r}; choose from {list(MASK_SOURCES)}")
-        try:
-            questions_name = params["questions_file"].format(split=self.split)
-        except (KeyError, IndexError, ValueError) as exc:
-            raise ParameterError(f"pope questions_file may use {{split}} only: {exc}") from None
+        questions_name = self.split_name("questions_file", params["questions_file"])
         self.root = data_root(self.name, data_dir, questions_name)
         self.questions_path = data_file(self.root, questions_name, "POPE questions")
         self._lines = self._read_lines()
@@ -178,9 +174,6 @@ class POPE(HashedFiles, Task):
         )
 
     # ------------------------------------------------------------------ scoring
-    def prompt(self, sample: Sample) -> str:
-        return fill_prompt(self.template, sample.question)
-
     def score(self, sample: Sample, answer: str) -> dict[str, float]:
         """``accuracy``: the parsed answer equals the label; ``yes_ratio``: 1 when it parses as yes."""
         parsed = pope_answer(answer)

@@ -22,7 +22,7 @@ from xbench.answers import vqa_accuracy
 from xbench.api import Sample, SampleError, Task
 from xbench.errors import DataError, ParameterError
 from xbench.hookspecs import hookimpl
-from xbench.taskdata import HashedFiles, data_file, data_root, fill_prompt, load_json, pick, resolve_prompt, take_params
+from xbench.taskdata import LocalFiles, data_file, data_root, load_json, pick, resolve_prompt, take_params
 
 DEFAULTS: dict[str, Any] = {
     "prompt": "llava15",
@@ -74,7 +74,7 @@ class _Loader:
         return obj
 
 
-class VQAv2(HashedFiles, Task):
+class VQAv2(LocalFiles, Task):
     name = "vqa_v2"
     description = "VQA v2 open-ended on COCO (local official files); official 10-human-answer accuracy"
     splits = ("val2014", "train2014")
@@ -92,11 +92,12 @@ class VQAv2(HashedFiles, Task):
             image_dir = params["image_dir"].format(**fmt)
         except (KeyError, IndexError, ValueError) as exc:
             raise ParameterError(f"vqa_v2 image_dir/image_name templates may use {{split}} and {{image_id}} only: {exc}") from None
-        questions_name = params["questions_file"].format(**fmt)
+        questions_name = self.split_name("questions_file", params["questions_file"])
         self.root = data_root(self.name, data_dir, questions_name)
         self.image_folder = self.root / image_dir
         self.questions_path = data_file(self.root, questions_name, "VQA v2 questions")
-        self.annotations_path = data_file(self.root, params["annotations_file"].format(**fmt), "VQA v2 annotations")
+        annotations_name = self.split_name("annotations_file", params["annotations_file"])
+        self.annotations_path = data_file(self.root, annotations_name, "VQA v2 annotations")
         self._questions = self._load_questions()
         self._annotations = self._load_annotations()
 
@@ -157,9 +158,6 @@ class VQAv2(HashedFiles, Task):
         )
 
     # ------------------------------------------------------------------ scoring
-    def prompt(self, sample: Sample) -> str:
-        return fill_prompt(self.template, sample.question)
-
     def score(self, sample: Sample, answer: str) -> dict[str, float]:
         return {"accuracy": vqa_accuracy(answer, sample.answers, llava_prediction=bool(self.params["normalise_prediction"]))}
 

@@ -228,6 +228,9 @@ def test_missing_or_wrong_files_fail_before_the_run(plugins, tmp_path):
         make_task(plugins, root, imagedir="x")
     with pytest.raises(ParameterError, match="prompt"):
         make_task(plugins, root, prompt="nonsense")
+    for param in ("questions_file", "annotations_file"):
+        with pytest.raises(ParameterError, match=f"vqa_v2 {param} may use {{split}} only"):
+            make_task(plugins, root, **{param: "v2_{year}.json"})
 
 
 def test_run_end_to_end_counts_errors(tmp_path):

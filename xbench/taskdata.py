@@ -107,10 +107,23 @@ def file_digest(paths: Iterable[Path | None]) -> str:
     return h.hexdigest()[:16]
 
 
-class HashedFiles:
-    """Task mixin: ``data_hash()`` is :func:`file_digest` of ``data_files()``, computed once."""
+class LocalFiles:
+    """Mixin of tasks that read official files from a local folder: the prompt template
+    (``self.template``, from :func:`resolve_prompt`), file names holding ``{split}``, and
+    ``data_hash()``: :func:`file_digest` of ``data_files()``, computed once."""
 
+    template: str
     _digest: str | None = None
+
+    def prompt(self, sample) -> str:
+        return fill_prompt(self.template, sample.question)
+
+    def split_name(self, param: str, template: str) -> str:
+        """``template`` with ``{split}`` filled in; any other field is a :class:`ParameterError`."""
+        try:
+            return template.format(split=self.split)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ParameterError(f"{self.name} {param} may use {{split}} only: {exc}") from None
 
     def data_files(self) -> list[Path | None]:  # pragma: no cover - every user overrides it
         """The files whose bytes identify the task's data."""
