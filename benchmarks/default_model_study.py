@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -50,12 +51,10 @@ def run_all(limit: int, out: Path, methods: list[str], seed: int) -> dict:
 
 
 def per_sample(run_dir: Path) -> dict[str, dict]:
-    out = {}
-    for line in (run_dir / "samples.jsonl").read_text().splitlines():
-        r = json.loads(line)
-        if "error" not in r:
-            out[r["id"]] = r
-    return out
+    """The run's successful records by sample id."""
+    from xbench.records import read_records
+
+    return {r["id"]: r for r in read_records(run_dir / "samples.jsonl") if "error" not in r}
 
 
 def chance_levels(limit: int, seed: int, grid: tuple[int, int]) -> dict:
@@ -104,7 +103,7 @@ def main() -> None:
     methods = args.methods.split(",") if args.methods else default().registries.methods.names()
     results = run_all(args.limit, args.out, methods, args.seed)
     any_summary = next(iter(results.values()))[0]
-    grid = tuple(json.loads((next(iter(results.values()))[1] / "samples.jsonl").open().readline())["grid"])
+    grid = tuple(next(iter(per_sample(next(iter(results.values()))[1]).values()))["grid"])
     chance = chance_levels(args.limit, args.seed, grid)
 
     study = {"limit": args.limit, "seed": args.seed, "grid": list(grid), "chance": chance, "methods": {}}
@@ -140,6 +139,7 @@ def main() -> None:
         "torch": any_summary["provenance"].get("torch"),
         "device": any_summary["provenance"].get("device_name"),
         "machine": platform.machine(),
+        "cpus": os.cpu_count(),
         "runs_wall_s": sum(run_seconds(summ) for summ, _ in results.values()),
     }
     args.out.mkdir(parents=True, exist_ok=True)
@@ -194,7 +194,7 @@ def render(study: dict) -> str:
         "```",
         "",
         f"The {2 * len(study['methods'])} runs took {study['provenance']['runs_wall_s']:.0f} s of wall time on "
-        f"{study['provenance']['device']}, 2 cores shared with other jobs "
+        f"{study['provenance']['device']}{cores(study['provenance'])} "
         f"(torch {study['provenance']['torch']}, xbench {study['provenance']['git_sha']}).",
         "",
     ]
@@ -224,6 +224,10 @@ def verdicts(study: dict) -> list[str]:
     return out
 
 
+def cores(prov: dict) -> str:
+    return f", {prov['cpus']} logical cores" if prov.get("cpus") else ""
+
+
 def render_extras(out: Path) -> str:
     """Sections from ``reproduce.json`` (compare_training_runs.py) and ``load_time.json`` (zoo_load_time.py)."""
     lines = []
@@ -246,8 +250,8 @@ def render_extras(out: Path) -> str:
         lines += ["", "By kind (shipped / reproduced): " + "; ".join(
             f"{k} {kinds[k]:.4f} / {r['reproduced']['accuracy_by_kind'][k]:.4f}" for k in kinds) + ".", "",
             f"Difference {r['accuracy_difference_points']:+.2f} points; identical weights (sha256 of "
-            f"model.safetensors): {r['identical_weights']}. Other jobs shared the 2 cores during both runs, so wall "
-            "time varies with load; CPU time does much less.", ""]  # fmt: skip
+            f"model.safetensors): {r['identical_weights']}. Wall time varies with the load on the machine; CPU "
+            "time does much less.", ""]  # fmt: skip
     full = out / "full-test-split" / "summary.json"
     if full.exists():
         f = json.loads(full.read_text())

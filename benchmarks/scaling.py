@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -28,15 +27,6 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def load_average() -> list[float] | None:
@@ -61,7 +51,7 @@ def position_trend(samples: Path) -> dict:
 def measure(n: int, args: argparse.Namespace, work: Path) -> dict:
     """One run of ``n`` samples in a fresh process: wall seconds, child peak RSS, its summary."""
     out = work / f"n{n}"
-    cmd = [sys.executable, "-m", "xbench.cli", "run", "--method", args.method, "--model", args.model,
+    cmd = [sys.executable, "-m", "xbench.cli", "run", "--method", args.method, "--model", args.model, "--task", args.task,
            "--limit", str(n), "--batch-size", str(args.batch_size), "--warmup", "1", "--no-progress",
            "--device", args.device, "--out", str(out)]  # fmt: skip
     env = dict(os.environ)
@@ -104,6 +94,8 @@ def fit(points: list[dict], key: str = "wall_s") -> dict:
 
 
 def write(points: list[dict], args: argparse.Namespace, out: Path) -> dict:
+    from xbench import provenance
+
     out.mkdir(parents=True, exist_ok=True)
     linear, cpu = fit(points), fit(points, "cpu_s")
     first, last = points[0], points[-1]
@@ -113,12 +105,12 @@ def write(points: list[dict], args: argparse.Namespace, out: Path) -> dict:
         "what": "wall time and peak RSS of one `xbench run` vs number of samples, each size in a fresh process",
         "method": args.method,
         "model": args.model,
-        "task": "easyvqa",
+        "task": args.task,
         "batch_size": args.batch_size,
         "device": args.device,
         "threads": args.threads,
         "device_name": first["device_name"],
-        "cpu": cpu_model(),
+        "cpu": provenance.cpu_model(),
         "cpu_count": os.cpu_count(),
         "commit": commit,
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
@@ -137,7 +129,7 @@ def write(points: list[dict], args: argparse.Namespace, out: Path) -> dict:
     )
     md = f"""# Scaling: wall time and peak RSS vs number of samples
 
-`xbench run --method {args.method} --model {args.model} --task easyvqa --batch-size {args.batch_size} --warmup 1
+`xbench run --method {args.method} --model {args.model} --task {args.task} --batch-size {args.batch_size} --warmup 1
 --device {args.device}`{f" with OMP_NUM_THREADS={args.threads}" if args.threads else ""}, each size in a fresh process
 (`python benchmarks/scaling.py{f" --threads {args.threads}" if args.threads else ""}`), commit {commit}, {result['date']}.
 Device: {first['device_name']}; CPU: {result['cpu']} ({result['cpu_count']} cores, shared with other jobs: the
@@ -159,12 +151,13 @@ load average before each point is listed).
 
 
 def main(argv: list[str] | None = None) -> int:
-    from xbench.runner import DEFAULT_MODEL
+    from xbench.runner import DEFAULT_MODEL, DEFAULT_TASK
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", type=int, nargs="+", default=[100, 250, 500, 1000, 2000])
     p.add_argument("--method", default="raw_attention")
     p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--task", default=DEFAULT_TASK)
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, help="OMP/MKL threads of each run (default: torch's choice); 1 keeps "

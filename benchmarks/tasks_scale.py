@@ -22,7 +22,6 @@ import json
 import os
 import platform
 import random
-import resource
 import statistics
 import subprocess
 import sys
@@ -84,6 +83,7 @@ def generate(folder: Path, n: int, seed: int = 0) -> dict[str, int]:
 def measure(mode: str, folder: Path) -> dict:
     """One measurement in this (fresh) process; prints nothing, returns the numbers."""
     t0 = time.perf_counter()
+    from xbench.cost import peak_rss_mib
     from xbench.tasks.vqa_v2 import VQAv2
 
     out = {"mode": mode, "import_s": time.perf_counter() - t0}
@@ -101,7 +101,7 @@ def measure(mode: str, folder: Path) -> dict:
             n = sum(1 for _ in task.samples())
             out["iterate_s"] = time.perf_counter() - t2
             out["samples"] = n
-    out["peak_rss_mib"] = proc_status_mib("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["peak_rss_mib"] = peak_rss_mib()
     out["end_rss_mib"] = proc_status_mib("VmRSS")  # what stays resident while the task is in use
     return out
 

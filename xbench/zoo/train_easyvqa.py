@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
@@ -33,6 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from xbench import provenance
 from xbench.tasks.easyvqa import COLOURS, SHAPES, EasyVQA
 from xbench.zoo.tiny import (
     EASYVQA_SHAPE,
@@ -468,22 +468,10 @@ def deterministic(threads: int):
         torch.set_num_threads(before_threads)
 
 
-def git_sha() -> str | None:
-    from xbench.provenance import git_sha as sha
-
-    return sha()
-
-
 def hardware() -> str:
     if torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
-    cpu = platform.processor() or platform.machine()
-    try:
-        names = [ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")]
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
-    return f"CPU {cpu}, {os.cpu_count()} logical cores visible, {torch.get_num_threads()} torch thread(s)"
+    return f"CPU {provenance.cpu_model()}, {os.cpu_count()} logical cores visible, {torch.get_num_threads()} torch thread(s)"
 
 
 def train(recipe: Recipe = Recipe(), progress: bool = True, evaluate_test: bool = True):
@@ -525,7 +513,7 @@ def train(recipe: Recipe = Recipe(), progress: bool = True, evaluate_test: bool 
             "wall_s": {"data": t_data - t0, "train": t_train - t_data},
             "hardware": hardware(),
             "torch": torch.__version__,
-            "xbench_git_sha": git_sha(),
+            "xbench_git_sha": provenance.git_sha(),
         }
         if evaluate_test:
             test = load_split("test", processor, max_questions=recipe.eval_limit)
