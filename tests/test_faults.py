@@ -149,6 +149,15 @@ def test_fail_fast_stops_with_an_error_naming_method_and_sample(fault_plugins, i
     assert not (tmp_path / "run" / "summary.json").exists()
 
 
+def test_fail_fast_stops_on_a_reference_failure_naming_sample_and_stage(fault_plugins, ids, tmp_path):
+    with pytest.raises(SampleFailedError) as info:
+        _run(fault_plugins, tmp_path, "uniform", limit=4, batch_size=2, fail_fast=True, reference="boom",
+             reference_params={"fail_ids": [ids[2]]}, metrics=["agreement_f1"])  # fmt: skip
+    message = str(info.value)
+    assert f"sample {ids[2]!r} failed at reference (--fail-fast): reference \"boom" in message
+    assert "RuntimeError: kaboom" in message
+
+
 def test_fail_fast_on_the_command_line_is_one_clear_line(fault_plugins, ids, tmp_path, monkeypatch, capsys):
     import xbench.runner
     from xbench.cli import main

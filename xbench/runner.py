@@ -304,20 +304,26 @@ class Run:
                 return source.maps(self.vlm, [o.generation for o in items], [o.rmap for o in items])
 
             for o, result, _, _ in call_splitting(make, explained, self.vlm.device):
-                try:
-                    if isinstance(result, Exception):
-                        raise result
-                    setattr(o, field_name, result.validate(o.generation.grid, source.label))
-                except Exception as exc:
-                    if self.config.fail_fast:
-                        raise
-                    setattr(o, f"{field_name}_error", f"{source.label} failed: {describe(exc)}")
+                if not isinstance(result, Exception):
+                    try:
+                        setattr(o, field_name, result.validate(o.generation.grid, source.label))
+                        continue
+                    except Exception as exc:
+                        result = exc
+                message = f"{source.label} failed: {describe(result)}"
+                self._stop_if_fail_fast(o.sample.id, field_name, message, result)
+                setattr(o, f"{field_name}_error", message)
 
     def _fail(self, outcome: Outcome, message: str, stage: str, cause: BaseException | None = None) -> None:
         """Mark ``outcome`` failed; with ``fail_fast`` stop the run instead."""
-        if self.config.fail_fast:
-            raise SampleFailedError(f"sample {outcome.sample.id!r} failed at {stage} (--fail-fast): {message}") from cause
+        self._stop_if_fail_fast(outcome.sample.id, stage, message, cause)
         outcome.error, outcome.stage = message, stage
+
+    def _stop_if_fail_fast(self, sample_id: str, stage: str, message: str, cause: BaseException | None) -> None:
+        """With ``fail_fast``, a failure anywhere stops the run: a :class:`SampleFailedError` naming
+        the sample and the stage."""
+        if self.config.fail_fast:
+            raise SampleFailedError(f"sample {sample_id!r} failed at {stage} (--fail-fast): {message}") from cause
 
     # ---------------------------------------------------------------- records
     def _safe_record(self, o: Outcome) -> dict:
@@ -393,10 +399,7 @@ class Run:
                 else:
                     values[metric.name] = metric.compute(sample, gen, rmap)
             except Exception as exc:
-                if self.config.fail_fast:
-                    raise SampleFailedError(
-                        f"sample {sample.id!r}: metric {metric.name!r} failed (--fail-fast): {describe(exc)}"
-                    ) from exc
+                self._stop_if_fail_fast(sample.id, "metrics", f"metric {metric.name!r} failed: {describe(exc)}", exc)
                 values[metric.name] = None
                 sample.meta.setdefault("metric_errors", {})[metric.name + suffix] = describe(exc)
         return values
