@@ -64,7 +64,7 @@ def positive_int(text: str) -> int:
 
 # --------------------------------------------------------------------------- run
 def _run_args(p: argparse.ArgumentParser) -> None:
-    from xbench.runner import DEFAULT_MODEL, DEFAULT_TASK
+    from xbench.runner import DEFAULT_MODEL, DEFAULT_REFERENCE, DEFAULT_TASK
 
     p.add_argument("--method", required=True, help="explanation method (see `xbench plugins`)")
     p.add_argument("--task", default=DEFAULT_TASK, help=f"task adapter (default {DEFAULT_TASK})")
@@ -81,8 +81,8 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--metrics", help="comma-separated metric names (default: all registered)")
     p.add_argument("--metric-param", action="append", metavar="KEY=VALUE",
                    help="metric parameter, given to every metric that declares KEY (e.g. tau=0.3, steps=16)")
-    p.add_argument("--reference", default=None,
-                   help="reference method of the agreement metrics, run on the same generations (default gradient_relevancy)")
+    p.add_argument("--reference", default=DEFAULT_REFERENCE,
+                   help=f"reference method of the agreement metrics, run on the same generations (default {DEFAULT_REFERENCE})")
     p.add_argument("--reference-param", action="append", metavar="KEY=VALUE", help="reference method parameter")
     p.add_argument("--reference-run", type=Path,
                    help="read the reference maps from this earlier run of the same model, task and samples")
@@ -122,12 +122,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         fail_fast=args.fail_fast,
         progress=not args.no_progress,
         metric_params=parse_params(args.metric_param, "--metric-param"),
+        reference=args.reference,
         reference_params=parse_params(args.reference_param, "--reference-param"),
         reference_run=args.reference_run,
         control=args.control,
     )
-    if args.reference:
-        config.reference = args.reference
     summary = run(config)
     print(f"run {summary['run_id']}: {summary['n_ok']} samples explained, {summary['n_errors']} errors")
     print(f"records: {Path(summary['config']['out']) / 'samples.jsonl'}")
