@@ -451,7 +451,8 @@ class Sweep:
     suite_path: str = ""
     results: dict[str, dict] = field(default_factory=dict)
 
-    def write_index(self, executor: str, started: str, finished: str | None = None) -> None:
+    def write_index(self, executor: str, started: str, finished: str | None = None) -> dict[str, int]:
+        """Write ``index.json`` (every cell with its status so far); returns ``{status: number of cells}``."""
         rows = []
         for cell in self.cells:
             result = self.results.get(cell.key, {"status": "pending"})
@@ -468,6 +469,7 @@ class Sweep:
             "cells": rows,
         }
         write_json_atomic(self.out / INDEX, index)
+        return counts
 
     def execute(self, executor: Executor, plugins=None, echo: Callable[[str], None] | None = None) -> dict:
         """Skip complete cells, run the others on ``executor``; returns the final index counts."""
@@ -501,11 +503,7 @@ class Sweep:
         if echo and n_done:
             echo(f"{n_done} of {len(self.cells)} cells already complete: skipped")
         executor.run(todo, report, plugins)
-        self.write_index(executor.name, started, provenance.now())
-        counts: dict[str, int] = {}
-        for r in self.results.values():
-            counts[r["status"]] = counts.get(r["status"], 0) + 1
-        return counts
+        return self.write_index(executor.name, started, provenance.now())
 
 
 def prepare(suite_path: Path, out: Path | None = None, plugins=None) -> Sweep:
