@@ -123,8 +123,9 @@ def build_config(tokenizer, shape: TinyLlavaShape):
     )
 
 
-def build_tiny_llava(out_dir: Path, shape: TinyLlavaShape = TinyLlavaShape(), seed: int = 0):
-    """Write a randomly initialised tiny LLaVA (weights, tokenizer, processor) to ``out_dir``; return the model."""
+def new_tiny_llava(shape: TinyLlavaShape, seed: int):
+    """``(model, processor)``: a tiny LLaVA with eager attention whose weights are torch's
+    initialisation after ``torch.manual_seed(seed)`` (the global generator is left there)."""
     import torch
     from transformers import LlavaForConditionalGeneration
     from transformers.utils import logging as hf_logging
@@ -134,10 +135,17 @@ def build_tiny_llava(out_dir: Path, shape: TinyLlavaShape = TinyLlavaShape(), se
     processor = build_processor(tokenizer, shape)
     config = build_config(tokenizer, shape)
     config._attn_implementation = "eager"
+    torch.manual_seed(seed)
+    return LlavaForConditionalGeneration(config), processor
+
+
+def build_tiny_llava(out_dir: Path, shape: TinyLlavaShape = TinyLlavaShape(), seed: int = 0):
+    """Write a randomly initialised tiny LLaVA (weights, tokenizer, processor) to ``out_dir``; return the model."""
+    import torch
+
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = LlavaForConditionalGeneration(config).eval()
-    save_model(model, processor, out_dir)
+        model, processor = new_tiny_llava(shape, seed)
+    save_model(model.eval(), processor, out_dir)
     return model
 
 

@@ -37,10 +37,7 @@ from xbench.tasks.easyvqa import COLOURS, SHAPES, EasyVQA
 from xbench.zoo.tiny import (
     EASYVQA_SHAPE,
     TinyLlavaShape,
-    build_config,
-    build_processor,
-    build_tokenizer,
-    easyvqa_vocabulary,
+    new_tiny_llava,
     save_model,
 )
 
@@ -317,18 +314,11 @@ def capture_image_tokens(model):
 
 
 def new_model(shape: TinyLlavaShape, seed: int):
-    """``(model, processor)``: a seeded random-init tiny LLaVA with eager attention."""
-    from transformers import LlavaForConditionalGeneration
+    """``(model, processor)``: the recipe's seeded random-init tiny LLaVA (:func:`new_tiny_llava`)."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    tokenizer = build_tokenizer(easyvqa_vocabulary())
-    processor = build_processor(tokenizer, shape)
-    config = build_config(tokenizer, shape)
-    config._attn_implementation = "eager"
-    torch.manual_seed(seed)
-    return LlavaForConditionalGeneration(config), processor
+    return new_tiny_llava(shape, seed)
 
 
 def qa_outputs(model, data: EasyVQAData, idx: torch.Tensor, pv: torch.Tensor, pad_id: int, layer: int | None = None):
