@@ -9,7 +9,6 @@ whose colour differs from the background (the image's most common colour) by mor
 from __future__ import annotations
 
 import hashlib
-import random
 from pathlib import Path
 from typing import Iterator
 
@@ -17,10 +16,11 @@ import numpy as np
 
 from xbench.api import Sample, SampleError, Task
 from xbench.hookspecs import hookimpl
+from xbench.taskdata import PROMPTS, fill_prompt, pick
 
 COLOURS = ("black", "blue", "brown", "gray", "green", "red", "teal", "yellow")
 SHAPES = ("circle", "rectangle", "triangle")
-INSTRUCTION = "Answer the question using a single word or phrase."
+PROMPT = PROMPTS["llava15"]  # LLaVA-1.5's short-answer instruction after the question
 
 
 def question_kind(question: str, answer: str) -> str:
@@ -66,9 +66,7 @@ class EasyVQA(Task):
     def samples(self, limit=None, seed=0) -> Iterator[Sample | SampleError]:
         """Questions in a seeded shuffled order (the same ids for the same seed), first ``limit``."""
         texts, answers, image_ids = self._questions
-        order = list(range(len(texts)))
-        random.Random(seed).shuffle(order)
-        for idx in order[:limit]:
+        for idx in pick(texts, limit, seed):
             sid = f"{self.split}-{idx}"
             path = self._paths.get(image_ids[idx])
             if path is None:
@@ -83,7 +81,7 @@ class EasyVQA(Task):
             )
 
     def prompt(self, sample: Sample) -> str:
-        return f"{sample.question}\n{INSTRUCTION}"
+        return fill_prompt(PROMPT, sample.question)
 
     def ground_truth_mask(self, sample: Sample) -> np.ndarray:
         return background_mask(sample.load_image(), self.params["mask_tolerance"])
