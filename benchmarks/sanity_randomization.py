@@ -7,6 +7,9 @@ norm weights 1, biases 0, seeded. A method whose maps depend on what the model l
 should give maps that rank patches differently: Spearman correlation per sample, expected
 < 0.5 on average. Maps that are constant on a sample have no ranking; they are counted.
 
+Pixel methods are checked twice: with their default pooling (absolute attribution per patch)
+and with ``pool=signed``, the two readings Adebayo et al. compare.
+
 The check is the first stage of a cascade, as in the paper (top of the network first): then
 the projector is re-initialised too, then the vision tower as well (every weight random).
 The later stages show where a method's map comes from: a method that stays correlated
@@ -14,6 +17,7 @@ until the vision tower is random reads the image through the vision weights, not
 language model's answer.
 
     python benchmarks/sanity_randomization.py [--model NAME] [--limit 50] [--stages N]
+        [--methods saliency,saliency:pool=signed,...]
     -> results/sanity/<model>.{json,md}
 """
 
@@ -87,9 +91,16 @@ def rho_summary(rhos: list, gens) -> dict:
     }
 
 
+def default_specs(reg) -> list[str]:
+    """Every method that needs gradients, then each one with a ``pool`` parameter again, signed."""
+    names = [n for n in reg.methods.names() if "gradients" in reg.methods.get(n).needs]
+    return names + [f"{n}:pool=signed" for n in names if "pool" in reg.methods.get(n).default_params()]
+
+
 def main(argv=None) -> int:
     sys.path.insert(0, str(ROOT))
     from xbench import provenance
+    from xbench.cli import parse_params
     from xbench.models import load_vlm
     from xbench.plugins import default
     from xbench.runner import DEFAULT_MODEL, DEFAULT_TASK, batched, seed_everything
@@ -100,7 +111,11 @@ def main(argv=None) -> int:
     p.add_argument("--limit", type=int, default=50)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--methods", help="comma-separated (default: every registered method that needs gradients)")
+    p.add_argument(
+        "--methods",
+        help="comma-separated NAME[:KEY=VALUE[:KEY=VALUE]] (default: every registered method that needs "
+        "gradients, and the pixel methods again with pool=signed)",
+    )
     p.add_argument("--stages", type=int, default=len(STAGES), help=f"cascade stages to run, 1-{len(STAGES)} "
                    "(1: the language model only, the check itself)")
     p.add_argument("--out", type=Path, default=ROOT / "results" / "sanity")
@@ -108,7 +123,7 @@ def main(argv=None) -> int:
 
     plugins = default()
     reg = plugins.registries
-    names = args.methods.split(",") if args.methods else [n for n in reg.methods.names() if "gradients" in reg.methods.get(n).needs]
+    specs = args.methods.split(",") if args.methods else default_specs(reg)
     seed_everything(args.seed)
     needs = frozenset({"attentions", "gradients"})
     vlm = load_vlm(args.model, reg, needs=needs, device=args.device)
@@ -118,9 +133,11 @@ def main(argv=None) -> int:
     for batch in batched(samples, 8):
         gens += vlm.generate(batch, [task.prompt(s) for s in batch], task.max_new_tokens)
     methods = {}
-    for name in names:
-        methods[name] = reg.methods.get(name)()
-        methods[name].seed = args.seed
+    for spec in specs:
+        name, *pairs = spec.split(":")
+        method = reg.methods.get(name)(**parse_params(pairs, "--methods"))
+        method.seed = args.seed
+        methods[method.label] = method
     trained = {name: m.explain(vlm, gens) for name, m in methods.items()}
 
     stages, n_tensors = [], 0

@@ -8,9 +8,14 @@ the pooling of pixel attributions onto the patch grid. Not a plugin itself.
 * Target (``target`` parameter): ``first`` — the log-probability of the generated
   answer's first token (default); ``answer`` — the sum of the log-probabilities of all
   answer tokens (the answer's log-likelihood).
-* Pooling: a pixel attribution ``[1, C, H, W]`` becomes the patch map by summing the
-  absolute attribution over the channels and over the pixels of each patch
-  (``H = h * patch_size``). Layer methods whose output is already on the grid skip it.
+* Pooling (``pool`` parameter of the pixel methods): a pixel attribution ``[1, C, H, W]``
+  becomes the patch map by summing over the channels and over the pixels of each patch
+  (``H = h * patch_size``) either the absolute attribution (``abs``, default: how much a
+  patch matters, whichever way) or the signed one (``signed``: evidence for the answer minus
+  evidence against it, which can cancel within a patch). Saliency and SmoothGrad take the
+  gradient's absolute value themselves under ``abs`` (SmoothGrad: the mean of |gradient|
+  over the noise draws), not under ``signed``. Layer methods whose output is already on the
+  grid have no ``pool``.
 * Randomness (noise, baseline draws) is seeded per sample from :meth:`Method.rng`, so a
   sample's map does not depend on the batch it came in.
 """
@@ -28,6 +33,7 @@ from xbench.api import Generation, Method, RelevanceMap
 from xbench.errors import ParameterError
 
 TARGETS = ("first", "answer")
+POOLS = ("abs", "signed")
 
 
 def answer_logprob_fn(vlm, generation: Generation, target: str) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -47,10 +53,14 @@ def answer_logprob_fn(vlm, generation: Generation, target: str) -> Callable[[tor
     return forward
 
 
-def pool_to_grid(attribution: torch.Tensor, grid: tuple[int, int]) -> np.ndarray:
-    """Sum of |attribution| over channels and each patch's pixels: ``[1, C, H, W] -> [h, w]``."""
+def pool_to_grid(attribution: torch.Tensor, grid: tuple[int, int], pool: str = "abs") -> np.ndarray:
+    """Sum of the attribution (``abs``: its absolute value; ``signed``: itself) over channels and
+    each patch's pixels: ``[1, C, H, W] -> [h, w]``."""
+    if pool not in POOLS:
+        raise ParameterError(f"pool={pool!r} is not one of {POOLS}")
     h, w = grid
-    a = attribution.detach().float().abs().sum(dim=(0, 1))
+    a = attribution.detach().float()
+    a = (a.abs() if pool == "abs" else a).sum(dim=(0, 1))
     H, W = a.shape
     if H % h or W % w:
         raise ParameterError(f"pixel attribution of size {H}x{W} does not tile a {h}x{w} patch grid")
@@ -88,12 +98,12 @@ class CaptumMethod(Method):
 
     needs = frozenset({"gradients"})
     on_grid: ClassVar[bool] = False
-    choices: ClassVar[dict[str, tuple]] = {"target": TARGETS}
+    choices: ClassVar[dict[str, tuple]] = {"target": TARGETS, "pool": POOLS}
     non_negative: ClassVar[tuple[str, ...]] = ("stdevs",)
 
     @classmethod
     def default_params(cls) -> dict[str, Any]:
-        return {"target": "first"}
+        return {"target": "first"} if cls.on_grid else {"target": "first", "pool": "abs"}
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
@@ -125,6 +135,9 @@ class CaptumMethod(Method):
             pixel_values = gen.pixel_values.detach().clone().requires_grad_(True)
             with torch.enable_grad(), seeded(seed, vlm.device):
                 attribution = self.attribute(forward, pixel_values, gen, vlm)
-            grid = attribution.detach()[0, 0].float().cpu().numpy() if self.on_grid else pool_to_grid(attribution, gen.grid)
+            if self.on_grid:
+                grid = attribution.detach()[0, 0].float().cpu().numpy()
+            else:
+                grid = pool_to_grid(attribution, gen.grid, self.params["pool"])
             maps.append(RelevanceMap(grid))
         return maps

@@ -1,4 +1,5 @@
-"""Saliency (Simonyan et al. 2014) through Captum: |d target / d pixels|, pooled onto the patch grid.
+"""Saliency (Simonyan et al. 2014) through Captum: d target / d pixels (absolute under ``pool=abs``),
+pooled onto the patch grid.
 
 Target and pooling: see :mod:`xbench.methods.captum_common`.
 """
@@ -9,12 +10,12 @@ from xbench.methods.captum_common import CaptumMethod
 
 class SaliencyMethod(CaptumMethod):
     name = "saliency"
-    description = "Captum Saliency: absolute input gradient of the answer log-probability"
+    description = "Captum Saliency: input gradient of the answer log-probability"
 
     def attribute(self, forward, pixel_values, generation, vlm):
         from captum.attr import Saliency
 
-        return Saliency(forward).attribute(pixel_values, abs=True)
+        return Saliency(forward).attribute(pixel_values, abs=self.params["pool"] == "abs")
 
 
 @hookimpl

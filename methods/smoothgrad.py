@@ -1,7 +1,8 @@
 """SmoothGrad (Smilkov et al. 2017): Captum's NoiseTunnel over Saliency, pooled onto the patch grid.
 
 ``nt_samples`` noisy copies (Gaussian, std ``stdevs`` in normalised pixel space, seeded per
-sample), ``batch_size`` of them per forward; absolute gradients averaged. Target and pooling:
+sample), ``batch_size`` of them per forward; gradients averaged (absolute ones under
+``pool=abs``). Target and pooling:
 see :mod:`xbench.methods.captum_common`.
 """
 
@@ -26,7 +27,7 @@ class SmoothGradMethod(CaptumMethod):
             nt_samples=self.params["nt_samples"],
             nt_samples_batch_size=self.params["batch_size"],
             stdevs=float(self.params["stdevs"]),
-            abs=True,
+            abs=self.params["pool"] == "abs",
         )
 
 

@@ -39,9 +39,11 @@ def test_randomise_touches_only_the_named_modules(sanity, plugins):
 
 
 def test_report_has_the_check_and_the_cascade(sanity, tmp_path):
-    assert sanity.main(["--model", "tiny-random-llava", "--limit", "2", "--methods", "gradient_relevancy,saliency",
+    methods = "gradient_relevancy,saliency,saliency:pool=signed"
+    assert sanity.main(["--model", "tiny-random-llava", "--limit", "2", "--methods", methods,
                         "--out", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "tiny-random-llava.json").read_text())
+    assert list(report["methods"]) == ["gradient_relevancy", "saliency", "saliency pool=signed"]
     assert [s["stage"] for s in report["cascade"]] == list(sanity.STAGES)
     assert report["methods"] == report["cascade"][0]["methods"]  # the check = the first stage
     counts = [s["randomised_tensors"] for s in report["cascade"]]
@@ -50,3 +52,11 @@ def test_report_has_the_check_and_the_cascade(sanity, tmp_path):
         for res in stage["methods"].values():
             assert res["n"] == 2 and (res["spearman_mean"] is None or -1.0 <= res["spearman_mean"] <= 1.0)
     assert "## Cascade" in (tmp_path / "tiny-random-llava.md").read_text()
+
+
+def test_default_specs_add_a_signed_run_of_every_pixel_method(sanity, plugins):
+    specs = sanity.default_specs(plugins.registries)
+    assert "gradient_relevancy" in specs and "gradient_relevancy:pool=signed" not in specs
+    assert "layer_gradcam" in specs and "layer_gradcam:pool=signed" not in specs  # already on the grid
+    for name in ("saliency", "smoothgrad", "input_x_gradient", "integrated_gradients", "gradient_shap"):
+        assert name in specs and f"{name}:pool=signed" in specs

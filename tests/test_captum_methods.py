@@ -26,8 +26,9 @@ def plain_logprob(vlm, gen, pixel_values, n_tokens):
     return total
 
 
-def loop_pool(attribution, grid, p):
-    a = attribution[0].abs().sum(0)
+def loop_pool(attribution, grid, p, signed=False):
+    a = attribution[0] if signed else attribution[0].abs()
+    a = a.sum(0)
     return np.array([[float(a[i * p : (i + 1) * p, j * p : (j + 1) * p].sum()) for j in range(grid[1])] for i in range(grid[0])])
 
 
@@ -65,8 +66,28 @@ def test_forward_target_equals_plain_log_probability(tiny_vlm, gens, target, n):
 def test_pooling_sums_absolute_values_per_patch():
     attribution = torch.randn(1, 3, 12, 8, generator=torch.Generator().manual_seed(0))
     np.testing.assert_allclose(pool_to_grid(attribution, (3, 2)), loop_pool(attribution, (3, 2), 4), rtol=1e-5)
+    signed = pool_to_grid(attribution, (3, 2), "signed")
+    np.testing.assert_allclose(signed, loop_pool(attribution, (3, 2), 4, signed=True), rtol=1e-5, atol=1e-6)
+    assert (signed < 0).any()  # evidence against the answer stays negative
     with pytest.raises(ParameterError):
         pool_to_grid(attribution, (5, 2))
+    with pytest.raises(ParameterError, match="pool='max' is not one of"):
+        pool_to_grid(attribution, (3, 2), "max")
+
+
+@pytest.mark.parametrize("name", ["saliency", "smoothgrad"])
+def test_signed_pooling_keeps_the_gradients_sign(plugins, tiny_vlm, gens, name):
+    """Under ``pool=signed`` saliency is the plain signed gradient summed per patch; SmoothGrad
+    averages signed gradients (one noise draw with zero noise: the same map)."""
+    gen = gens[0]
+    pv = gen.pixel_values.detach().clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(plain_logprob(tiny_vlm, gen, pv, 1).sum(), pv)
+    params = {"nt_samples": 1, "stdevs": 0.0} if name == "smoothgrad" else {}
+    (signed,) = _method(plugins, name, pool="signed", **params).explain(tiny_vlm, [gen])
+    (absolute,) = _method(plugins, name, **params).explain(tiny_vlm, [gen])
+    np.testing.assert_allclose(signed.grid, loop_pool(grad, gen.grid, 8, signed=True), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(absolute.grid, loop_pool(grad, gen.grid, 8), rtol=1e-4, atol=1e-7)
+    assert (signed.grid < 0).any()
 
 
 def test_saliency_equals_plain_gradient(plugins, tiny_vlm, gens):
@@ -140,7 +161,8 @@ def test_noise_is_seeded_by_the_run_seed(plugins, tiny_vlm, gens, name, params):
 @pytest.mark.parametrize(
     "name,params",
     [("integrated_gradients", {"n_steps": 0}), ("smoothgrad", {"stdevs": -1.0}), ("occlusion", {"window": "big"}),
-     ("saliency", {"target": "last"}), ("layer_gradcam", {"relu": "yes"}), ("gradient_shap", {"n_samples": 2.5})],
+     ("saliency", {"target": "last"}), ("layer_gradcam", {"relu": "yes"}), ("gradient_shap", {"n_samples": 2.5}),
+     ("saliency", {"pool": "max"}), ("layer_gradcam", {"pool": "abs"})],
 )
 def test_bad_parameter_values_are_refused(plugins, name, params):
     with pytest.raises(ParameterError, match=name):
@@ -173,7 +195,9 @@ def test_parameters_from_the_cli_reach_the_summary(tmp_path, capsys):
     assert main(argv) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n_ok"] == 2
-    assert summary["method"]["params"] == {"target": "answer", "n_steps": 3, "internal_batch_size": 16, "baseline": 0.0}
+    assert summary["method"]["params"] == {
+        "target": "answer", "pool": "abs", "n_steps": 3, "internal_batch_size": 16, "baseline": 0.0
+    }
     assert summary["method"]["label"] == "integrated_gradients n_steps=3,target=answer"
     assert main(argv[:3] + ["--param", "steps=3", "--out", str(tmp_path / "bad")]) == 2
     assert "has no parameter(s) ['steps']" in capsys.readouterr().err
