@@ -225,3 +225,12 @@ def test_an_unreachable_ray_cluster_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", fake)
     with pytest.raises(ExecutorError, match=r"cannot start or reach Ray at '10.0.0.9:6379': ConnectionError: could not"):
         RayExecutor(address="10.0.0.9:6379").run([], lambda r: None)
+
+
+@pytest.mark.parametrize("suite_file", sorted((Path(__file__).parent.parent / "benchmarks" / "suites").glob("*.toml")),
+                         ids=lambda p: p.name)
+def test_shipped_suites_plan_and_build_their_methods(plugins, tmp_path, suite_file):
+    cells = plan(load_suite(suite_file), tmp_path / "out", plugins.registries)
+    assert cells
+    for cell in cells:  # a misspelt method parameter fails here, not mid-sweep
+        plugins.registries.methods.get(cell.config.method)(**cell.config.method_params)
