@@ -138,6 +138,20 @@ def test_training_lowers_the_loss(trained, train_labels):
     assert 0.05 <= proxy.decision_threshold <= 0.95
 
 
+def test_validation_scores_are_kept_at_the_decision_threshold(trained, train_labels):
+    from sklearn.metrics import f1_score
+
+    proxy, _ = trained
+    val = train_labels.subset(range(24, 32))
+    with torch.no_grad():
+        probs = torch.sigmoid(proxy(*val.batch(range(len(val))))).numpy()
+    y = val.targets(0.3)
+    scores = proxy.info["val"]
+    assert scores["threshold"] == proxy.decision_threshold
+    assert scores["f1"] == pytest.approx(f1_score(y.ravel(), probs.ravel() >= proxy.decision_threshold))
+    assert scores["accuracy"] == pytest.approx(((probs >= proxy.decision_threshold) == y).mean())
+
+
 def test_training_is_seeded(train_labels, tiny_vlm):
     cfg = TrainConfig(steps=5, batch_size=8, eval_every=5, warmup=1)
     a, _ = train_proxy(train_labels, None, cfg, model_identity(tiny_vlm), progress=False)
@@ -415,7 +429,7 @@ def test_heads_match_their_plain_formulas(head):
         torch.testing.assert_close(h(patches, queries), h.scale * plain + h.bias, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("normalise", ["none", "max", "softmax"])
+@pytest.mark.parametrize("normalise", ["none", "max", "minmax", "softmax"])
 @pytest.mark.parametrize("head,params", [("attention", {}), ("attention", {"pos": False}), ("mlp", {})])
 def test_infer_equals_forward(head, params, normalise):
     """Every head's prediction path gives its training forward's numbers, also after the weights change."""
@@ -435,11 +449,23 @@ def test_max_normalisation_puts_each_maps_best_patch_at_the_bias():
     from xbench.fastrm.heads import HEADS
 
     torch.manual_seed(0)
-    h = HEADS["attention"](32, 16)  # normalise="max" by default
+    h = HEADS["attention"](32, 16, normalise="max")
     with torch.no_grad():
         h.bias.fill_(0.7)
         out = h(torch.randn(4, 16, 32), torch.randn(4, 3, 32))
     torch.testing.assert_close(out.amax(dim=-1), torch.full((4, 3), 0.7))
+
+
+def test_minmax_normalisation_is_the_labels_normalisation():
+    """The attention head's default: ``a * minmax(s) + b`` with minmax the labels' own per-map
+    normalisation, so ``minmax(s) >= tau`` is the reference's binarisation rule applied to ``s``."""
+    from xbench.fastrm.heads import HEADS, NORMALISATIONS
+
+    assert HEADS["attention"](32, 16).params["normalise"] == "minmax"
+    s = torch.randn(4, 3, 16, generator=torch.Generator().manual_seed(0)) * 5
+    got = NORMALISATIONS["minmax"](s).numpy()
+    np.testing.assert_allclose(got, normalise(s.reshape(12, 16).numpy()).reshape(4, 3, 16), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(NORMALISATIONS["minmax"](torch.full((2, 16), 3.0)).numpy(), np.zeros((2, 16)))
 
 
 def test_bad_head_parameters_are_proxy_errors(tiny_vlm):

@@ -37,7 +37,7 @@ def test_shipped_proxy_agrees_with_gradient_relevancy(head, default_vlm, plugins
     reference = plugins.registries.methods.get("gradient_relevancy")()
     labels = build_labels(default_vlm, task, reference, 32, seed=1, cache_root=tmp_path, batch_size=32, progress=False)
     res = evaluate(FastRMProxy.load(find_proxy(default_vlm, head)), labels)
-    assert res["map"]["auroc"] > 0.75  # 0.83 (attention) / 0.88 (mlp) on 1000 held-out samples
+    assert res["map"]["auroc"] > 0.75  # 0.87 (attention) / 0.91 (mlp) on 1000 held-out samples
 
 
 def test_run_fastrm_with_no_other_flag(tmp_path, capsys, monkeypatch):

@@ -283,6 +283,12 @@ def _train(args) -> int:
         proxy.info["test"] = res
         proxy.save(args.out)
     (out / "metrics.json").write_text(json.dumps(res, indent=2) + "\n")
+    v = proxy.info.get("val")
+    if v:
+        print(
+            f"validation ({len(val)} {args.train_split} samples, decision threshold {v['threshold']}): "
+            + "  ".join(f"{k}={v[k]:.4f}" for k in ("accuracy", "f1", "auroc") if v[k] is not None)
+        )
     _print_scores(f"FastRM {proxy.head_name} vs {ctx.reference.label} on {args.task}/{args.test_split}", res)
     print(f"labels {t_labels:.1f} s, training {t_train:.1f} s; proxy written to {out}")
     if args.install:

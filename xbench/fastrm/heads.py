@@ -9,6 +9,9 @@ scalars ``a, b`` and ``norm`` one of :data:`NORMALISATIONS` over the patches of 
 * ``none``: ``s`` itself;
 * ``max``: ``s - max(s)`` (the labels are min-max normalised per map, so "relevant" means
   "close to this map's maximum": the best patch always sits at logit ``b``);
+* ``minmax``: ``(s - min(s)) / (max(s) - min(s))``, the labels' own normalisation: a
+  reference patch is positive when its min-max normalised relevancy reaches tau, so with
+  ``a * minmax(s) + b`` the proxy thresholds its scores the same way (attention default);
 * ``softmax``: ``log_softmax(s)`` (the log attention weights of a single-head attention).
 
 Heads register by name in :data:`HEADS`; the proxy builds them from
@@ -27,10 +30,18 @@ from torch import nn
 #: head name -> head class (filled by :func:`register_head`)
 HEADS: dict[str, type["Head"]] = {}
 
+
+
+def _minmax(s: torch.Tensor) -> torch.Tensor:
+    lo, hi = torch.aminmax(s, dim=-1, keepdim=True)
+    return (s - lo) / (hi - lo).clamp_min(1e-6)  # a constant map becomes all zeros
+
+
 #: per-map normalisation of raw scores [..., N] over the patches
 NORMALISATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "none": lambda s: s,
     "max": lambda s: s - s.amax(dim=-1, keepdim=True),
+    "minmax": _minmax,
     "softmax": lambda s: torch.log_softmax(s, dim=-1),
 }
 
@@ -93,7 +104,7 @@ class AttentionHead(Head):
 
     name = "attention"
     description = "LayerNorm + single-head attention (FastRM paper)"
-    defaults = {"dim": 256, "pos": True}
+    defaults = {"dim": 256, "pos": True, "normalise": "minmax"}
 
     def __init__(self, hidden_size: int, n_patches: int, **params: Any) -> None:
         super().__init__(hidden_size, n_patches, **params)

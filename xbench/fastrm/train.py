@@ -11,7 +11,8 @@ up linearly then decays on a cosine to 10%. With ``ema`` (a decay, e.g. 0.999) t
 ends with the exponential moving average of its weights over training
 (``torch.optim.swa_utils``), not its last weights. Validation metrics are logged every
 ``eval_every`` steps. With a validation set the decision threshold is the one with the best
-validation F1 (``decision="val-f1"``), otherwise ``decision`` itself (a number).
+validation F1 (``decision="val-f1"``), otherwise ``decision`` itself (a number); the final
+validation scores at that threshold are kept in ``info["val"]``.
 """
 
 from __future__ import annotations
@@ -131,11 +132,14 @@ def train_proxy(
     if averaged is not None:
         proxy.load_state_dict(averaged.module.state_dict())
     proxy.eval()
-    if cfg.decision == "val-f1" and val is not None and len(val):
-        probs, _ = predict(proxy, val)
-        proxy.decision_threshold = best_threshold(probs, val.targets(cfg.tau))
-    elif cfg.decision != "val-f1":
+    if cfg.decision != "val-f1":
         proxy.decision_threshold = float(cfg.decision)
+    val_scores = None
+    if val is not None and len(val):
+        probs, _ = predict(proxy, val)
+        if cfg.decision == "val-f1":
+            proxy.decision_threshold = best_threshold(probs, val.targets(cfg.tau))
+        val_scores = map_metrics(probs, val.targets(cfg.tau), proxy.decision_threshold)
     proxy.info = {
         "train": {
             **asdict(cfg),
@@ -148,5 +152,6 @@ def train_proxy(
             "seconds": time.perf_counter() - started,
         },
         "history": history,
+        "val": val_scores,  # at the decision threshold: compare recipes here, not on the test split
     }
     return proxy.requires_grad_(False), history
