@@ -8,7 +8,9 @@ should give maps that rank patches differently: Spearman correlation per sample,
 < 0.5 on average. Maps that are constant on a sample have no ranking; they are counted.
 
 Pixel methods are checked twice: with their default pooling (absolute attribution per patch)
-and with ``pool=signed``, the two readings Adebayo et al. compare.
+and with ``pool=signed``, the two readings Adebayo et al. compare. Every method also gets the
+Spearman correlation of its maps' absolute values (``spearman_abs_mean``): for a signed map a
+low correlation may come from flipped signs alone, with the magnitudes unchanged.
 
 The check is the first stage of a cascade, as in the paper (top of the network first): then
 the projector is re-initialised too, then the vision tower as well (every weight random).
@@ -123,7 +125,7 @@ def main(argv=None) -> int:
 
     plugins = default()
     reg = plugins.registries
-    specs = args.methods.split(",") if args.methods else default_specs(reg)
+    specs = [spec.strip() for spec in args.methods.split(",")] if args.methods else default_specs(reg)
     seed_everything(args.seed)
     needs = frozenset({"attentions", "gradients"})
     vlm = load_vlm(args.model, reg, needs=needs, device=args.device)
@@ -137,6 +139,8 @@ def main(argv=None) -> int:
         name, *pairs = spec.split(":")
         method = reg.methods.get(name)(**parse_params(pairs, "--methods"))
         method.seed = args.seed
+        if method.label in methods:
+            p.error(f"--methods: {spec!r} repeats {method.label!r}")
         methods[method.label] = method
     trained = {name: m.explain(vlm, gens) for name, m in methods.items()}
 
@@ -151,6 +155,8 @@ def main(argv=None) -> int:
             start = time.perf_counter()
             random = method.explain(shuffled, gens)
             results[name] = rho_summary([spearman(a.grid, b.grid) for a, b in zip(trained[name], random)], gens)
+            magnitudes = [spearman(np.abs(a.grid), np.abs(b.grid)) for a, b in zip(trained[name], random)]
+            results[name]["spearman_abs_mean"] = rho_summary(magnitudes, gens)["spearman_mean"]
             results[name]["seconds"] = time.perf_counter() - start
             print(f"{stage:16s} {name:22s} mean Spearman {results[name]['spearman_mean']}", flush=True)
         stages.append({"stage": stage, "randomised_tensors": n_tensors, "methods": results})
@@ -184,10 +190,12 @@ def markdown(r: dict) -> str:
 
     f = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
     rows = [[k, f(v["spearman_mean"]), f(v["spearman_median"]), f(v["spearman_min"]), f(v["spearman_max"]),
-             f(v["fraction_below_threshold"]), v["n_constant"], "yes" if v["passes"] else "NO", f"{v['seconds']:.0f}"]
+             f(v["fraction_below_threshold"]), v["n_constant"], "yes" if v["passes"] else "NO",
+             f(v.get("spearman_abs_mean")), f"{v['seconds']:.0f}"]
             for k, v in r["methods"].items()]
     table = tabulate(rows, headers=["method", "mean rho", "median", "min", "max", f"share < {r['threshold']}",
-                                    "constant maps", f"mean < {r['threshold']}", "s"], tablefmt="github")
+                                    "constant maps", f"mean < {r['threshold']}", "mean rho of |map|", "s"],
+                     tablefmt="github")
     stages = r.get("cascade", [])
     cascade = tabulate(
         [[name] + [f(s["methods"][name]["spearman_mean"]) for s in stages] for name in r["methods"]],
@@ -205,7 +213,9 @@ def markdown(r: dict) -> str:
         f"Model {r['model']} (hash {r['model_hash']}), task {r['task']}, {r['samples']} samples, seed {r['seed']}; "
         f"language model re-initialised ({r['randomised_tensors']} tensors). Device: {r['device_name']}.\n"
         f"Spearman correlation per sample between the patch maps of the same answers on the model and on the "
-        f"randomised copy (lower is better; a method passing the check is expected below {r['threshold']}).\n\n"
+        f"randomised copy (lower is better; a method passing the check is expected below {r['threshold']}). "
+        f"The last but one column correlates the maps' absolute values: for a signed map, what is left once "
+        f"sign flips are set aside.\n\n"
         f"{table}\n{cascade_part}\ngit {r['environment']['git_sha']}, torch {r['environment']['torch']}, "
         f"transformers {r['environment']['transformers']}, captum {r['environment']['captum']}, {r['finished']}\n"
     )

@@ -44,6 +44,10 @@ def test_report_has_the_check_and_the_cascade(sanity, tmp_path):
                         "--out", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "tiny-random-llava.json").read_text())
     assert list(report["methods"]) == ["gradient_relevancy", "saliency", "saliency pool=signed"]
+    for res in report["methods"].values():
+        assert res["spearman_abs_mean"] is None or -1.0 <= res["spearman_abs_mean"] <= 1.0
+    saliency = report["methods"]["saliency"]  # already non-negative: |map| is the map
+    assert saliency["spearman_abs_mean"] == pytest.approx(saliency["spearman_mean"])
     assert [s["stage"] for s in report["cascade"]] == list(sanity.STAGES)
     assert report["methods"] == report["cascade"][0]["methods"]  # the check = the first stage
     counts = [s["randomised_tensors"] for s in report["cascade"]]
@@ -60,3 +64,10 @@ def test_default_specs_add_a_signed_run_of_every_pixel_method(sanity, plugins):
     assert "layer_gradcam" in specs and "layer_gradcam:pool=signed" not in specs  # already on the grid
     for name in ("saliency", "smoothgrad", "input_x_gradient", "integrated_gradients", "gradient_shap"):
         assert name in specs and f"{name}:pool=signed" in specs
+
+
+def test_a_repeated_method_spec_is_refused(sanity, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        sanity.main(["--model", "tiny-random-llava", "--limit", "1", "--methods", "saliency, saliency:pool=abs"])
+    assert exit_info.value.code == 2
+    assert "repeats 'saliency'" in capsys.readouterr().err

@@ -150,12 +150,18 @@ def test_validation_scores_are_kept_at_the_decision_threshold(trained, train_lab
     assert scores["threshold"] == proxy.decision_threshold
     assert scores["f1"] == pytest.approx(f1_score(y.ravel(), probs.ravel() >= proxy.decision_threshold))
     assert scores["accuracy"] == pytest.approx(((probs >= proxy.decision_threshold) == y).mean())
+    grid = [round(0.05 * k, 2) for k in range(1, 20)]  # the threshold is the best F1 on this grid
+    f1s = [f1_score(y.ravel(), probs.ravel() >= t, zero_division=0) for t in grid]
+    assert scores["f1"] == pytest.approx(max(f1s)) and proxy.decision_threshold == grid[int(np.argmax(f1s))]
+    assert proxy.info["train"]["decision_threshold_from"] == "validation F1"
 
 
 def test_training_is_seeded(train_labels, tiny_vlm):
     cfg = TrainConfig(steps=5, batch_size=8, eval_every=5, warmup=1)
     a, _ = train_proxy(train_labels, None, cfg, model_identity(tiny_vlm), progress=False)
     b, _ = train_proxy(train_labels, None, cfg, model_identity(tiny_vlm), progress=False)
+    assert a.decision_threshold == 0.5 and a.info["val"] is None  # no validation samples: says so
+    assert a.info["train"]["decision_threshold_from"] == "default 0.5 (no validation samples)"
     for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
         assert ka == kb and torch.equal(va, vb)
 

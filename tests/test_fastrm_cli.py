@@ -1,5 +1,7 @@
 """`xbench fastrm train|evaluate|ablate|install` end to end on the random tiny model (tiny sizes)."""
 
+import contextlib
+import io
 import json
 
 import pytest
@@ -32,7 +34,10 @@ def cache(tmp_path_factory):
 def proxy_dir(cache, tmp_path_factory):
     out = tmp_path_factory.mktemp("proxy") / "p"
     argv = ["fastrm", "train", *SMALL, "--steps", "4", "--batch-size", "4", "--cache", str(cache), "--out", str(out)]
-    assert main(argv) == 0
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(argv) == 0
+    (out.parent / "train_stdout.txt").write_text(printed.getvalue())
     return out
 
 
@@ -43,6 +48,17 @@ def test_train_writes_a_proxy_naming_its_model(proxy_dir, capsys):
     metrics = json.loads((proxy_dir / "metrics.json").read_text())
     assert metrics["n_samples"] == 6 and {"f1", "auroc", "accuracy", "iou"} <= set(metrics["map"])
     assert metrics["noise_ceiling"]["f1"] is not None
+
+
+def test_train_prints_and_keeps_the_validation_scores(proxy_dir):
+    cfg = json.loads((proxy_dir / "proxy.json").read_text())
+    val = cfg["info"]["val"]
+    assert val["threshold"] == cfg["decision_threshold"] and val["n_patches"] > 0
+    assert cfg["info"]["train"]["decision_threshold_from"] == "validation F1"
+    printed = (proxy_dir.parent / "train_stdout.txt").read_text()
+    line = next(x for x in printed.splitlines() if x.startswith("validation ("))
+    assert f"decision threshold {val['threshold']}" in line and f"f1={val['f1']:.4f}" in line
+    assert printed.index("validation (") < printed.index("FastRM attention vs")  # before the test scores
 
 
 def test_run_and_evaluate_with_the_proxy(proxy_dir, cache, tmp_path, capsys):

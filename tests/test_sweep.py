@@ -227,8 +227,14 @@ def test_an_unreachable_ray_cluster_is_a_clear_error(monkeypatch):
         RayExecutor(address="10.0.0.9:6379").run([], lambda r: None)
 
 
-@pytest.mark.parametrize("suite_file", sorted((Path(__file__).parent.parent / "benchmarks" / "suites").glob("*.toml")),
-                         ids=lambda p: p.name)
+SHIPPED_SUITES = sorted((Path(__file__).parent.parent / "benchmarks" / "suites").glob("*.toml"))
+
+
+def test_the_shipped_suites_are_found():
+    assert {p.name for p in SHIPPED_SUITES} >= {"smoke.toml", "pixel_pooling.toml"}
+
+
+@pytest.mark.parametrize("suite_file", SHIPPED_SUITES, ids=lambda p: p.name)
 def test_shipped_suites_plan_and_build_their_methods(plugins, tmp_path, suite_file):
     cells = plan(load_suite(suite_file), tmp_path / "out", plugins.registries)
     assert cells

@@ -31,10 +31,11 @@ from torch import nn
 HEADS: dict[str, type["Head"]] = {}
 
 
-
 def _minmax(s: torch.Tensor) -> torch.Tensor:
+    """Min-max over the last axis; a map whose scores span less than 1e-6 (float32 noise) counts
+    as constant and maps to (near) zeros, as a constant reference map gives no positives."""
     lo, hi = torch.aminmax(s, dim=-1, keepdim=True)
-    return (s - lo) / (hi - lo).clamp_min(1e-6)  # a constant map becomes all zeros
+    return (s - lo) / (hi - lo).clamp_min(1e-6)
 
 
 #: per-map normalisation of raw scores [..., N] over the patches

@@ -11,8 +11,9 @@ up linearly then decays on a cosine to 10%. With ``ema`` (a decay, e.g. 0.999) t
 ends with the exponential moving average of its weights over training
 (``torch.optim.swa_utils``), not its last weights. Validation metrics are logged every
 ``eval_every`` steps. With a validation set the decision threshold is the one with the best
-validation F1 (``decision="val-f1"``), otherwise ``decision`` itself (a number); the final
-validation scores at that threshold are kept in ``info["val"]``.
+validation F1 (``decision="val-f1"``; 0.5 when there are no validation samples), otherwise
+``decision`` itself (a number); ``info["train"]["decision_threshold_from"]`` says which, and the
+final validation scores at that threshold are kept in ``info["val"]``.
 """
 
 from __future__ import annotations
@@ -132,10 +133,15 @@ def train_proxy(
     if averaged is not None:
         proxy.load_state_dict(averaged.module.state_dict())
     proxy.eval()
+    has_val = val is not None and len(val) > 0
     if cfg.decision != "val-f1":
-        proxy.decision_threshold = float(cfg.decision)
+        proxy.decision_threshold, threshold_from = float(cfg.decision), "given"
+    else:
+        threshold_from = "validation F1" if has_val else "default 0.5 (no validation samples)"
+        if not has_val and log:
+            log("no validation samples: the decision threshold stays at 0.5")
     val_scores = None
-    if val is not None and len(val):
+    if has_val:
         probs, _ = predict(proxy, val)
         if cfg.decision == "val-f1":
             proxy.decision_threshold = best_threshold(probs, val.targets(cfg.tau))
@@ -148,6 +154,7 @@ def train_proxy(
             "n_val": len(val) if val is not None else 0,
             "positive_rate": pos,
             "pos_weight": float(pos_weight),
+            "decision_threshold_from": threshold_from,
             "labels": train.spec,
             "seconds": time.perf_counter() - started,
         },
