@@ -201,3 +201,18 @@ def test_parameters_from_the_cli_reach_the_summary(tmp_path, capsys):
     assert summary["method"]["label"] == "integrated_gradients n_steps=3,target=answer"
     assert main(argv[:3] + ["--param", "steps=3", "--out", str(tmp_path / "bad")]) == 2
     assert "has no parameter(s) ['steps']" in capsys.readouterr().err
+
+
+def test_occlusion_signed_keeps_the_direction_of_each_drop(plugins, tiny_vlm, gens):
+    """One window per patch: each patch's attribution is one number, so |signed map| is the abs map,
+    and the signed map is the log-probability drop itself (negative where blanking helps the answer)."""
+    gen = gens[1]
+    (signed,) = _method(plugins, "occlusion", pool="signed").explain(tiny_vlm, [gen])
+    (absolute,) = _method(plugins, "occlusion").explain(tiny_vlm, [gen])
+    np.testing.assert_allclose(np.abs(signed.grid), absolute.grid, rtol=1e-5, atol=1e-6)
+    p, pv = 8, gen.pixel_values
+    with torch.no_grad():
+        blank = pv.clone()
+        blank[..., 0:p, 0:p] = 0.0
+        drop = float(plain_logprob(tiny_vlm, gen, pv, 1) - plain_logprob(tiny_vlm, gen, blank, 1))
+    assert signed.grid[0, 0] == pytest.approx(drop * 3 * p * p, rel=1e-3, abs=1e-5)
