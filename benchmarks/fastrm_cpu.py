@@ -114,7 +114,7 @@ def side_by_side(setup: dict, limit: int, batch_size: int, repeats: int, warmup:
         "rows": rows,
         "model": fast_vlm.name,
         "model_hash": fast_vlm.model_hash,
-        "proxy": {"source": _shown(proxy.source), "head": proxy.head_name},
+        "proxy": {"source": _shown(proxy.source), "head": proxy.head_name, "head_params": proxy.head.params},
     }
 
 
@@ -188,7 +188,7 @@ def markdown(r: dict) -> str:
     ok = lambda b: "met" if b else "NOT met"  # noqa: E731
     parts = [
         "# FastRM vs gradient_relevancy vs plain answers, CPU\n",
-        f"Model {r['model']} (hash {r['model_hash']}), FastRM proxy: {r['proxy']['head']} head ({r['proxy']['source']}); "
+        f"Model {r['model']} (hash {r['model_hash']}), FastRM proxy: {r['proxy']['head']} head {r['proxy'].get('head_params', '')} ({r['proxy']['source']}); "
         f"device {r['environment']['device_name']}, {r['threads']} torch threads; {r['limit']} samples of easyvqa/test "
         f"(seed 0) per batch size, {r['repeats']} interleaved repeats each (rotated order), after {r['warmup']} warm-up "
         f"batch(es); per-sample time = batch time / batch size, the least disturbed repeat of each batch; medians over "

@@ -329,12 +329,21 @@ def _ablate(args) -> int:
     t_labels = time.perf_counter() - t0
     trainer = ablate.Trainer(train, val, model_identity(ctx.vlm), not args.no_progress, _log)
     base = _train_config(args, head=args.heads[0])
-    aux = "per head: attention 1, mlp 3" if args.aux_weight is None else args.aux_weight
+    from xbench.fastrm.heads import HEADS
+
+    aux = (
+        "per head: " + ", ".join(f"{h} {HEADS[h].aux_weight:g}" for h in args.heads)
+        if args.aux_weight is None
+        else args.aux_weight
+    )
+    d, n = train.patches.shape[-1], train.patches.shape[1]  # hidden size, image patches
+    heads = "; ".join(f"{h} {HEADS[h](d, n).params}" for h in args.heads)  # parameters as trained
     setup = {
         "model": f"{ctx.vlm.name} (model hash {ctx.vlm.model_hash})",
         "task": f"{args.task}: train {len(train)} + val {len(val)} from {args.train_split}, "
         f"test {len(test)} from {args.test_split}",
         "reference": ctx.reference.label,
+        "heads": heads,
         "training": f"{args.steps} steps, batch {args.batch_size}, AdamW lr {args.lr}, seed {args.seed}, "
         f"BCE with positive-class weighting + map KL (weight {aux}), decision threshold by validation F1",
         "metrics": "per patch, pooled over test samples, against the reference min-max normalised and binarised at tau",

@@ -1,0 +1,36 @@
+"""The FastRM CPU benchmark script end to end at tiny sizes: its report names the proxy it timed."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("fastrm_cpu", ROOT / "benchmarks" / "fastrm_cpu.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_report_times_every_path_and_names_the_proxy(bench, tmp_path):
+    argv = ["--limit", "4", "--batch-sizes", "2", "--repeats", "1", "--threads", "1", "--out", str(tmp_path),
+            "--no-progress"]
+    threads = torch.get_num_threads()
+    try:
+        assert bench.main(argv) == 0
+    finally:
+        torch.set_num_threads(threads)  # the script sets the process's torch threads
+    (json_file,) = tmp_path.glob("*.json")
+    report = json.loads(json_file.read_text())
+    assert report["proxy"]["head"] == "attention" and report["proxy"]["head_params"]["normalise"] == "minmax"
+    (md_file,) = tmp_path.glob("*.md")
+    text = md_file.read_text()
+    assert "'normalise': 'minmax'" in text and "## Batch size 2" in text
