@@ -53,3 +53,19 @@ def fastrm_test_proxies(xbench_home, tiny_model_dir):
     from xbench.fastrm.testing import install_random_proxies
 
     return install_random_proxies("tiny-random-llava", tiny_model_dir)
+
+
+@pytest.fixture(scope="session")
+def benchmark_script():
+    """``benchmark_script(name)``: the module ``benchmarks/<name>.py`` (scripts, not a package)."""
+    import importlib.util
+
+    root = Path(__file__).resolve().parent.parent / "benchmarks"
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(name, root / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load

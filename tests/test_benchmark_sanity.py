@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-
 
 @pytest.fixture(scope="module")
-def sanity():
-    spec = importlib.util.spec_from_file_location("sanity_randomization", ROOT / "benchmarks" / "sanity_randomization.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def sanity(benchmark_script):
+    return benchmark_script("sanity_randomization")
 
 
 def test_randomise_touches_only_the_named_modules(sanity, plugins):
