@@ -129,6 +129,8 @@ def test_ablate_writes_markdown_and_json_tables(cache, tmp_path, capsys):
         table = json.loads((tmp_path / "res" / f"{name}.json").read_text())
         assert len(table["rows"]) == n_rows, name
         assert {r["head"] for r in table["rows"]} == {"attention", "mlp"}
+        for r in table["rows"]:  # validation scores beside the test scores, to choose settings by
+            assert 0 <= r["val_f1"] <= 1 and 0 <= r["val_accuracy"] <= 1
         md = (tmp_path / "res" / f"{name}.md").read_text()
         assert md.startswith("# ") and md.count("\n|") == n_rows + 2  # header, rule, rows
         assert "xbench fastrm ablate" in table["setup"]["command"]

@@ -19,6 +19,7 @@ from xbench.fastrm.labels import LabelSet
 from xbench.fastrm.train import TrainConfig, train_proxy
 
 METRIC_COLUMNS = ("accuracy", "precision", "recall", "f1", "iou", "auroc")
+VAL_COLUMNS = ("accuracy", "f1", "auroc")
 
 
 class Trainer:
@@ -39,11 +40,15 @@ class Trainer:
         return self._done[key]
 
 
-def _row(setting: dict, head: str, result: dict, extra: dict | None = None) -> dict:
+def _row(setting: dict, head: str, result: dict, proxy, extra: dict | None = None) -> dict:
+    """Test scores, then the validation scores at the same decision threshold (``val_*``: the
+    columns to choose a setting by; the test columns are the report)."""
     m = result["map"]
     row = {**setting, "head": head, "n_test": result["n_samples"], "positive_rate": m["positive_rate"]}
     row.update({k: m[k] for k in METRIC_COLUMNS})
     row["threshold"] = m["threshold"]
+    val = proxy.info.get("val") or {}
+    row.update({f"val_{k}": val.get(k) for k in VAL_COLUMNS})
     row.update(extra or {})
     return row
 
@@ -55,7 +60,7 @@ def threshold_table(trainer: Trainer, test: LabelSet, base: TrainConfig, heads: 
             proxy = trainer.get(replace(base, head=head, tau=tau))
             res = evaluate(proxy, test, tau)
             ceiling = res["noise_ceiling"]
-            rows.append(_row({"tau": tau}, head, res, {"noise_ceiling_f1": ceiling and ceiling["f1"]}))
+            rows.append(_row({"tau": tau}, head, res, proxy, {"noise_ceiling_f1": ceiling and ceiling["f1"]}))
     return rows
 
 
@@ -67,7 +72,7 @@ def size_table(trainer: Trainer, test: LabelSet, base: TrainConfig, heads: Seque
         subset = trainer.train if k == n else trainer.train.subset(range(k))
         for head in heads:
             proxy = trainer.get(replace(base, head=head), subset, tag=f"first{k}")
-            rows.append(_row({"fraction": frac, "n_train": k}, head, evaluate(proxy, test, base.tau)))
+            rows.append(_row({"fraction": frac, "n_train": k}, head, evaluate(proxy, test, base.tau), proxy))
     return rows
 
 
@@ -76,7 +81,7 @@ def steps_table(trainer: Trainer, test: LabelSet, base: TrainConfig, heads: Sequ
     for k in steps:
         for head in heads:
             proxy = trainer.get(replace(base, head=head, steps=k, eval_every=min(base.eval_every, k)))
-            rows.append(_row({"steps": k}, head, evaluate(proxy, test, base.tau)))
+            rows.append(_row({"steps": k}, head, evaluate(proxy, test, base.tau), proxy))
     return rows
 
 
@@ -106,7 +111,8 @@ def transfer_table(
                 if not len(tset):
                     continue
                 res = evaluate(proxy, tset, base.tau)
-                rows.append(_row({"trained_on": train_name, "n_train": len(data), "scored_on": test_name}, head, res))
+                setting = {"trained_on": train_name, "n_train": len(data), "scored_on": test_name}
+                rows.append(_row(setting, head, res, proxy))
     return rows
 
 
