@@ -100,7 +100,9 @@ class AttentionHead(Head):
 
     ``s[k, n] = <W_q LN(query_k), W_k LN(patch_n) + p_n> / sqrt(dim)`` where ``p_n`` is a
     learned position embedding of patch ``n`` (``pos=True``, default; the language model
-    sees image tokens through rotary positions the states do not carry).
+    sees image tokens through rotary positions the states do not carry). Scores are min-max
+    normalised per map by default (``normalise="minmax"``, the labels' own normalisation; it
+    beat ``max`` on validation scores on easy-vqa).
     """
 
     name = "attention"
