@@ -317,6 +317,7 @@ def _evaluate(args) -> int:
 
 def _ablate(args) -> int:
     from xbench.fastrm import ablate
+    from xbench.fastrm.heads import HEADS
     from xbench.fastrm.proxy import model_identity
 
     unknown = set(args.tables) - set(ABLATION_TABLES)
@@ -329,15 +330,12 @@ def _ablate(args) -> int:
     t_labels = time.perf_counter() - t0
     trainer = ablate.Trainer(train, val, model_identity(ctx.vlm), not args.no_progress, _log)
     base = _train_config(args, head=args.heads[0])
-    from xbench.fastrm.heads import HEADS
-
     aux = (
         "per head: " + ", ".join(f"{h} {HEADS[h].aux_weight:g}" for h in args.heads)
         if args.aux_weight is None
         else args.aux_weight
     )
-    d, n = train.patches.shape[-1], train.patches.shape[1]  # hidden size, image patches
-    heads = "; ".join(f"{h} {HEADS[h](d, n).params}" for h in args.heads)  # parameters as trained
+    heads = "; ".join(f"{h} {HEADS[h].resolve_params({})}" for h in args.heads)  # parameters as trained
     setup = {
         "model": f"{ctx.vlm.name} (model hash {ctx.vlm.model_hash})",
         "task": f"{args.task}: train {len(train)} + val {len(val)} from {args.train_split}, "

@@ -65,18 +65,25 @@ class Head(nn.Module):
 
     def __init__(self, hidden_size: int, n_patches: int, **params: Any) -> None:
         super().__init__()
-        unknown = set(params) - set(self.defaults) - {"normalise"}
-        if unknown:
-            raise ValueError(
-                f"head {self.name!r} has no parameter(s) {sorted(unknown)}; it takes "
-                f"{sorted(set(self.defaults) | {'normalise'})}"
-            )
         self.hidden_size, self.n_patches = hidden_size, n_patches
-        self.params = {"normalise": "max", **self.defaults, **params}
-        if self.params["normalise"] not in NORMALISATIONS:
-            raise ValueError(f"normalise={self.params['normalise']!r} is not one of {sorted(NORMALISATIONS)}")
+        self.params = self.resolve_params(params)
         self.scale = nn.Parameter(torch.ones(()))
         self.bias = nn.Parameter(torch.zeros(()))
+
+    @classmethod
+    def resolve_params(cls, params: dict[str, Any]) -> dict[str, Any]:
+        """Every parameter of this head with ``params`` over its defaults (``normalise`` is
+        ``max`` unless the head's ``defaults`` say otherwise); an unknown one is a ValueError."""
+        unknown = set(params) - set(cls.defaults) - {"normalise"}
+        if unknown:
+            raise ValueError(
+                f"head {cls.name!r} has no parameter(s) {sorted(unknown)}; it takes "
+                f"{sorted(set(cls.defaults) | {'normalise'})}"
+            )
+        resolved = {"normalise": "max", **cls.defaults, **params}
+        if resolved["normalise"] not in NORMALISATIONS:
+            raise ValueError(f"normalise={resolved['normalise']!r} is not one of {sorted(NORMALISATIONS)}")
+        return resolved
 
     def scores(self, patches: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:  # pragma: no cover
         """Raw scores ``[B, K, N]``."""

@@ -133,19 +133,19 @@ def train_proxy(
     if averaged is not None:
         proxy.load_state_dict(averaged.module.state_dict())
     proxy.eval()
-    has_val = val is not None and len(val) > 0
-    if cfg.decision != "val-f1":
-        proxy.decision_threshold, threshold_from = float(cfg.decision), "given"
-    else:
-        threshold_from = "validation F1" if has_val else "default 0.5 (no validation samples)"
-        if not has_val and log:
-            log("no validation samples: the decision threshold stays at 0.5")
+    by_val = cfg.decision == "val-f1"
+    if not by_val:
+        proxy.decision_threshold = float(cfg.decision)
     val_scores = None
-    if has_val:
+    if val is not None and len(val):
         probs, _ = predict(proxy, val)
-        if cfg.decision == "val-f1":
-            proxy.decision_threshold = best_threshold(probs, val.targets(cfg.tau))
-        val_scores = map_metrics(probs, val.targets(cfg.tau), proxy.decision_threshold)
+        val_targets = val.targets(cfg.tau)
+        if by_val:
+            proxy.decision_threshold = best_threshold(probs, val_targets)
+        val_scores = map_metrics(probs, val_targets, proxy.decision_threshold)
+    elif by_val and log:
+        log("no validation samples: the decision threshold stays at 0.5")
+    threshold_from = "given" if not by_val else "validation F1" if val_scores else "default 0.5 (no validation samples)"
     proxy.info = {
         "train": {
             **asdict(cfg),
