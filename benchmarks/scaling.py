@@ -28,7 +28,6 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 
 
-
 def load_average() -> list[float] | None:
     try:
         return [round(x, 2) for x in os.getloadavg()]

@@ -161,7 +161,6 @@ class VQAv2(LocalFiles, Task):
     def score(self, sample: Sample, answer: str) -> dict[str, float]:
         return {"accuracy": vqa_accuracy(answer, sample.answers, llava_prediction=bool(self.params["normalise_prediction"]))}
 
-
     def data_files(self) -> list[Path]:
         return [self.questions_path, self.annotations_path]
 

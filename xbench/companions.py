@@ -23,7 +23,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
-
 from xbench.api import Generation, Method, RelevanceMap
 from xbench.errors import ParameterError, RunDirectoryError, XbenchError
 from xbench.records import SAMPLES, SUMMARY, load_map, method_label, read_records

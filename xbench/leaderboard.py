@@ -23,8 +23,8 @@ import pandas as pd
 from tabulate import tabulate
 
 from xbench.errors import ParameterError
-from xbench.stats import LEVEL, N_RESAMPLES
 from xbench.records import iter_summaries, method_label
+from xbench.stats import LEVEL, N_RESAMPLES
 
 FORMATS = ("github", "latex", "csv", "json", "html")
 CATEGORY_ORDER = ("answer", "agreement", "faithfulness", "localisation", "confidence", "cost")
