@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -53,7 +52,7 @@ def main(argv=None) -> int:
     sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
     import relevancy_gpu_7b as arch
 
-    from xbench import cost, provenance
+    from xbench import provenance
     from xbench.fastrm.proxy import model_identity
     from xbench.fastrm.registry import DEFAULT_HEAD
     from xbench.fastrm.testing import random_proxy
@@ -84,26 +83,14 @@ def main(argv=None) -> int:
         state["gen"] = gen = arch.generation(ids, answer, n_image, pixels, hidden)
         state["map"] = fastrm.explain(vlm, [gen])[0]
 
-    def timed(fn):
-        with cost.measure(args.device) as m:
-            fn()
-        return m.seconds, m.peak_gpu_bytes
-
     model.set_attn_implementation("sdpa")
     generate(), explained()  # warm-up
     runs = {"plain_answer": [], "fastrm_explained_answer": []}
     for r in range(args.repeats):
         order = [("plain_answer", generate), ("fastrm_explained_answer", explained)]
         for name, fn in order if r % 2 == 0 else order[::-1]:
-            runs[name].append(timed(fn))
-    results = {}
-    for name, vals in runs.items():
-        peaks = [b for _, b in vals if b is not None]
-        results[name] = {
-            "seconds": statistics.median(s for s, _ in vals),
-            "all_seconds": [s for s, _ in vals],
-            "peak_gpu_gib": max(peaks) / 2**30 if peaks else None,
-        }
+            runs[name].append(arch.timed(fn, args.device))
+    results = {name: arch.summarise(calls) for name, calls in runs.items()}
     gen = state["gen"]
     results["fastrm_map"] = arch.measure(lambda: fastrm.explain(vlm, [gen]), args.device, args.repeats)
     model.set_attn_implementation("eager")

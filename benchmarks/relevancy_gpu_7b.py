@@ -108,19 +108,29 @@ def generation(ids: list[int], answer: list[int], n_image: int, pixels, hidden_s
                       pixel_values=pixels, hidden_states=hidden_states)
 
 
-def measure(fn, device: str, repeats: int) -> dict:
-    """Warm-up once, then ``repeats`` synchronised calls: median seconds, max peak GPU bytes."""
+def timed(fn, device: str) -> tuple[float, int | None]:
+    """One synchronised call of ``fn``: ``(seconds, peak GPU bytes or None off-GPU)``."""
     from xbench import cost
 
+    with cost.measure(device) as m:
+        fn()
+    return m.seconds, m.peak_gpu_bytes
+
+
+def summarise(calls: list[tuple[float, int | None]]) -> dict:
+    """Median seconds, every call's seconds, and the largest peak in GiB (None off-GPU)."""
+    peaks = [b for _, b in calls if b is not None]
+    return {
+        "seconds": statistics.median(s for s, _ in calls),
+        "all_seconds": [s for s, _ in calls],
+        "peak_gpu_gib": max(peaks) / 2**30 if peaks else None,
+    }
+
+
+def measure(fn, device: str, repeats: int) -> dict:
+    """Warm-up once, then ``repeats`` synchronised calls, summarised."""
     fn()
-    seconds, peaks = [], []
-    for _ in range(repeats):
-        with cost.measure(device) as m:
-            fn()
-        seconds.append(m.seconds)
-        peaks.append(m.peak_gpu_bytes)
-    peak = None if peaks[0] is None else max(peaks) / 2**30
-    return {"seconds": statistics.median(seconds), "all_seconds": seconds, "peak_gpu_gib": peak}
+    return summarise([timed(fn, device) for _ in range(repeats)])
 
 
 def main(argv=None) -> int:
