@@ -4,11 +4,18 @@ Prompts follow LLaVA-1.5's short-answer instruction; scoring is exact match afte
 lower-casing and stripping a final period. The ground-truth mask is the set of pixels
 whose colour differs from the background (the image's most common colour) by more than
 ``mask_tolerance`` in some channel, which leaves out anti-aliasing halos.
+
+``flip`` (``none``, ``horizontal``, ``vertical``, ``both``) mirrors every image. Each
+question asks about the shape's colour or kind, which a mirror image keeps, so the
+answers stay right: a flipped copy of the training split is more data for training a
+proxy on (``xbench fastrm train --augment flip=horizontal``). Flipped samples' ids end in
+``-flip-<flip>``.
 """
 
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -18,6 +25,7 @@ from xbench.api import Sample, SampleError, Task
 from xbench.hookspecs import hookimpl
 from xbench.taskdata import PROMPTS, fill_prompt, pick
 
+FLIPS = ("none", "horizontal", "vertical", "both")
 COLOURS = ("black", "blue", "brown", "gray", "green", "red", "teal", "yellow")
 SHAPES = ("circle", "rectangle", "triangle")
 PROMPT = PROMPTS["llava15"]  # LLaVA-1.5's short-answer instruction after the question
@@ -39,6 +47,25 @@ def background_mask(image, tolerance: int = 16) -> np.ndarray:
     return np.abs(arr - background).max(axis=-1) > tolerance
 
 
+@dataclass
+class FlippedSample(Sample):
+    """A sample whose image is mirrored when it is loaded (``flip`` as in :data:`FLIPS`)."""
+
+    flip: str = "none"
+
+    def load_image(self):
+        from PIL import ImageOps
+
+        if self.image is None:
+            image = super().load_image()
+            if self.flip in ("horizontal", "both"):
+                image = ImageOps.mirror(image)
+            if self.flip in ("vertical", "both"):
+                image = ImageOps.flip(image)
+            self.image = image
+        return self.image
+
+
 def normalise_answer(text: str) -> str:
     return text.strip().lower().rstrip(".").strip()
 
@@ -51,9 +78,13 @@ class EasyVQA(Task):
     breakdown_key = "kind"
     answer_metrics = {"accuracy": True}
 
-    def __init__(self, split=None, data_dir=None, mask_tolerance: int = 16) -> None:
+    def __init__(self, split=None, data_dir=None, mask_tolerance: int = 16, flip: str = "none") -> None:
         """``data_dir`` is not used: the data ships with the ``easy-vqa`` package."""
-        super().__init__(split, None, mask_tolerance=int(mask_tolerance))
+        from xbench.errors import ParameterError
+
+        if flip not in FLIPS:
+            raise ParameterError(f"easyvqa: flip={flip!r} is not one of {list(FLIPS)}")
+        super().__init__(split, None, mask_tolerance=int(mask_tolerance), flip=flip)
         import easy_vqa
 
         if self.split == "train":
@@ -66,18 +97,21 @@ class EasyVQA(Task):
     def samples(self, limit=None, seed=0) -> Iterator[Sample | SampleError]:
         """Questions in a seeded shuffled order (the same ids for the same seed), first ``limit``."""
         texts, answers, image_ids = self._questions
+        flip = self.params["flip"]
+        suffix = "" if flip == "none" else f"-flip-{flip}"
         for idx in pick(texts, limit, seed):
-            sid = f"{self.split}-{idx}"
+            sid = f"{self.split}-{idx}{suffix}"
             path = self._paths.get(image_ids[idx])
             if path is None:
                 yield SampleError(sid, f"easy-vqa {self.split} question {idx} names image {image_ids[idx]}, not found")
                 continue
-            yield Sample(
+            yield FlippedSample(
                 id=sid,
                 question=texts[idx],
                 answers=[answers[idx]],
                 image_path=Path(path),
                 meta={"image_id": image_ids[idx], "kind": question_kind(texts[idx], answers[idx])},
+                flip=flip,
             )
 
     def prompt(self, sample: Sample) -> str:
@@ -88,7 +122,6 @@ class EasyVQA(Task):
 
     def score(self, sample: Sample, answer: str) -> dict[str, float]:
         return {"accuracy": float(normalise_answer(answer) in {normalise_answer(a) for a in sample.answers})}
-
 
     def data_hash(self) -> str:
         texts, answers, image_ids = self._questions

@@ -72,3 +72,21 @@ def test_unknown_task_param_is_refused(plugins, tmp_path):
     with pytest.raises(ParameterError, match="task 'easyvqa': bad parameters.*mask_tolerence"):
         run(RunConfig(method="uniform", model="tiny-random-llava", limit=1, out=tmp_path / "r",
                       task_params={"mask_tolerence": 3}, progress=False), plugins)
+
+
+@pytest.mark.parametrize("flip, axes", [("horizontal", (1,)), ("vertical", (0,)), ("both", (0, 1))])
+def test_flip_mirrors_image_and_mask_and_keeps_the_question(flip, axes):
+    plain, flipped = EasyVQA("train"), EasyVQA("train", flip=flip)
+    a, b = next(plain.samples(limit=1, seed=3)), next(flipped.samples(limit=1, seed=3))
+    assert b.id == f"{a.id}-flip-{flip}" and (b.question, b.answers, b.meta) == (a.question, a.answers, a.meta)
+    img_a, img_b = np.asarray(a.load_image()), np.asarray(b.load_image())
+    assert not np.array_equal(img_a, img_b)  # the shape is not symmetric about the image's centre lines
+    np.testing.assert_array_equal(img_b, np.flip(img_a, axis=axes))
+    np.testing.assert_array_equal(flipped.ground_truth_mask(b), np.flip(plain.ground_truth_mask(a), axis=axes))
+    assert b.load_image() is b.load_image()  # mirrored once, on first load
+
+
+def test_flip_is_recorded_and_checked():
+    assert EasyVQA().params == {"mask_tolerance": 16, "flip": "none"}
+    with pytest.raises(ParameterError, match=r"flip='sideways' is not one of \['none', 'horizontal'"):
+        EasyVQA(flip="sideways")
