@@ -84,6 +84,7 @@ class POPE(LocalFiles, Task):
     splits = ("random", "popular", "adversarial")
     max_new_tokens = 8
     answer_metrics = {"accuracy": True, "precision": True, "recall": True, "f1": True, "yes_ratio": None}
+    image_key = "image"
 
     def __init__(self, split=None, data_dir=None, **params) -> None:
         params = take_params(self.name, params, DEFAULTS)

@@ -61,6 +61,40 @@ def test_train_prints_and_keeps_the_validation_scores(proxy_dir):
     assert printed.index("validation (") < printed.index("FastRM attention vs")  # before the test scores
 
 
+def test_train_with_an_augmented_copy_of_the_training_samples(cache, tmp_path, capsys):
+    from xbench.fastrm.cli import _context
+    from xbench.cli import build_parser
+
+    argv = ["fastrm", "train", *SMALL, "--steps", "2", "--batch-size", "4", "--cache", str(cache)]
+    argv += ["--augment", "flip=horizontal", "--out", str(tmp_path / "p")]
+    assert main(argv) == 0
+    train_info = json.loads((tmp_path / "p" / "proxy.json").read_text())["info"]["train"]
+    assert train_info["n_train"] == 24 and train_info["n_val"] == 4
+    assert train_info["augment"] == [{"flip": "horizontal"}]
+    train, val = _context(build_parser().parse_args(argv)).train_val()
+    plain = train.ids[:12]
+    assert train.ids[12:] == [f"{i}-flip-horizontal" for i in plain]  # the same samples, mirrored
+    assert all(i.startswith("test-") for i in val.ids)  # validation stays plain, on the held-out split
+
+
+def test_validation_is_held_out_on_other_images_than_the_test(cache):
+    from xbench.cli import build_parser
+    from xbench.fastrm.cli import _context
+
+    args = build_parser().parse_args(["fastrm", "train", *SMALL, "--cache", str(cache), "--out", "unused"])
+    ctx = _context(args)
+    train, val = ctx.train_val()
+    test = ctx.test()
+    assert len(train) == 12 and len(val) == 4 and len(test) == 6
+    assert "past the test samples" in ctx.val_from()
+    assert not {m["image_id"] for m in val.meta} & {m["image_id"] for m in test.meta}
+    assert not set(val.ids) & set(test.ids) and all(i.startswith("test-") for i in val.ids)
+    args.val_split = "train"  # the samples right after the training ones, as before
+    train2, val2 = ctx.train_val()
+    assert train2.ids == train.ids and all(i.startswith("train-") for i in val2.ids) and len(val2) == 4
+    assert "after the training ones" in ctx.val_from()
+
+
 def test_run_and_evaluate_with_the_proxy(proxy_dir, cache, tmp_path, capsys):
     run = [
         "run",
@@ -153,6 +187,14 @@ def test_ablate_writes_markdown_and_json_tables(cache, tmp_path, capsys):
         (
             ["fastrm", "train", "--model", "tiny-random-llava", "--reference", "rollot", "--out", "x"],
             "unknown method 'rollot'",
+        ),
+        (
+            ["fastrm", "train", "--model", "tiny-random-llava", "--augment", "flip=sideways", "--out", "x"],
+            "easyvqa: flip='sideways' is not one of",
+        ),
+        (
+            ["fastrm", "labels", "--model", "tiny-random-llava", "--task-param", "mask_tolerence=3"],
+            "task 'easyvqa': bad parameters {'mask_tolerence': 3}",
         ),
         (
             [

@@ -259,6 +259,9 @@ class Task:
     answer_metrics: ClassVar[Mapping[str, bool | None]] = {"accuracy": True}
     #: a ``Sample.meta`` key whose values break each score down in :meth:`aggregate` (None: no breakdown)
     breakdown_key: ClassVar[str | None] = None
+    #: the ``Sample.meta`` key naming a sample's image: samples sharing one are kept on one side of a
+    #: split (FastRM validation); a sample without the key counts as its own image
+    image_key: ClassVar[str] = "image_id"
 
     def __init__(self, split: str | None = None, data_dir: str | Path | None = None, **params: Any) -> None:
         from xbench.errors import ParameterError

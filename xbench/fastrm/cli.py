@@ -54,6 +54,14 @@ def _groups(text: str) -> dict[str, list[str]]:
     return groups
 
 
+def _pairs(text: str) -> dict[str, Any]:
+    """``KEY=VALUE[,KEY=VALUE]`` -> dict (values parsed as in ``--param``)."""
+    try:
+        return parse_params(_names(text), "--augment")
+    except ParameterError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _filter(text: str) -> tuple[str, list[str]]:
     key, sep, values = text.partition("=")
     if not sep or not key or not values:
@@ -70,6 +78,7 @@ def _common(p: argparse.ArgumentParser, recipe: dict | None = TRAIN_RECIPE) -> N
 
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"zoo name or HF directory (default {DEFAULT_MODEL})")
     p.add_argument("--task", default=DEFAULT_TASK, help=f"task adapter (default {DEFAULT_TASK})")
+    p.add_argument("--task-param", action="append", metavar="KEY=VALUE", help="task parameter, every split (repeatable)")
     p.add_argument("--reference", default=DEFAULT_REFERENCE, help=f"reference method (default {DEFAULT_REFERENCE})")
     p.add_argument("--reference-param", action="append", metavar="KEY=VALUE", help="reference method parameter")
     p.add_argument(
@@ -104,6 +113,19 @@ def _common(p: argparse.ArgumentParser, recipe: dict | None = TRAIN_RECIPE) -> N
         p.add_argument("--samples", type=positive_int, default=samples, help=f"training samples (default {samples})")
         p.add_argument("--val-samples", type=positive_int, default=500, help="validation samples (default 500)")
         p.add_argument("--train-split", default="train", help="split to train on (default train)")
+        p.add_argument(
+            "--val-split",
+            help="split to validate on (default: the held-out split, past the test samples and on images none "
+            "of them shows; the training split: the samples right after the training ones)",
+        )
+        p.add_argument(
+            "--augment",
+            type=_pairs,
+            action="append",
+            metavar="KEY=VALUE[,KEY=VALUE]",
+            help="also train on a copy of the training samples (never the validation ones) under these extra "
+            "task parameters, e.g. flip=horizontal on easyvqa; repeatable, one copy each",
+        )
         p.add_argument("--steps", type=positive_int, default=steps, help=f"optimiser steps (default {steps})")
         p.add_argument("--batch-size", type=positive_int, default=64)
         p.add_argument("--lr", type=float, default=1e-3)
@@ -125,11 +147,20 @@ class Context:
     cache: Path
     args: argparse.Namespace
 
-    def labels(self, split: str, n: int, noise: bool):
-        from xbench.fastrm.labels import build_labels
+    def task(self, split: str, extra: dict | None = None):
+        """The task adapter on ``split`` with ``--task-param`` and ``extra`` parameters."""
         from xbench.plugins import default
 
-        task = default().registries.tasks.get(self.args.task)(split)
+        params = {**parse_params(self.args.task_param, "--task-param"), **(extra or {})}
+        try:
+            return default().registries.tasks.get(self.args.task)(split, **params)
+        except (TypeError, ValueError) as exc:
+            raise ParameterError(f"task {self.args.task!r}: bad parameters {params}: {exc}") from None
+
+    def labels(self, split: str, n: int, noise: bool, extra: dict | None = None):
+        from xbench.fastrm.labels import build_labels
+
+        task = self.task(split, extra)
         return build_labels(
             self.vlm,
             task,
@@ -145,8 +176,60 @@ class Context:
         )
 
     def train_val(self):
+        """``(train, val)``: the first ``--samples`` of the training split, plus each ``--augment``
+        copy of them, and ``--val-samples`` validation samples (:meth:`val_from` says which)."""
+        from xbench.fastrm.labels import LabelSet
+
         a = self.args
-        data = self.labels(a.train_split, a.samples + a.val_samples, noise=False)
+        if self.val_split == a.train_split:
+            n = a.samples + a.val_samples
+            train, val = self._split(self.labels(a.train_split, n, noise=False))
+            copies = [self._split(self.labels(a.train_split, n, False, extra))[0] for extra in a.augment or []]
+        else:
+            train = self.labels(a.train_split, a.samples, noise=False)
+            copies = [self.labels(a.train_split, a.samples, False, extra) for extra in a.augment or []]
+            val = self._heldout_val()
+        return (LabelSet.concat([train, *copies]) if copies else train), val
+
+    @property
+    def val_split(self) -> str:
+        return self.args.val_split or self.args.test_split
+
+    def val_from(self) -> str:
+        a = self.args
+        if self.val_split == a.train_split:
+            return f"{a.train_split} split, the samples after the training ones (they may show training images)"
+        if self.val_split == a.test_split:
+            return f"{a.test_split} split, past the test samples, on images none of them shows"
+        return f"{self.val_split} split"
+
+    def _heldout_val(self):
+        """``--val-samples`` of the validation split in its seeded order; on the test split, only
+        samples past the test ones whose image (the task's ``image_key``) no test sample shows."""
+        a = self.args
+        on_test = self.val_split == a.test_split
+        key = self.task(self.val_split).image_key
+        taken, seen = set(), set()
+        if on_test:
+            test = self.test()
+            taken = set(test.ids)
+            seen = {m.get(key, sid) for sid, m in zip(test.ids, test.meta)}
+        n, found = (a.test_samples if on_test else 0) + 2 * a.val_samples, -1
+        while True:
+            data = self.labels(self.val_split, n, noise=on_test and a.noise_std > 0)
+            keep = [i for i, (sid, m) in enumerate(zip(data.ids, data.meta))
+                    if sid not in taken and m.get(key, sid) not in seen]  # fmt: skip
+            if len(keep) >= a.val_samples or len(data) == found:  # enough, or the split is used up
+                break
+            found, n = len(data), 2 * n
+        if not keep:
+            raise ParameterError(f"no validation samples in {self.val_from()}")
+        if len(keep) < a.val_samples:
+            _log(f"only {len(keep)} validation samples in {self.val_from()}")
+        return data.subset(keep[: a.val_samples])
+
+    def _split(self, data):
+        a = self.args
         if len(data) < 2:
             raise ParameterError(f"only {len(data)} labelled training samples")
         n_val = min(a.val_samples, len(data) // 5) if len(data) < a.samples + a.val_samples else a.val_samples
@@ -163,9 +246,8 @@ class Context:
         n = self.args.confidence_samples
         if not n:
             return None
-        reg = default().registries
-        task = reg.tasks.get(self.args.task)(self.args.test_split)
-        method = reg.methods.get("fastrm")(proxy=str(proxy_dir))
+        task = self.task(self.args.test_split)
+        method = default().registries.methods.get("fastrm")(proxy=str(proxy_dir))
         return confidence_on_task(
             self.vlm,
             task,
@@ -189,7 +271,13 @@ def _context(args) -> Context:
     reference = plugins.registries.methods.get(args.reference)(
         **parse_params(args.reference_param, "--reference-param")
     )
-    plugins.registries.tasks.get(args.task)  # unknown task: fail before loading the model
+    probe = Context(None, reference, None, args)  # bad task or task parameters: fail before loading the model
+    probe.task(args.test_split)
+    if hasattr(args, "train_split"):
+        probe.task(args.train_split)
+        probe.task(probe.val_split)
+    for extra in getattr(args, "augment", None) or []:
+        probe.task(args.train_split, extra)
     vlm = load_vlm(
         args.model, plugins.registries, needs=frozenset(reference.needs | {"hidden_states"}), device=args.device
     )
@@ -245,10 +333,11 @@ def _print_scores(title: str, res: dict) -> None:
 def _labels(args) -> int:
     ctx = _context(args)
     started = time.perf_counter()
-    tv = ctx.labels(args.train_split, args.samples + args.val_samples, noise=False)
+    train, val = ctx.train_val()
     te = ctx.test()
     print(
-        f"labels: {len(tv)} {args.train_split} + {len(te)} {args.test_split} samples in "
+        f"labels: {len(train)} {args.train_split} + {len(val)} validation ({ctx.val_from()}) + {len(te)} "
+        f"{args.test_split} samples in "
         f"{time.perf_counter() - started:.1f} s (cache {ctx.cache})"
     )
     return 0
@@ -274,6 +363,7 @@ def _train(args) -> int:
         train, val, _train_config(args), model_identity(ctx.vlm), progress=not args.no_progress, log=_log
     )
     t_train = time.perf_counter() - t0 - t_labels
+    proxy.info["train"].update(augment=args.augment or [], val_from=ctx.val_from())
     res = evaluate(proxy, test, args.tau)
     proxy.info["test"] = res
     proxy.info["seconds"] = {"labels": t_labels, "train": t_train}
@@ -286,7 +376,7 @@ def _train(args) -> int:
     v = proxy.info.get("val")
     if v:
         print(
-            f"validation ({len(val)} {args.train_split} samples, decision threshold {v['threshold']}): "
+            f"validation ({len(val)} samples: {ctx.val_from()}; decision threshold {v['threshold']}): "
             + "  ".join(f"{k}={v[k]:.4f}" for k in ("accuracy", "f1", "auroc") if v[k] is not None)
         )
     _print_scores(f"FastRM {proxy.head_name} vs {ctx.reference.label} on {args.task}/{args.test_split}", res)
@@ -338,8 +428,9 @@ def _ablate(args) -> int:
     heads = "; ".join(f"{h} {HEADS[h].resolve_params({})}" for h in args.heads)  # parameters as trained
     setup = {
         "model": f"{ctx.vlm.name} (model hash {ctx.vlm.model_hash})",
-        "task": f"{args.task}: train {len(train)} + val {len(val)} from {args.train_split}, "
-        f"test {len(test)} from {args.test_split}",
+        "task": f"{args.task}: train {len(train)} from {args.train_split}"
+        + "".join(f" + a copy with {extra}" for extra in args.augment or [])
+        + f", val {len(val)} from the {ctx.val_from()}, test {len(test)} from {args.test_split}",
         "reference": ctx.reference.label,
         "heads": heads,
         "training": f"{args.steps} steps, batch {args.batch_size}, AdamW lr {args.lr}, seed {args.seed}, "
@@ -393,6 +484,8 @@ def _ablate_command(args) -> str:
         f"--steps {args.steps} --batch-size {args.batch_size} --lr {args.lr} --seed {args.seed} --tau {args.tau} "
         f"--heads {join(args.heads)} --taus {join(args.taus)} --fractions {join(args.fractions)} "
         f"--step-grid {join(args.step_grid)} --tables {join(args.tables)} --out {args.out}"
+        + (f" --val-split {args.val_split}" if args.val_split else "")
+        + "".join(f" --augment {join(f'{k}={v}' for k, v in extra.items())}" for extra in args.augment or [])
     )
 
 
