@@ -107,6 +107,24 @@ def test_label_cache_hit_and_extension(plugins, tiny_vlm, reference, label_root,
     assert set(files) <= {".json", ".safetensors"}  # never pickle
 
 
+def test_label_cache_remembers_where_the_task_ran_out(tiny_vlm, reference, tmp_path, monkeypatch):
+    from itertools import islice
+
+    from xbench.tasks.easyvqa import EasyVQA
+
+    class FiveQuestions(EasyVQA):
+        def samples(self, limit=None, seed=0):
+            yield from islice(super().samples(limit, seed), 5)
+
+    logged = []
+    kw = dict(cache_root=tmp_path, batch_size=8, progress=False, log=logged.append, **SHORT)
+    first = build_labels(tiny_vlm, FiveQuestions("train"), reference, 8, **kw)
+    assert len(first) == 5 and len(logged) == 1
+    monkeypatch.setattr(tiny_vlm, "generate", lambda *a, **k: pytest.fail("the cache should have served this"))
+    again = build_labels(tiny_vlm, FiveQuestions("train"), reference, 16, **kw)
+    assert again.ids == first.ids and len(logged) == 1  # no second "labelling ..." for samples that do not exist
+
+
 def test_label_cache_key_follows_reference_params(plugins, tiny_vlm, label_root, train_labels):
     task = plugins.registries.tasks.get("easyvqa")("train")
     other = plugins.registries.methods.get(REFERENCE)(token="last")

@@ -162,6 +162,15 @@ class LabelCache:
         chunks = self.chunks()
         return json.loads(chunks[-1].read_text())["end"] if chunks else 0
 
+    def ended(self) -> int | None:
+        """The task's sample count when an earlier call ran out of samples (else None)."""
+        path = self.dir / "end.json"
+        return json.loads(path.read_text())["samples"] if path.exists() else None
+
+    def mark_end(self, samples: int) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "end.json").write_text(json.dumps({"samples": samples}))
+
     def read(self, n: int) -> LabelSet | None:
         from safetensors import SafetensorError
         from safetensors.numpy import load_file
@@ -287,7 +296,7 @@ def build_labels(
     spec = label_spec(vlm, task, reference, seed, max_new_tokens, noise_std)
     cache = LabelCache(cache_root, spec)
     done = cache.consumed()
-    if done < n:
+    if done < n and cache.ended() is None:
         keep = frozenset(set(reference.needs) | {"hidden_states"})
         image_std = getattr(getattr(getattr(vlm, "processor", None), "image_processor", None), "image_std", None)
         index = len(cache.chunks())
@@ -299,6 +308,7 @@ def build_labels(
         while pos < n:
             block = list(islice(stream, min(chunk_size, n - pos)))
             if not block:
+                cache.mark_end(pos)  # the task has fewer samples than asked: later calls need not look again
                 break
             rows, skipped = _label_block(vlm, task, reference, block, pos, keep, max_new_tokens, batch_size,
                                          noise_std, seed, image_std, call_splitting, describe, bar)  # fmt: skip
@@ -306,7 +316,8 @@ def build_labels(
             index += 1
             pos += len(block)
             if len(block) < chunk_size and pos < n:
-                break  # the task has fewer samples than asked
+                cache.mark_end(pos)  # the task has fewer samples than asked
+                break
         bar.close()
     labels = cache.read(n)
     if labels is None:
