@@ -105,6 +105,8 @@ def test_label_cache_hit_and_extension(plugins, tiny_vlm, reference, label_root,
     assert sum(calls) == 4 and more.ids[:32] == train_labels.ids and len(more) == 36
     files = [p.suffix for p in (label_root / "labels").rglob("*") if p.is_file()]
     assert set(files) <= {".json", ".safetensors"}  # never pickle
+    chunk = json.loads(next((label_root / "labels").rglob("chunk-00000.json")).read_text())
+    assert chunk["torch_threads"] == torch.get_num_threads()  # the maps' last bits depend on it
 
 
 def test_label_cache_remembers_where_the_task_ran_out(tiny_vlm, reference, tmp_path, monkeypatch):

@@ -10,7 +10,9 @@ Labels are cached on disk under ``<cache>/labels/<key>/`` as safetensors chunks 
 (never pickle); the key hashes the model hash, task, task parameters and data hash, split,
 seed, reference method and its parameters, answer length and noise. Samples come in the
 task's seeded order, so a cache holding the first ``m`` samples serves any ``n <= m`` and
-is extended, not recomputed, for ``n > m``.
+is extended, not recomputed, for ``n > m``. Each chunk records the torch thread count it was
+computed with: the reference maps depend on it in the last float bits, and a proxy trained on
+them reproduces byte for byte only from labels made with the same count.
 """
 
 from __future__ import annotations
@@ -219,6 +221,9 @@ class LabelCache:
             "positions": [r["position"] for r in rows],
             "meta": [r["meta"] for r in rows],
             "skipped": skipped,
+            # reductions split across threads round differently: maps made with another thread
+            # count differ by ~1e-8, enough for training to end at different weights
+            "torch_threads": torch.get_num_threads(),
         }
         base.with_suffix(".json").write_text(json.dumps(info, default=str))  # written last: marks the chunk done
 
