@@ -224,3 +224,36 @@ def test_user_errors_are_one_line(argv, message, capsys, tmp_path):
     assert main(argv + (["--no-progress"] if argv[0] == "run" else [])) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert "Traceback" not in "\n".join(err) and err[-1].startswith("xbench: error: ") and message in err[-1]
+
+
+def _label_rows(ids, images):
+    import numpy as np
+    import torch
+
+    from xbench.fastrm.labels import LabelSet
+
+    n = len(ids)
+    return LabelSet(list(ids), torch.zeros(n, 1, 1), torch.zeros(n, 1), torch.arange(n + 1), np.zeros((n, 1, 1)),
+                    np.ones(n), [{"image_id": i} for i in images])  # fmt: skip
+
+
+@pytest.mark.parametrize("images, expect", [([1, 2, 3, 1], ["test-2"]), ([1, 2, 2, 1], None)])
+def test_validation_skips_test_images_and_says_when_none_is_left(images, expect, capsys):
+    from xbench.cli import build_parser
+    from xbench.errors import ParameterError
+    from xbench.fastrm.cli import Context
+
+    args = build_parser().parse_args(["fastrm", "train", "--test-samples", "2", "--val-samples", "3", "--out", "x"])
+    ctx = Context(None, None, None, args)
+    ctx.test = lambda: _label_rows(["test-0", "test-1"], [1, 2])
+    asked = []
+    ctx.labels = lambda split, n, noise, extra=None: asked.append(n) or _label_rows(
+        [f"test-{i}" for i in range(4)], images
+    )  # the split holds 4 samples however many are asked for
+    if expect is None:
+        with pytest.raises(ParameterError, match="no validation samples in the test split.*--val-split train"):
+            ctx._heldout_val()
+    else:
+        assert ctx._heldout_val().ids == expect
+        assert "only 1 validation samples" in capsys.readouterr().err
+    assert asked == [8, 16]  # asked for more once, then saw the split was used up

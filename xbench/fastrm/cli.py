@@ -20,7 +20,7 @@ ABLATION_TABLES = ("threshold", "size", "steps", "transfer")
 #: ``xbench fastrm labels|train`` defaults: the recipe of the default model's shipped attention
 #: proxy (easy-vqa has 38,575 training questions; validation comes from the test split's questions
 #: on the 366 of its 1,000 images that the 1,000 test questions do not show)
-TRAIN_RECIPE = {"samples": 38000, "steps": 80000}
+TRAIN_RECIPE = {"samples": 38000, "steps": 160000}
 #: ``xbench fastrm ablate`` defaults: a shorter base recipe, so that every table (every head,
 #: every setting) is made in about half an hour on two CPU cores
 ABLATION_RECIPE = {"samples": 23500, "steps": 4000}
@@ -224,9 +224,12 @@ class Context:
                 break
             found, n = len(data), 2 * n
         if not keep:
-            raise ParameterError(f"no validation samples in {self.val_from()}")
+            raise ParameterError(
+                f"no validation samples in the {self.val_from()}: ask for fewer --test-samples, or "
+                f"validate on the training split (--val-split {a.train_split})"
+            )
         if len(keep) < a.val_samples:
-            _log(f"only {len(keep)} validation samples in {self.val_from()}")
+            _log(f"only {len(keep)} validation samples in the {self.val_from()}")
         return data.subset(keep[: a.val_samples])
 
     def _split(self, data):
