@@ -77,6 +77,20 @@ def test_train_with_an_augmented_copy_of_the_training_samples(cache, tmp_path, c
     assert all(i.startswith("test-") for i in val.ids)  # validation stays plain, on the held-out split
 
 
+def test_train_seed_changes_the_weights_not_the_samples(cache, proxy_dir, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    argv = ["fastrm", "train", *SMALL, "--steps", "4", "--batch-size", "4", "--cache", str(cache)]
+    assert main(argv + ["--train-seed", "1", "--out", str(tmp_path / "p")]) == 0
+    base = json.loads((proxy_dir / "proxy.json").read_text())["info"]
+    other = json.loads((tmp_path / "p" / "proxy.json").read_text())["info"]
+    assert other["train"]["seed"] == 1 and base["train"]["seed"] == 0
+    assert other["test"]["n_samples"] == base["test"]["n_samples"] and other["train"]["labels"] == base["train"]["labels"]
+    w0, w1 = load_file(str(proxy_dir / "proxy.safetensors")), load_file(str(tmp_path / "p" / "proxy.safetensors"))
+    assert not torch.equal(w0["head.q.weight"], w1["head.q.weight"])
+
+
 def test_validation_is_held_out_on_other_images_than_the_test(cache):
     from xbench.cli import build_parser
     from xbench.fastrm.cli import _context

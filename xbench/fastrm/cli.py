@@ -137,6 +137,12 @@ def _common(p: argparse.ArgumentParser, recipe: dict | None = TRAIN_RECIPE) -> N
             help="weight of the map-matching KL term (default: the head's, 1 attention, 3 mlp; "
             "0 = plain BCE as in the paper)",
         )
+        p.add_argument(
+            "--train-seed",
+            type=int,
+            help="seed of the proxy's initial weights and batch order only (default: --seed); the samples stay "
+            "those of --seed, so proxies trained with other train seeds are scored on the same test samples",
+        )
         p.add_argument("--eval-every", type=positive_int, default=500)
         p.add_argument("--ema", type=float, help="use an exponential moving average of the weights with this decay")
 
@@ -300,7 +306,7 @@ def _train_config(args, head: str | None = None):
         batch_size=args.batch_size,
         lr=args.lr,
         weight_decay=args.weight_decay,
-        seed=args.seed,
+        seed=args.seed if args.train_seed is None else args.train_seed,
         eval_every=min(args.eval_every, args.steps),
         aux_weight=args.aux_weight,
         ema=args.ema,
@@ -437,7 +443,7 @@ def _ablate(args) -> int:
         + f", val {len(val)} from the {ctx.val_from()}, test {len(test)} from {args.test_split}",
         "reference": ctx.reference.label,
         "heads": heads,
-        "training": f"{args.steps} steps, batch {args.batch_size}, AdamW lr {args.lr}, seed {args.seed}, "
+        "training": f"{args.steps} steps, batch {args.batch_size}, AdamW lr {args.lr}, seed {base.seed}, "
         f"BCE with positive-class weighting + map KL (weight {aux}), decision threshold by validation F1",
         "metrics": "per patch, pooled over test samples, against the reference min-max normalised and binarised at tau",
         "command": _ablate_command(args),
@@ -489,6 +495,7 @@ def _ablate_command(args) -> str:
         f"--heads {join(args.heads)} --taus {join(args.taus)} --fractions {join(args.fractions)} "
         f"--step-grid {join(args.step_grid)} --tables {join(args.tables)} --out {args.out}"
         + (f" --val-split {args.val_split}" if args.val_split else "")
+        + (f" --train-seed {args.train_seed}" if args.train_seed is not None else "")
         + "".join(f" --augment {join(f'{k}={v}' for k, v in extra.items())}" for extra in args.augment or [])
     )
 
