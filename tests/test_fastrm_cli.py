@@ -173,6 +173,9 @@ def test_ablate_writes_markdown_and_json_tables(cache, tmp_path, capsys):
         str(tmp_path / "res"),
     ]
     assert main(argv) == 0
+    trained = [x for x in capsys.readouterr().err.splitlines() if x.startswith("training ")]
+    # 4 taus x heads, 2 + 2 sizes (100% is the base run), 2 step counts (3 is the base run), 3 x 2 transfer
+    assert len(trained) == 16, trained
     for name, n_rows in (("ablation_threshold", 4), ("ablation_size", 4), ("ablation_steps", 4), ("transfer", 12)):
         table = json.loads((tmp_path / "res" / f"{name}.json").read_text())
         assert len(table["rows"]) == n_rows, name

@@ -69,9 +69,9 @@ def size_table(trainer: Trainer, test: LabelSet, base: TrainConfig, heads: Seque
     n = len(trainer.train)
     for frac in fractions:
         k = max(1, round(frac * n))
-        subset = trainer.train if k == n else trainer.train.subset(range(k))
+        subset, tag = (None, "all") if k == n else (trainer.train.subset(range(k)), f"first{k}")
         for head in heads:
-            proxy = trainer.get(replace(base, head=head), subset, tag=f"first{k}")
+            proxy = trainer.get(replace(base, head=head), subset, tag=tag)  # 100%: the run other tables share
             rows.append(_row({"fraction": frac, "n_train": k}, head, evaluate(proxy, test, base.tau), proxy))
     return rows
 
