@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from xbench.errors import DataError
 from xbench.fastrm.evaluate import best_threshold, confidence_metrics, map_metrics, noise_ceiling
 from xbench.fastrm.labels import LabelSet, binarise, build_labels, normalise
 from xbench.fastrm.proxy import FastRMProxy, ProxyError, model_identity
@@ -125,6 +126,32 @@ def test_label_cache_remembers_where_the_task_ran_out(tiny_vlm, reference, tmp_p
     monkeypatch.setattr(tiny_vlm, "generate", lambda *a, **k: pytest.fail("the cache should have served this"))
     again = build_labels(tiny_vlm, FiveQuestions("train"), reference, 16, **kw)
     assert again.ids == first.ids and len(logged) == 1  # no second "labelling ..." for samples that do not exist
+    assert again.positions == list(range(5))
+    end = next(tmp_path.rglob("end.json"))
+    end.write_text("{torn")
+    with pytest.raises(DataError, match=f"label cache file {end} is unreadable.*delete"):
+        build_labels(tiny_vlm, FiveQuestions("train"), reference, 16, **kw)
+
+
+def test_label_cache_keeps_extending_a_task_without_a_data_hash(tiny_vlm, reference, tmp_path):
+    from itertools import islice
+
+    from xbench.tasks.easyvqa import EasyVQA
+
+    class Growing(EasyVQA):
+        size = 3
+
+        def samples(self, limit=None, seed=0):
+            yield from islice(super().samples(limit, seed), self.size)
+
+        def data_hash(self):
+            return None  # the default of Task: nothing says the data stayed the same
+
+    kw = dict(cache_root=tmp_path, batch_size=8, progress=False, **SHORT)
+    assert len(build_labels(tiny_vlm, Growing("train"), reference, 6, **kw)) == 3
+    assert not list(tmp_path.rglob("end.json"))
+    Growing.size = 5
+    assert len(build_labels(tiny_vlm, Growing("train"), reference, 6, **kw)) == 5
 
 
 def test_label_cache_key_follows_reference_params(plugins, tiny_vlm, label_root, train_labels):

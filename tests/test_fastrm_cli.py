@@ -75,6 +75,10 @@ def test_train_with_an_augmented_copy_of_the_training_samples(cache, tmp_path, c
     plain = train.ids[:12]
     assert train.ids[12:] == [f"{i}-flip-horizontal" for i in plain]  # the same samples, mirrored
     assert all(i.startswith("test-") for i in val.ids)  # validation stays plain, on the held-out split
+    ctx = _context(build_parser().parse_args(argv + ["--val-split", "train"]))
+    train, val = ctx.train_val()
+    assert train.ids[12:] == [f"{i}-flip-horizontal" for i in train.ids[:12]] and len(val) == 4
+    assert not {f"{i}-flip-horizontal" for i in val.ids} & set(train.ids)  # no mirrored validation sample
 
 
 def test_train_seed_changes_the_weights_not_the_samples(cache, proxy_dir, tmp_path):
@@ -274,3 +278,11 @@ def test_validation_skips_test_images_and_says_when_none_is_left(images, expect,
         assert ctx._heldout_val().ids == expect
         assert "only 1 validation samples" in capsys.readouterr().err
     assert asked == [8, 16]  # asked for more once, then saw the split was used up
+
+
+@pytest.mark.parametrize("value", [",", "flip"])
+def test_a_malformed_augment_is_a_usage_error(value, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["fastrm", "train", "--augment", value, "--out", "x"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "argument --augment: " in err and "Traceback" not in err

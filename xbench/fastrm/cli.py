@@ -58,9 +58,12 @@ def _groups(text: str) -> dict[str, list[str]]:
 def _pairs(text: str) -> dict[str, Any]:
     """``KEY=VALUE[,KEY=VALUE]`` -> dict (values parsed as in ``--param``)."""
     try:
-        return parse_params(_names(text), "--augment")
+        params = parse_params(_names(text), "--augment")
     except ParameterError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+    if not params:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE[,KEY=VALUE], got {text!r}")
+    return params
 
 
 def _filter(text: str) -> tuple[str, list[str]]:
@@ -191,7 +194,9 @@ class Context:
         if self.val_split == a.train_split:
             n = a.samples + a.val_samples
             train, val = self._split(self.labels(a.train_split, n, noise=False))
-            copies = [self._split(self.labels(a.train_split, n, False, extra))[0] for extra in a.augment or []]
+            held = set(val.positions)  # a copy keeps the samples the plain training set holds, never validation's
+            copies = [c.subset([i for i, pos in enumerate(c.positions) if pos not in held])
+                      for c in (self.labels(a.train_split, n, False, extra) for extra in a.augment or [])]  # fmt: skip
         else:
             train = self.labels(a.train_split, a.samples, noise=False)
             copies = [self.labels(a.train_split, a.samples, False, extra) for extra in a.augment or []]
@@ -221,7 +226,10 @@ class Context:
             test = self.test()
             taken = set(test.ids)
             seen = {m.get(key, sid) for sid, m in zip(test.ids, test.meta)}
-        n, found = (a.test_samples if on_test else 0) + 2 * a.val_samples, -1
+            if not any(key in m for m in test.meta):
+                _log(f"warning: no test sample has meta {key!r} (the task's image_key): validation samples may "
+                     "show test images")  # fmt: skip
+        n, found = (a.test_samples + 2 * a.val_samples if on_test else a.val_samples), -1
         while True:
             data = self.labels(self.val_split, n, noise=on_test and a.noise_std > 0)
             keep = [i for i, (sid, m) in enumerate(zip(data.ids, data.meta))
@@ -440,6 +448,7 @@ def _ablate(args) -> int:
         "model": f"{ctx.vlm.name} (model hash {ctx.vlm.model_hash})",
         "task": f"{args.task}: train {len(train)} from {args.train_split}"
         + "".join(f" + a copy with {extra}" for extra in args.augment or [])
+        + (" (size fractions count the plain samples first, then the copies)" if args.augment else "")
         + f", val {len(val)} from the {ctx.val_from()}, test {len(test)} from {args.test_split}",
         "reference": ctx.reference.label,
         "heads": heads,
@@ -496,6 +505,9 @@ def _ablate_command(args) -> str:
         f"--step-grid {join(args.step_grid)} --tables {join(args.tables)} --out {args.out}"
         + (f" --val-split {args.val_split}" if args.val_split else "")
         + (f" --train-seed {args.train_seed}" if args.train_seed is not None else "")
+        + "".join(f" --task-param {x}" for x in args.task_param or [])
+        + (f" --train-split {args.train_split}" if args.train_split != "train" else "")
+        + (f" --test-split {args.test_split}" if args.test_split != "test" else "")
         + "".join(f" --augment {join(f'{k}={v}' for k, v in extra.items())}" for extra in args.augment or [])
     )
 

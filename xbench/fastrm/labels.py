@@ -10,7 +10,7 @@ Labels are cached on disk under ``<cache>/labels/<key>/`` as safetensors chunks 
 (never pickle); the key hashes the model hash, task, task parameters and data hash, split,
 seed, reference method and its parameters, answer length and noise. Samples come in the
 task's seeded order, so a cache holding the first ``m`` samples serves any ``n <= m`` and
-is extended, not recomputed, for ``n > m``. Each chunk records the torch thread count it was
+is extended, not recomputed, for ``n > m`` (unless it recorded that the task has no more). Each chunk records the torch thread count it was
 computed with: the reference maps depend on it in the last float bits, and a proxy trained on
 them reproduces byte for byte only from labels made with the same count.
 """
@@ -63,6 +63,7 @@ class LabelSet:
     meta: list[dict[str, Any]]
     perturbed: np.ndarray | None = None  # [n, h, w] reference maps under pixel noise
     spec: dict[str, Any] = field(default_factory=dict)
+    positions: list[int] = field(default_factory=list)  # each row's place in the task's seeded order
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -96,6 +97,7 @@ class LabelSet:
             meta=[self.meta[i] for i in idx],
             perturbed=None if self.perturbed is None else self.perturbed[idx],
             spec=self.spec,
+            positions=[self.positions[i] for i in idx] if self.positions else [],
         )
 
     def where(self, key: str, values: Sequence[str]) -> "LabelSet":
@@ -122,6 +124,7 @@ class LabelSet:
             meta=[m for p in parts for m in p.meta],
             perturbed=perturbed,
             spec=parts[0].spec,
+            positions=[q for p in parts for q in p.positions] if all(p.positions for p in parts) else [],
         )
 
 
@@ -150,7 +153,9 @@ def spec_key(spec: dict) -> str:
 
 
 class LabelCache:
-    """One cache directory: ``spec.json`` plus ``chunk-NNNNN.safetensors`` / ``.json`` pairs."""
+    """One cache directory: ``spec.json``, ``chunk-NNNNN.safetensors`` / ``.json`` pairs, and
+    ``end.json`` once the task ran out of samples (only for tasks with a data hash, whose samples
+    cannot change under the same key)."""
 
     def __init__(self, root: Path, spec: dict) -> None:
         self.spec = spec
@@ -167,11 +172,20 @@ class LabelCache:
     def ended(self) -> int | None:
         """The task's sample count when an earlier call ran out of samples (else None)."""
         path = self.dir / "end.json"
-        return json.loads(path.read_text())["samples"] if path.exists() else None
+        if self.spec.get("data_hash") is None or not path.exists():
+            return None
+        try:
+            return int(json.loads(path.read_text())["samples"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise DataError(f"FastRM label cache file {path} is unreadable ({exc}); delete {self.dir}") from None
 
     def mark_end(self, samples: int) -> None:
+        if self.spec.get("data_hash") is None:
+            return  # a task without a data hash may gain samples under the same key
         self.dir.mkdir(parents=True, exist_ok=True)
-        (self.dir / "end.json").write_text(json.dumps({"samples": samples}))
+        tmp = self.dir / f"end.json.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps({"samples": samples}))
+        os.replace(tmp, self.dir / "end.json")
 
     def read(self, n: int) -> LabelSet | None:
         from safetensors import SafetensorError
@@ -253,6 +267,7 @@ def _chunk_to_set(arrays: dict, info: dict, spec: dict) -> LabelSet:
         meta=list(info["meta"]),
         perturbed=arrays.get("perturbed"),
         spec=spec,
+        positions=list(info["positions"]),
     )
 
 
@@ -300,8 +315,8 @@ def build_labels(
     max_new_tokens = max_new_tokens or task.max_new_tokens
     spec = label_spec(vlm, task, reference, seed, max_new_tokens, noise_std)
     cache = LabelCache(cache_root, spec)
-    done = cache.consumed()
-    if done < n and cache.ended() is None:
+    done, ended = cache.consumed(), cache.ended()
+    if done < n and (ended is None or done < ended):
         keep = frozenset(set(reference.needs) | {"hidden_states"})
         image_std = getattr(getattr(getattr(vlm, "processor", None), "image_processor", None), "image_std", None)
         index = len(cache.chunks())
