@@ -210,6 +210,10 @@ def test_ablate_writes_markdown_and_json_tables(cache, tmp_path, capsys):
             "unknown method 'rollot'",
         ),
         (
+            ["fastrm", "train", "--model", "tiny-random-llava", "--reference-param", "token=middle", "--out", "x"],
+            "gradient_relevancy: token='middle' is not one of",
+        ),
+        (
             ["fastrm", "train", "--model", "tiny-random-llava", "--augment", "flip=sideways", "--out", "x"],
             "easyvqa: flip='sideways' is not one of",
         ),

@@ -30,6 +30,7 @@ from xbench.errors import MapValidationError, ParameterError, RunDirectoryError,
 from xbench.models import load_vlm
 from xbench.plugins import XbenchPlugins, default
 from xbench.records import SAMPLES, SUMMARY, RecordWriter, iter_records, write_json_atomic
+from xbench.registry import build
 
 DEFAULT_TASK = "easyvqa"
 DEFAULT_MODEL = "tiny-llava-easyvqa"
@@ -165,15 +166,9 @@ class Run:
         if not 0 <= config.seed < 2**32:
             raise ParameterError(f"seed must be between 0 and 2**32 - 1 (numpy's range), got {config.seed}")
         method_cls, task_cls = reg.methods.get(config.method), reg.tasks.get(config.task)
-        try:
-            self.method = method_cls(**config.method_params)
-        except (TypeError, ValueError) as exc:
-            raise ParameterError(f"method {config.method!r}: bad parameters {config.method_params}: {exc}") from None
+        self.method = build(f"method {config.method!r}", method_cls, **config.method_params)
         self.method.seed = config.seed
-        try:
-            self.task = task_cls(config.split, config.data_dir, **config.task_params)
-        except (TypeError, ValueError) as exc:
-            raise ParameterError(f"task {config.task!r}: bad parameters {config.task_params}: {exc}") from None
+        self.task = build(f"task {config.task!r}", task_cls, config.split, config.data_dir, **config.task_params)
         metric_names = config.metrics if config.metrics is not None else reg.metrics.names()
         self.metrics = build_metrics([reg.metrics.get(n) for n in metric_names], config.metric_params)
         needs_reference = any("reference" in m.needs for m in self.metrics)

@@ -42,7 +42,7 @@ from typing import Any, Callable, ClassVar, Sequence
 from xbench import provenance
 from xbench.errors import ParameterError, UnknownNameError, XbenchError
 from xbench.records import SAMPLES, SUMMARY, iter_records, write_json_atomic
-from xbench.registry import Registries, Registry
+from xbench.registry import Registries, Registry, build
 from xbench.runner import DEFAULT_MODEL, DEFAULT_TASK, RunConfig, describe
 
 INDEX = "sweep.json"
@@ -253,10 +253,7 @@ def _methods(value, registries: Registries) -> list[tuple[str, dict, str]]:
         for params in variants:
             if not isinstance(params, dict):
                 raise SuiteError(f"suite methods.{name}: parameters must be a table, got {params!r}")
-            try:
-                method = cls(**params)
-            except (TypeError, ValueError) as exc:
-                raise ParameterError(f"suite methods.{name}: bad parameters {params}: {exc}") from None
+            method = build(f"suite methods.{name}", cls, **params)
             out.append((name, dict(params), _slug(method.label)))
     return out
 

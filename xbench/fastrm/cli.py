@@ -161,11 +161,10 @@ class Context:
         """The task adapter on ``split`` with ``--task-param`` and ``extra`` parameters."""
         from xbench.plugins import default
 
+        from xbench.registry import build
+
         params = {**parse_params(self.args.task_param, "--task-param"), **(extra or {})}
-        try:
-            return default().registries.tasks.get(self.args.task)(split, **params)
-        except (TypeError, ValueError) as exc:
-            raise ParameterError(f"task {self.args.task!r}: bad parameters {params}: {exc}") from None
+        return build(f"task {self.args.task!r}", default().registries.tasks.get(self.args.task), split, **params)
 
     def labels(self, split: str, n: int, noise: bool, extra: dict | None = None):
         from xbench.fastrm.labels import build_labels
@@ -220,7 +219,9 @@ class Context:
         samples past the test ones whose image (the task's ``image_key``) no test sample shows."""
         a = self.args
         on_test = self.val_split == a.test_split
-        key = self.task(self.val_split).image_key
+        from xbench.plugins import default
+
+        key = default().registries.tasks.get(a.task).image_key
         taken, seen = set(), set()
         if on_test:
             test = self.test()
@@ -280,14 +281,17 @@ class Context:
 def _context(args) -> Context:
     from xbench.models import load_vlm, xbench_home
     from xbench.plugins import default
+    from xbench.registry import build
 
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
     plugins = default()
-    reference = plugins.registries.methods.get(args.reference)(
-        **parse_params(args.reference_param, "--reference-param")
+    reference = build(
+        f"method {args.reference!r}",
+        plugins.registries.methods.get(args.reference),
+        **parse_params(args.reference_param, "--reference-param"),
     )
     probe = Context(None, reference, None, args)  # bad task or task parameters: fail before loading the model
     probe.task(args.test_split)

@@ -10,9 +10,10 @@ Labels are cached on disk under ``<cache>/labels/<key>/`` as safetensors chunks 
 (never pickle); the key hashes the model hash, task, task parameters and data hash, split,
 seed, reference method and its parameters, answer length and noise. Samples come in the
 task's seeded order, so a cache holding the first ``m`` samples serves any ``n <= m`` and
-is extended, not recomputed, for ``n > m`` (unless it recorded that the task has no more). Each chunk records the torch thread count it was
-computed with: the reference maps depend on it in the last float bits, and a proxy trained on
-them reproduces byte for byte only from labels made with the same count.
+is extended, not recomputed, for ``n > m`` (unless it recorded that the task has no more).
+Each chunk records the torch thread count it was computed with: the reference maps depend on
+it in the last float bits, and a proxy trained on them ends at the same weights only from
+labels made with the same count.
 """
 
 from __future__ import annotations
