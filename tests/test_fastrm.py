@@ -227,6 +227,28 @@ def test_ema_weights_are_the_moving_average(train_labels, tiny_vlm):
     assert any(not torch.allclose(smooth.state_dict()[k], v) for k, v in plain.state_dict().items())
 
 
+@pytest.mark.parametrize("decay", [0.5, 0.9999])
+def test_weight_average_warms_up_then_decays(decay):
+    """The average after weights w_0, w_1, ...: a_0 = w_0, a_n = d_n a_(n-1) + (1 - d_n) w_n with
+    d_n = min(decay, (1 + n) / (10 + n)), checked after each of 40 updates."""
+    from xbench.fastrm.train import weight_average
+
+    model = torch.nn.Linear(3, 2)
+    averaged = weight_average(model, decay)
+    gen = torch.Generator().manual_seed(0)
+    expected = None
+    for n in range(40):
+        values = [torch.randn(p.shape, generator=gen, dtype=torch.float64) for p in model.parameters()]
+        with torch.no_grad():
+            for p, v in zip(model.parameters(), values):
+                p.copy_(v)
+        averaged.update_parameters(model)
+        d = min(decay, (1 + n) / (10 + n))  # the update adding w_n follows n earlier ones (w_0 ... w_(n-1))
+        expected = values if expected is None else [d * e + (1 - d) * v for e, v in zip(expected, values)]
+        for got, want in zip(averaged.module.parameters(), expected):
+            torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("head", ["attention", "mlp"])
 def test_save_load_round_trip_gives_identical_maps(head, train_labels, tiny_vlm, generations, tmp_path, plugins):
     cfg = TrainConfig(head=head, steps=3, batch_size=8, eval_every=3, warmup=1)

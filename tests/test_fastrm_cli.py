@@ -290,3 +290,27 @@ def test_a_malformed_augment_is_a_usage_error(value, capsys):
         main(["fastrm", "train", "--augment", value, "--out", "x"])
     err = capsys.readouterr().err
     assert exc.value.code == 2 and "argument --augment: " in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "argv, ema",
+    [
+        (["fastrm", "train", "--out", "x"], 0.9999),  # the shipped recipe averages the weights
+        (["fastrm", "train", "--ema", "0", "--out", "x"], None),  # 0: the last weights
+        (["fastrm", "train", "--ema", "0.99", "--out", "x"], 0.99),
+        (["fastrm", "ablate"], None),  # the ablations' short runs keep their last weights
+    ],
+)
+def test_weight_average_defaults_to_the_recipe(argv, ema):
+    from xbench.cli import build_parser
+    from xbench.fastrm.cli import _train_config
+
+    assert _train_config(build_parser().parse_args(argv), head="attention").ema == ema
+
+
+@pytest.mark.parametrize("value", ["1", "-0.1", "often"])
+def test_a_decay_outside_zero_one_is_a_usage_error(value, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["fastrm", "train", "--ema", value, "--out", "x"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and f"expected a decay in [0, 1), got {value!r}" in err
