@@ -191,6 +191,7 @@ def test_ablate_writes_markdown_and_json_tables(cache, tmp_path, capsys):
         assert "xbench fastrm ablate" in table["setup"]["command"]
         assert "attention {'normalise': 'minmax'" in table["setup"]["heads"]  # what the rows were trained with
         assert "per head: attention 1, mlp 3" in table["setup"]["training"]
+        assert table["setup"]["training"].endswith(", last weights")  # no --ema: not averaged
     rows = json.loads((tmp_path / "res" / "ablation_threshold.json").read_text())["rows"]
     assert [r["tau"] for r in rows] == [0.2, 0.2, 0.4, 0.4]
     assert rows[0]["positive_rate"] > rows[2]["positive_rate"]  # a lower tau marks more patches

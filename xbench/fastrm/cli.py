@@ -475,7 +475,8 @@ def _ablate(args) -> int:
         "reference": ctx.reference.label,
         "heads": heads,
         "training": f"{args.steps} steps, batch {args.batch_size}, AdamW lr {args.lr}, seed {base.seed}, "
-        f"BCE with positive-class weighting + map KL (weight {aux}), decision threshold by validation F1",
+        f"BCE with positive-class weighting + map KL (weight {aux}), decision threshold by validation F1"
+        + (f", weight average (decay {base.ema})" if base.ema else ", last weights"),
         "metrics": "per patch, pooled over test samples, against the reference min-max normalised and binarised at tau",
         "command": _ablate_command(args),
     }

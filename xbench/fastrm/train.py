@@ -9,8 +9,9 @@ by 0.02-0.04 for both heads (weight 3 raised the mlp head's AUROC and accuracy f
 the attention head's); ``aux_weight=0`` is the paper's plain BCE. The learning rate warms
 up linearly then decays on a cosine to 10%. With ``ema`` (a decay, e.g. 0.9999) the proxy
 ends with the exponential moving average of its weights over training
-(``torch.optim.swa_utils.AveragedModel``, see :func:`ema_decay`), not its last weights.
-Validation metrics are logged every
+(``torch.optim.swa_utils.AveragedModel``, see :func:`ema_decay`), not its last weights; the
+validation metrics logged during training are the current weights', ``info["val"]`` the final
+proxy's. Validation metrics are logged every
 ``eval_every`` steps. With a validation set the decision threshold is the one with the best
 validation F1 (``decision="val-f1"``; 0.5 when there are no validation samples), otherwise
 ``decision`` itself (a number); ``info["train"]["decision_threshold_from"]`` says which, and the
@@ -52,8 +53,9 @@ class TrainConfig:
 
 def ema_decay(decay: float, n_averaged: int) -> float:
     """The decay of the weight average's update after ``n_averaged`` updates: ``decay``, capped
-    at ``(1 + n) / (10 + n)`` early on, so that a short run's average is not dominated by its
-    initial weights (the warm-up of TensorFlow's ExponentialMovingAverage ``num_updates``)."""
+    at ``(1 + n) / (10 + n)``, so that a short run's average is not dominated by its initial
+    weights (the warm-up of TensorFlow's ExponentialMovingAverage ``num_updates``). The cap
+    binds while ``n < (10 decay - 1) / (1 - decay)``: about 90,000 updates at 0.9999."""
     return min(decay, (1 + n_averaged) / (10 + n_averaged))
 
 
