@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from xbench.api import Method, Sample, SampleError, Task
+from xbench.api import Method, SampleError, Task
 from xbench.errors import RunDirectoryError
 from xbench.hookspecs import hookimpl
 from xbench.plugins import build
