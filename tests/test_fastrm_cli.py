@@ -315,3 +315,34 @@ def test_a_decay_outside_zero_one_is_a_usage_error(value, capsys):
         main(["fastrm", "train", "--ema", value, "--out", "x"])
     err = capsys.readouterr().err
     assert exc.value.code == 2 and f"expected a decay in [0, 1), got {value!r}" in err
+
+
+def test_the_ablation_command_remakes_every_option_that_changes_a_table():
+    """The recorded command parses back to the same options; every ablate option is either recorded
+    or listed here as one that cannot change a table."""
+    import shlex
+
+    from xbench.cli import build_parser
+    from xbench.fastrm.cli import ABLATE_OTHER_OPTIONS, ABLATE_RECIPE_OPTIONS, _ablate_command
+
+    argv = ["fastrm", "ablate", "--model", "tiny-random-llava", "--task", "easyvqa", "--reference", "rollout",
+            "--samples", "30", "--val-samples", "7", "--test-samples", "9", "--steps", "11", "--batch-size", "5",
+            "--lr", "0.002", "--seed", "3", "--tau", "0.25", "--heads", "mlp", "--taus", "0.2,0.4",
+            "--fractions", "0.5,1", "--step-grid", "2,3", "--tables", "size,steps", "--out", "some dir",
+            "--val-split", "train", "--train-seed", "4", "--train-split", "test", "--test-split", "train",
+            "--weight-decay", "0.1", "--aux-weight", "0", "--ema", "0.99", "--noise-std", "0.01",
+            "--max-new-tokens", "3", "--transfer-key", "kind", "--transfer-groups", "a=colour;b=yes/no shape",
+            "--task-param", "flip=vertical", "--task-param", "mask_tolerance=8", "--reference-param",
+            "residual=0.3", "--augment", "flip=horizontal", "--augment", "flip=both,mask_tolerance=4",
+            "--label-batch-size", "2", "--eval-every", "3", "--confidence-samples", "5", "--threads", "1",
+            "--device", "cpu", "--cache", "c", "--no-progress"]  # fmt: skip
+    args = build_parser().parse_args(argv)
+    command = _ablate_command(args)
+    assert command.startswith("xbench fastrm ablate --model tiny-random-llava ")
+    again = build_parser().parse_args(shlex.split(command)[1:])
+    recorded = {dest for dest, _ in (*ABLATE_RECIPE_OPTIONS, *ABLATE_OTHER_OPTIONS)}
+    unrecorded = {"label_batch_size", "eval_every", "confidence_samples", "threads", "device", "cache", "no_progress"}
+    internal = {"func", "command", "fastrm_command", "fastrm_func", "head_param"}
+    assert set(vars(args)) == recorded | unrecorded | internal
+    assert {d: getattr(again, d) for d in recorded} == {d: getattr(args, d) for d in recorded}
+    assert "--ema" not in _ablate_command(build_parser().parse_args(["fastrm", "ablate"]))  # defaults left out

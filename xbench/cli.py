@@ -52,14 +52,23 @@ def parse_params(pairs: list[str] | None, flag: str) -> dict:
     return params
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+def checked(convert, ok, expected: str):
+    """An argparse ``type``: ``convert(text)``, refused with "expected <expected>, got '<text>'"
+    when it fails or ``ok`` rejects the value."""
+
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            value = None
+        if value is None or not ok(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    return parse
+
+
+positive_int = checked(int, lambda v: v >= 1, "a positive integer")
 
 
 # --------------------------------------------------------------------------- run

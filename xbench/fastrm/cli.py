@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from xbench.cli import command, parse_params, positive_int
+from xbench.cli import checked, command, parse_params, positive_int
 from xbench.errors import ParameterError
 
 #: easy-vqa's question kinds (tasks/easyvqa.py question_kind): open questions vs yes/no probes
@@ -67,14 +67,7 @@ def _pairs(text: str) -> dict[str, Any]:
     return params
 
 
-def _decay(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a decay in [0, 1), got {text!r}") from None
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"expected a decay in [0, 1), got {text!r}")
-    return value
+_decay = checked(float, lambda v: 0 <= v < 1, "a decay in [0, 1)")
 
 
 def _filter(text: str) -> tuple[str, list[str]]:
@@ -178,7 +171,6 @@ class Context:
     def task(self, split: str, extra: dict | None = None):
         """The task adapter on ``split`` with ``--task-param`` and ``extra`` parameters."""
         from xbench.plugins import default
-
         from xbench.registry import build
 
         params = {**parse_params(self.args.task_param, "--task-param"), **(extra or {})}
@@ -518,21 +510,59 @@ def _ablate(args) -> int:
     return 0
 
 
+def _joined(xs) -> str:
+    return ",".join(str(x) for x in xs)
+
+
+def _one(flag: str, value) -> list[str]:
+    return [flag, str(value)]
+
+
+def _comma_list(flag: str, values) -> list[str]:
+    return [flag, _joined(values)]
+
+
+def _each(flag: str, values) -> list[str]:
+    return [w for v in values for w in (flag, v)]
+
+
+def _each_pairs(flag: str, dicts) -> list[str]:
+    return _each(flag, [_joined(f"{k}={v}" for k, v in d.items()) for d in dicts])
+
+
+def _grouped(flag: str, groups) -> list[str]:
+    return [flag, ";".join(f"{name}={_joined(values)}" for name, values in groups.items())]
+
+
+#: what ``xbench fastrm ablate`` records of its options in the tables' command, as (dest, words):
+#: the flag is ``--<dest with dashes>``. The recipe is recorded in full; the other options, every
+#: one that can change a table, where they differ from their defaults.
+ABLATE_RECIPE_OPTIONS = (
+    ("model", _one), ("task", _one), ("reference", _one), ("samples", _one), ("val_samples", _one),
+    ("test_samples", _one), ("steps", _one), ("batch_size", _one), ("lr", _one), ("seed", _one),
+    ("tau", _one), ("heads", _comma_list), ("taus", _comma_list), ("fractions", _comma_list),
+    ("step_grid", _comma_list), ("tables", _comma_list), ("out", _one),
+)
+ABLATE_OTHER_OPTIONS = (
+    ("val_split", _one), ("train_seed", _one), ("train_split", _one), ("test_split", _one),
+    ("weight_decay", _one), ("aux_weight", _one), ("ema", _one), ("noise_std", _one),
+    ("max_new_tokens", _one), ("transfer_key", _one), ("transfer_groups", _grouped),
+    ("task_param", _each), ("reference_param", _each), ("augment", _each_pairs),
+)
+
+
 def _ablate_command(args) -> str:
-    join = lambda xs: ",".join(str(x) for x in xs)  # noqa: E731
-    return (
-        f"xbench fastrm ablate --model {args.model} --task {args.task} --reference {args.reference} "
-        f"--samples {args.samples} --val-samples {args.val_samples} --test-samples {args.test_samples} "
-        f"--steps {args.steps} --batch-size {args.batch_size} --lr {args.lr} --seed {args.seed} --tau {args.tau} "
-        f"--heads {join(args.heads)} --taus {join(args.taus)} --fractions {join(args.fractions)} "
-        f"--step-grid {join(args.step_grid)} --tables {join(args.tables)} --out {args.out}"
-        + (f" --val-split {args.val_split}" if args.val_split else "")
-        + (f" --train-seed {args.train_seed}" if args.train_seed is not None else "")
-        + "".join(f" --task-param {x}" for x in args.task_param or [])
-        + (f" --train-split {args.train_split}" if args.train_split != "train" else "")
-        + (f" --test-split {args.test_split}" if args.test_split != "test" else "")
-        + "".join(f" --augment {join(f'{k}={v}' for k, v in extra.items())}" for extra in args.augment or [])
-    )
+    """The ``xbench fastrm ablate`` command line that remakes these tables."""
+    import shlex
+
+    from xbench.cli import build_parser
+
+    defaults = vars(build_parser().parse_args(["fastrm", "ablate"]))
+    chosen = [(d, w) for d, w in ABLATE_OTHER_OPTIONS if getattr(args, d) not in (None, defaults[d])]
+    words = ["xbench", "fastrm", "ablate"]
+    for dest, to_words in (*ABLATE_RECIPE_OPTIONS, *chosen):
+        words += to_words("--" + dest.replace("_", "-"), getattr(args, dest))
+    return shlex.join(words)
 
 
 def _install(args) -> int:
