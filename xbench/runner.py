@@ -24,9 +24,9 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from xbench import companions, cost, provenance, stats
+from xbench import companions, cost, provenance, rundir, stats
 from xbench.api import Generation, MetricContext, RelevanceMap, Sample, SampleError
-from xbench.errors import MapValidationError, ParameterError, RunDirectoryError, XbenchError
+from xbench.errors import MapValidationError, ParameterError, XbenchError
 from xbench.models import load_vlm
 from xbench.plugins import XbenchPlugins, default
 from xbench.records import SAMPLES, SUMMARY, RecordWriter, iter_records, write_json_atomic
@@ -216,16 +216,10 @@ class Run:
         return summary
 
     def _prepare_out_dir(self) -> Path:
-        path = self.out_dir / SAMPLES
-        if path.exists() and path.stat().st_size > 0 and not self.config.resume:
-            raise RunDirectoryError(
-                f"{self.out_dir} already holds records; pass --resume to continue it or choose another --out"
-            )
-        try:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise RunDirectoryError(f"cannot create the run directory {self.out_dir}: {exc}") from None
-        return path
+        """Check, create, lock and identify the run folder before any work (:mod:`xbench.rundir`);
+        returns the records path. The lock is held by ``self.run_folder``."""
+        self.run_folder = rundir.prepare(self)
+        return self.run_folder.records
 
     def _warm_up(self, batch: list) -> None:
         """One untimed generate + explain on the batch's usable samples.
@@ -524,4 +518,5 @@ def _progress(enabled: bool, total: int | None, desc: str):
 
 def run(config: RunConfig, plugins: XbenchPlugins | None = None) -> dict:
     """Execute one run and return its summary (also written to ``<out>/summary.json``)."""
-    return Run(config, plugins).execute()
+    with rundir.held(Run(config, plugins)) as one_run:
+        return one_run.execute()
