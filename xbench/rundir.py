@@ -139,7 +139,7 @@ def _holder(fd: int) -> str:
         text = os.pread(fd, 200, 0).decode(errors="replace").strip()
     except OSError:
         text = ""
-    return text or "holder unknown"
+    return text.splitlines()[0] if text else "holder unknown"
 
 
 def remove_stale_temporaries(out: Path) -> None:
