@@ -163,7 +163,7 @@ def test_records_without_an_identity_are_refused_and_an_empty_folder_gets_a_new_
 def test_records_stamped_by_another_run_are_set_aside(tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()
-    records.write_json_atomic(out / "run.json", {"format": rundir.FORMAT, "hash": "aaaa", "identity": {}})
+    records.write_json_atomic(out / "run.json", {"format": records.IDENTITY_FORMAT, "hash": "aaaa", "identity": {}})
     path = out / "samples.jsonl"
     path.write_text('{"id": "a", "run_identity": "aaaa"}\n{"id": "b", "run_identity": "bbbb"}\n{"id": "c"}\n')
     assert [r["id"] for r in read_records(path)] == ["a"]

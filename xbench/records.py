@@ -32,6 +32,7 @@ from xbench.errors import RunDirectoryError
 SAMPLES = "samples.jsonl"
 SUMMARY = "summary.json"
 IDENTITY = "run.json"  # a run folder's identity (see xbench.rundir)
+IDENTITY_FORMAT = "xbench-run-identity"  # its "format" field
 STAMP = "run_identity"  # the record key holding the identity hash of the run that wrote it
 #: types of the record fields a reader relies on (a field may be absent; ``None`` only where listed)
 FIELD_TYPES: dict[str, tuple[type, ...]] = {
@@ -77,10 +78,10 @@ def read_records(path: Path, repair: bool = False) -> list[dict]:
     return list(iter_records(path, repair))
 
 
-def identity_hash(folder: Path) -> str | None:
-    """The identity hash recorded in ``folder/run.json``; None when the folder has none.
-
-    A ``run.json`` that cannot be read is a :class:`RunDirectoryError` naming it."""
+def read_identity(folder: Path) -> dict | None:
+    """The content of ``folder/run.json`` (``format``, ``hash``, ``identity``...); None when
+    absent; one that cannot be read or is not an xbench run identity is a
+    :class:`RunDirectoryError` naming it."""
     path = Path(folder) / IDENTITY
     try:
         data = json.loads(path.read_text())
@@ -88,9 +89,16 @@ def identity_hash(folder: Path) -> str | None:
         return None
     except (OSError, ValueError) as exc:
         raise RunDirectoryError(f"cannot read the run identity {path}: {exc}") from None
-    if not isinstance(data, dict) or not isinstance(data.get("hash"), str):
-        raise RunDirectoryError(f"{path} is not an xbench run identity (no 'hash'); move it away")
-    return data["hash"]
+    if not (isinstance(data, dict) and data.get("format") == IDENTITY_FORMAT and isinstance(data.get("hash"), str)
+            and isinstance(data.get("identity"), dict)):
+        raise RunDirectoryError(f"{path} is not an xbench run identity; move it away")
+    return data
+
+
+def identity_hash(folder: Path) -> str | None:
+    """The identity hash recorded in ``folder/run.json`` (None when the folder has none)."""
+    data = read_identity(folder)
+    return None if data is None else data["hash"]
 
 
 def iter_records(path: Path, repair: bool = False, report: Callable[[int, str], None] | None = None) -> Iterator[dict]:

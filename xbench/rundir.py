@@ -43,10 +43,9 @@ from typing import Any, Iterator
 
 from xbench import provenance
 from xbench.errors import RunDirectoryError
-from xbench.records import IDENTITY, SAMPLES, SUMMARY, to_jsonable, write_json_atomic
+from xbench.records import IDENTITY, IDENTITY_FORMAT, SAMPLES, SUMMARY, read_identity, to_jsonable, write_json_atomic
 
 LOCK = ".xbench.lock"
-FORMAT = "xbench-run-identity"
 _TEMPORARY = re.compile(rf"^\.({re.escape(SUMMARY)}|{re.escape(IDENTITY)})\.\d+\.tmp$")
 
 
@@ -155,7 +154,9 @@ def remove_stale_temporaries(out: Path) -> None:
 def identity(run) -> dict[str, Any]:
     """What a run's records depend on, as plain JSON values (field names read in messages)."""
     from xbench import __version__
-    from xbench.models import check_device, check_model_dir, config_hash, default_device, default_dtype, model_hash, resolve_model
+    from xbench.models import (
+        check_device, check_model_dir, config_hash, default_device, default_dtype, model_hash, resolve_model,
+    )
 
     cfg, registries = run.config, run.plugins.registries
     model_id, model_dir = resolve_model(cfg.model, registries)
@@ -194,16 +195,8 @@ def identity_digest(ident: dict[str, Any]) -> str:
 
 def recorded_identity(out: Path) -> dict[str, Any] | None:
     """The identity in ``out/run.json``; None when absent; an unreadable one is an error naming it."""
-    path = Path(out) / IDENTITY
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        raise RunDirectoryError(f"cannot read the run identity {path}: {exc}") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("identity"), dict):
-        raise RunDirectoryError(f"{path} is not an xbench run identity; move it away")
-    return data["identity"]
+    data = read_identity(out)
+    return None if data is None else data["identity"]
 
 
 def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
@@ -233,5 +226,5 @@ def check_or_record(out: Path, ident: dict[str, Any], digest: str) -> None:
                 "choose another --out or move it away)"
             )
         return
-    record = {"format": FORMAT, "hash": digest, "identity": ident, "created": provenance.now()}
+    record = {"format": IDENTITY_FORMAT, "hash": digest, "identity": ident, "created": provenance.now()}
     write_json_atomic(out / IDENTITY, record)

@@ -30,7 +30,8 @@ grid's size (more than :data:`MAX_CELLS` cells is refused with the count).
 Executors (:data:`EXECUTORS`) run the cells: ``local`` one after another in this
 process, ``ray`` as Ray tasks (one GPU each when the cluster has GPUs; a ``host:port``
 address is probed first, so an unreachable one fails within seconds), see
-:mod:`xbench.executors`. Cells write into ``<out>`` themselves, so on a multi-node Ray cluster ``<out>`` must be a shared path.
+:mod:`xbench.executors`. Cells write into ``<out>`` themselves, so on a multi-node Ray
+cluster ``<out>`` must be a shared path.
 """
 
 from __future__ import annotations
@@ -50,7 +51,9 @@ from typing import Any, Callable, Sequence
 
 from xbench import provenance
 from xbench.errors import UnknownNameError, XbenchError
-from xbench.executors import EXECUTORS, Executor, ExecutorError, LocalExecutor, RayExecutor, import_ray, probe  # noqa: F401 (re-exported)
+from xbench.executors import (  # noqa: F401 (re-exported: the sweep's public names)
+    EXECUTORS, Executor, ExecutorError, LocalExecutor, RayExecutor, import_ray, probe,
+)
 from xbench.records import SAMPLES, SUMMARY, dumps_finite, iter_records, write_json_atomic
 from xbench.registry import Registries, build
 from xbench.runner import DEFAULT_MODEL, DEFAULT_TASK, RunConfig, describe
@@ -168,12 +171,15 @@ def check_values(value, where: str = "suite") -> None:
 def grid_size(suite: dict) -> int:
     """The number of cells ``suite`` expands to, counted without building anything."""
 
-    def count(value, default) -> int:
-        value = suite.get(value, default)
+    def count(key, default) -> int:
+        value = suite.get(key, default)
         return len(value) if isinstance(value, (list, dict)) else 1
 
     methods = suite.get("methods")
-    n_methods = sum(len(v) if isinstance(v, list) else 1 for v in methods.values()) if isinstance(methods, dict) else count("methods", [])
+    if isinstance(methods, dict):
+        n_methods = sum(len(v) if isinstance(v, list) else 1 for v in methods.values())
+    else:
+        n_methods = count("methods", [])
     return count("models", [DEFAULT_MODEL]) * count("tasks", [DEFAULT_TASK]) * n_methods * count("seeds", [0])
 
 
@@ -183,7 +189,9 @@ def plan(suite: dict, out: Path, registries: Registries) -> list[Cell]:
     check_values(suite)
     n_cells = grid_size(suite)
     if n_cells > MAX_CELLS:
-        raise SuiteError(f"suite expands to {n_cells} cells, more than the limit of {MAX_CELLS}: split it into smaller suites")
+        raise SuiteError(
+            f"suite expands to {n_cells} cells, more than the limit of {MAX_CELLS}: split it into smaller suites"
+        )
     run_table = suite.get("run", {})
     if not isinstance(run_table, dict):
         raise SuiteError(f"suite: [run] must be a table, got {run_table!r}")
@@ -455,7 +463,8 @@ class Sweep:
             else:
                 todo.append(cell)
         self.write_index(executor.name, started)
-        self.log({"event": "started", "time": started, "executor": executor.name, "cells": len(self.cells), "to_run": len(todo)})
+        self.log({"event": "started", "time": started, "executor": executor.name,
+                  "cells": len(self.cells), "to_run": len(todo)})
         n_done = len(self.cells) - len(todo)
 
         def report(result: dict) -> None:
