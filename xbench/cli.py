@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -47,11 +48,12 @@ def parse_value(text: str):
     try:
         value = json.loads(text, parse_constant=_refuse_constant)
     except ValueError as exc:
-        if str(exc).startswith("non-finite number"):
-            raise ParameterError(f"{text!r} is not a finite number") from None
-        return text
+        if not str(exc).startswith("non-finite number"):
+            return text
+        value = math.nan
     if not finite(value):
-        raise ParameterError(f"{text!r} is not a finite number")
+        what = "holds a non-finite number" if text.strip()[:1] in ("[", "{") else "is not a finite number"
+        raise ParameterError(f"{text!r} {what}")
     return value
 
 

@@ -66,7 +66,7 @@ class Param:
         if self.choices is not None:
             text = f"one of {list(self.options())}"
         else:
-            text = _TYPE_NAMES.get(self.kind, "any value")
+            text = _TYPE_NAMES.get(self.kind, "a value without NaN or infinities")
             text += self._range_text()
         return text + (" or null" if self.nullable or self.default is None else "")
 

@@ -63,12 +63,13 @@ NORMALISE = Param("max", choices=tuple(NORMALISATIONS), doc="per-map normalisati
 
 
 class Head(nn.Module):
-    """Base class. :attr:`parameters` declares the constructor parameters (saved in the proxy's
-    config); every head takes ``normalise``."""
+    """Base class. :attr:`hyperparameters` declares the constructor parameters (saved in the
+    proxy's config; not ``parameters``, which is :class:`torch.nn.Module`'s); every head takes
+    ``normalise``."""
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
-    parameters: ClassVar[dict[str, Param]] = {"normalise": NORMALISE}
+    hyperparameters: ClassVar[dict[str, Param]] = {"normalise": NORMALISE}
     aux_weight: ClassVar[float] = 1.0  # default weight of the training's map-matching term
 
     def __init__(self, hidden_size: int, n_patches: int, **params: Any) -> None:
@@ -82,7 +83,7 @@ class Head(nn.Module):
     def resolve_params(cls, params: dict[str, Any]) -> dict[str, Any]:
         """Every parameter of this head with ``params`` over its defaults, checked by
         :func:`xbench.params.resolve` (a :class:`~xbench.errors.ParameterError`)."""
-        return resolve("head", cls.name, cls.parameters, params)
+        return resolve("head", cls.name, cls.hyperparameters, params)
 
     def scores(self, patches: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:  # pragma: no cover
         """Raw scores ``[B, K, N]``."""
@@ -113,7 +114,7 @@ class AttentionHead(Head):
 
     name = "attention"
     description = "LayerNorm + single-head attention (FastRM paper)"
-    parameters = {
+    hyperparameters = {
         "normalise": replace(NORMALISE, default="minmax"),
         "dim": Param(256, min=1, doc="width of the query and key projections"),
         "pos": Param(True, doc="add a learned position embedding to each patch's key"),
@@ -173,7 +174,7 @@ class MLPHead(Head):
 
     name = "mlp"
     description = "per-patch MLP over [patch, answer, product] + learned position embedding"
-    parameters = {**Head.parameters, "dim": Param(128, min=1, doc="width of the hidden layer")}
+    hyperparameters = {**Head.hyperparameters, "dim": Param(128, min=1, doc="width of the hidden layer")}
     aux_weight = 3.0
 
     def __init__(self, hidden_size: int, n_patches: int, **params: Any) -> None:
