@@ -5,6 +5,7 @@ declared choice, type, range and finiteness is enforced when the plugin is built
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 
@@ -187,3 +188,12 @@ def test_shared_parameters_reach_the_plugins_declaring_them():
 def test_several_unknown_keys_each_get_their_hint():
     with pytest.raises(ParameterError, match=r"\['stesp', 'tua'\] \(did you mean 'steps' for 'stesp'\?; did you mean 'tau' for 'tua'\?\)"):
         resolve("metric", "m", {"tau": Param(0.3), "steps": Param(1)}, {"tua": 1, "stesp": 2})
+
+
+@pytest.mark.parametrize("text", ["NaN", "Infinity", "-Infinity", "1e999", "[0.5, NaN]"])
+def test_command_line_values_refuse_non_finite_numbers(text):
+    from xbench.cli import parse_params
+
+    with pytest.raises(ParameterError, match=rf"^--metric-param tau: '{re.escape(text)}' (is not a finite number|holds a non-finite number)"):
+        parse_params([f"tau={text}"], "--metric-param")
+    assert parse_params(['prompt="NaN"', "tau=0.5", "layer=-2"], "--param") == {"prompt": "NaN", "tau": 0.5, "layer": -2}
