@@ -57,7 +57,7 @@ def _refused(build, kind, name, key, value, accepted: str | None = None):
 def test_every_kind_is_covered():
     assert {p[1] for p in PLUGINS} == {"method", "metric", "task", "head", "executor"}
     assert len(_params_where(lambda p: p.choices is not None)) >= 10
-    assert len(_params_where(lambda p: p.kind is float)) >= 8
+    assert len(_params_where(lambda p: p.value_type is float)) >= 8
 
 
 @pytest.mark.parametrize("plugin", PLUGINS, ids=IDS)
@@ -66,7 +66,7 @@ def test_defaults_validate_and_are_documented(plugin):
     assert resolve(kind, name, declared, {}) == {k: p.default for k, p in declared.items()}
     for key, param in declared.items():
         assert param.doc and "\n" not in param.doc, f"{name}.{key} needs a one-line doc"
-        assert param.kind is not None, f"{name}.{key} declares no type"
+        assert param.value_type is not None, f"{name}.{key} declares no type"
 
 
 @pytest.mark.parametrize("plugin", PLUGINS, ids=IDS)
@@ -93,7 +93,7 @@ def test_each_choice_refuses_a_bogus_value(plugin, key, param):
         assert param.convert(choice) == (choice, None)
 
 
-NUMERIC = _params_where(lambda p: p.kind in (int, float))
+NUMERIC = _params_where(lambda p: p.value_type in (int, float))
 
 
 @pytest.mark.parametrize("plugin, key, param", NUMERIC)
@@ -104,12 +104,12 @@ def test_each_number_refuses_nan_and_infinities(plugin, key, param, value):
         build(**{key: value})
 
 
-@pytest.mark.parametrize("plugin, key, param", _params_where(lambda p: p.kind is not None))
+@pytest.mark.parametrize("plugin, key, param", _params_where(lambda p: p.value_type is not None))
 def test_each_parameter_refuses_a_wrong_type(plugin, key, param):
     _, kind, name, _, build = plugin
-    wrong = {bool: "yes", int: "3", float: "0.5", str: 3, list: "x"}[param.kind]
+    wrong = {bool: "yes", int: "3", float: "0.5", str: 3, list: "x"}[param.value_type]
     _refused(build, kind, name, key, wrong)
-    if param.kind in (int, float):
+    if param.value_type in (int, float):
         _refused(build, kind, name, key, True)  # a boolean is not a number
 
 
@@ -119,11 +119,11 @@ RANGED = _params_where(lambda p: p.min is not None or p.max is not None)
 @pytest.mark.parametrize("plugin, key, param", RANGED)
 def test_ranges_are_enforced_at_their_bounds(plugin, key, param):
     _, kind, name, declared, build = plugin
-    step = 1 if param.kind is int else 1e-6
+    step = 1 if param.value_type is int else 1e-6
     for bound, exclusive, outside in ((param.min, param.min_exclusive, -step), (param.max, param.max_exclusive, step)):
         if bound is None:
             continue
-        bound = param.kind(bound)
+        bound = param.value_type(bound)
         _refused(build, kind, name, key, bound + outside)
         if exclusive:
             _refused(build, kind, name, key, bound)

@@ -55,7 +55,7 @@ class Param:
     doc: str = ""
 
     @property
-    def kind(self) -> type | None:
+    def value_type(self) -> type | None:
         """The declared type, or the default's when none is declared."""
         if self.type is not None or self.default is None:
             return self.type
@@ -66,7 +66,7 @@ class Param:
         if self.choices is not None:
             text = f"one of {list(self.options())}"
         else:
-            text = _TYPE_NAMES.get(self.kind, "a value without NaN or infinities")
+            text = _TYPE_NAMES.get(self.value_type, "a value without NaN or infinities")
             text += self._range_text()
         return text + (" or null" if self.nullable or self.default is None else "")
 
@@ -79,14 +79,13 @@ class Param:
             parts.append(f"{'>' if self.min_exclusive else '>='} {self.min:g}")
         if self.max is not None:
             parts.append(f"{'<' if self.max_exclusive else '<='} {self.max:g}")
-        return "".join(" " + " and ".join(parts)) if parts else ""
+        return (" " + " and ".join(parts)) if parts else ""
 
     def convert(self, value: Any) -> tuple[Any, str | None]:
         """``(converted value, None)``, or ``(value, what is accepted)`` when it is refused."""
         if value is None:
             return (None, None) if self.nullable or self.default is None else (value, self.accepted())
-        kind = self.kind
-        converted = _as_type(value, kind)
+        converted = _as_type(value, self.value_type)
         if converted is _REFUSED or not finite(converted):
             return value, self.accepted()
         if self.choices is not None and converted not in self.options():
@@ -176,10 +175,6 @@ def resolve(kind: str, name: str, declared: Mapping[str, Param], given: Mapping[
             raise ParameterError(f"{kind} {name!r}: {key}={value!r} is not {problem}")
         out[key] = converted
     return out
-
-
-def defaults(declared: Mapping[str, Param]) -> dict[str, Any]:
-    return {key: param.default for key, param in declared.items()}
 
 
 def shared(kind: str, declared: Sequence[Mapping[str, Param]], given: Mapping[str, Any]) -> list[dict[str, Any]]:
