@@ -61,6 +61,7 @@ def token_indices(n_answer: int, how: str) -> list[int]:
     """Indices of the answer tokens a ``token`` choice (checked when the method was built) needs."""
     return TOKEN_INDICES[how](n_answer)
 
+
 def _llava_part(vlm, name: str):
     part = getattr(getattr(vlm.model, "model", None), name, None)
     if part is None:
@@ -141,7 +142,6 @@ class GradientRelevancy(Method):
     name = "gradient_relevancy"
     description = "gradient-weighted attention relevancy over the LLM (Chefer et al. 2021; lvlm-interpret)"
     needs = frozenset({"attentions", "gradients"})
-
     parameters = {
         "token": TOKEN_PARAM,
         "scope": Param("llm", choices=SCOPES, doc="llm: the language model's layers; all: on through the vision tower"),

@@ -220,9 +220,9 @@ class Parameterised:
         where :attr:`parameters` declares them, with the overridden defaults)."""
         if getattr(cls.default_params, "__func__", None) is Parameterised.default_params.__func__:
             return dict(cls.parameters)
+        untyped = Param(None, type=object, nullable=True)
         return {
-            key: replace(cls.parameters[key], default=value) if key in cls.parameters else Param(value, type=object, nullable=True)
-            for key, value in cls.default_params().items()
+            key: replace(cls.parameters.get(key, untyped), default=value) for key, value in cls.default_params().items()
         }
 
 
@@ -265,6 +265,7 @@ class Task(Parameterised):
     declared in :attr:`parameters`.
     """
 
+    kind = "task"
     description: ClassVar[str] = ""
     splits: ClassVar[tuple[str, ...]] = ("test",)
     max_new_tokens: ClassVar[int] = 8
@@ -275,8 +276,6 @@ class Task(Parameterised):
     #: the ``Sample.meta`` key naming a sample's image: samples sharing one are kept on one side of a
     #: split (FastRM validation); a sample without the key counts as its own image
     image_key: ClassVar[str] = "image_id"
-
-    kind = "task"
 
     def __init__(self, split: str | None = None, data_dir: str | Path | None = None, **params: Any) -> None:
         from xbench.errors import ParameterError

@@ -28,9 +28,9 @@ from xbench import companions, cost, provenance, stats
 from xbench.api import Generation, MetricContext, RelevanceMap, Sample, SampleError
 from xbench.errors import MapValidationError, ParameterError, RunDirectoryError, XbenchError
 from xbench.models import load_vlm
+from xbench.params import shared
 from xbench.plugins import XbenchPlugins, default
 from xbench.records import SAMPLES, SUMMARY, RecordWriter, iter_records, write_json_atomic
-from xbench.params import shared
 
 DEFAULT_TASK = "easyvqa"
 DEFAULT_MODEL = "tiny-llava-easyvqa"
