@@ -13,7 +13,9 @@ import re
 import socket
 from typing import Callable, ClassVar, Sequence
 
-from xbench.errors import ParameterError, XbenchError
+from xbench.api import Parameterised
+from xbench.errors import XbenchError
+from xbench.params import Param
 from xbench.registry import Registry
 
 PROBE_TIMEOUT_S = 10.0  # a Ray address that does not answer a TCP connect by then is unreachable
@@ -23,19 +25,15 @@ class ExecutorError(XbenchError):
     """An executor that cannot start (Ray missing, cluster unreachable...)."""
 
 
-class Executor:
+class Executor(Parameterised):
     """Runs cells and calls ``report(result)`` as each one ends (in any order).
 
     Subclasses set ``name`` and implement :meth:`run`; constructor keywords are the
-    executor's options (``address`` for Ray).
+    executor's options, declared in :attr:`parameters` (``address`` for Ray).
     """
 
-    name: ClassVar[str] = ""
+    kind = "executor"
     description: ClassVar[str] = ""
-
-    def __init__(self, address: str | None = None) -> None:
-        if address is not None:
-            raise ParameterError(f"--address applies to the ray executor, not {self.name!r}")
 
     def run(self, cells: Sequence[Cell], report: Callable[[dict], None], plugins=None) -> None:
         raise NotImplementedError
@@ -62,9 +60,11 @@ class RayExecutor(Executor):
 
     name = "ray"
     description = "cells as Ray tasks (pip install 'xbench[ray]')"
+    parameters = {"address": Param(None, type=str, doc="the cluster to reach (auto, ray://host:10001...); default: start one")}
 
-    def __init__(self, address: str | None = None) -> None:
-        self.address = address
+    @property
+    def address(self) -> str | None:
+        return self.params["address"]
 
     def run(self, cells, report, plugins=None):
         from xbench.sweep import record_failure, run_cell
@@ -129,3 +129,8 @@ EXECUTORS: Registry[type[Executor]] = Registry("executor")
 EXECUTORS.origin = "xbench.executors"
 for _cls in (LocalExecutor, RayExecutor):
     EXECUTORS.register(_cls)
+
+
+def make_executor(name: str, address: str | None = None) -> Executor:
+    """The executor ``name`` built with the options given (``address`` only when set)."""
+    return EXECUTORS.get(name)(**({} if address is None else {"address": address}))

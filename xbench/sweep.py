@@ -52,10 +52,10 @@ from typing import Any, Callable, Sequence
 from xbench import provenance
 from xbench.errors import UnknownNameError, XbenchError
 from xbench.executors import (  # noqa: F401 (re-exported: the sweep's public names)
-    EXECUTORS, Executor, ExecutorError, LocalExecutor, RayExecutor, import_ray, probe,
+    EXECUTORS, Executor, ExecutorError, LocalExecutor, RayExecutor, import_ray, make_executor, probe,
 )
 from xbench.records import SAMPLES, SUMMARY, dumps_finite, iter_records, write_json_atomic
-from xbench.registry import Registries, build
+from xbench.registry import Registries
 from xbench.runner import DEFAULT_MODEL, DEFAULT_TASK, RunConfig, describe
 
 INDEX = "sweep.json"
@@ -300,7 +300,7 @@ def _methods(value, registries: Registries) -> list[tuple[str, dict, str]]:
         for params in variants:
             if not isinstance(params, dict):
                 raise SuiteError(f"suite methods.{name}: parameters must be a table, got {params!r}")
-            method = build(f"suite methods.{name}", cls, **params)
+            method = cls(**params)
             out.append((name, dict(params), _slug(method.label)))
     return out
 
@@ -506,7 +506,7 @@ def sweep(
     echo: Callable[[str], None] | None = None,
 ) -> dict:
     """Validate, then run a suite; returns ``{status: number of cells}``."""
-    runner = EXECUTORS.get(executor)(address=address)
+    runner = make_executor(executor, address)
     planned = prepare(suite_path, out, plugins)
     return planned.execute(runner, plugins, echo)
 
@@ -525,6 +525,7 @@ __all__ = [
     "grid_size",
     "is_complete",
     "load_suite",
+    "make_executor",
     "plan",
     "prepare",
     "probe",
