@@ -266,9 +266,7 @@ def test_suites_with_non_finite_numbers_or_dates_are_refused_with_the_key_path(p
 
 
 def test_a_huge_grid_is_refused_with_its_count_before_building_anything(plugins, tmp_path, monkeypatch):
-    from xbench import sweep as sweep_module
-
-    monkeypatch.setattr(sweep_module, "build", lambda *a, **k: pytest.fail("a method was built"))
+    monkeypatch.setattr(plugins.registries.methods.get("rollout"), "__init__", lambda *a, **k: pytest.fail("a method was built"))
     seeds = ", ".join(str(i) for i in range(1000))
     variants = ", ".join(["{}"] * 1000)
     suite = f"seeds = [{seeds}]\n[methods]\nrollout = [{variants}]\n"
