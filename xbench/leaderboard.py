@@ -116,7 +116,7 @@ def _average(rows: list[tuple[dict, Values]], metrics: list[str]) -> dict:
     ids, _ = rows[0]
     out = {**ids, "runs": len(rows), "reference": any(r[0]["reference"] for r in rows), "own": set()}
     ns = sorted({r[0]["n"] for r in rows if r[0]["n"] is not None})
-    out["n"] = ns[0] if len(ns) == 1 else "/".join(str(n) for n in ns)
+    out["n"] = None if not ns else ns[0] if len(ns) == 1 else "/".join(str(n) for n in ns)
     for col in metrics:
         given = [v for v in rows if v[1].values.get(col) is not None]
         out[col] = sum(v.values[col] for _, v in given) / len(given) if given else None
@@ -210,6 +210,10 @@ def _cells(row: pd.Series, shown: list[tuple[str, str]], columns: dict[str, dict
     return out
 
 
+def _count(n) -> str:
+    return "—" if n is None or _nan(n) else str(n)
+
+
 def _nan(x) -> bool:
     return isinstance(x, float) and math.isnan(x)
 
@@ -265,13 +269,13 @@ def render(
                                       na_position="last")
         several = (group["runs"] > 1).any()
         headers = ["method", "n", *(["runs"] if several else []), *(h + arrow(columns.get(c, {})) for h, c in shown)]
-        body = [[row["method"] + (f" {REFERENCE_MARK}" if row["reference"] else ""), str(row["n"]),
+        body = [[row["method"] + (f" {REFERENCE_MARK}" if row["reference"] else ""), _count(row["n"]),
                  *([str(row["runs"])] if several else []), *_cells(row, shown, columns, present, full)]
                 for _, row in group.iterrows()]
         task_name, model, split, data, compared = key
         n = group["n"].iloc[0] if compared == SHARED else None
-        title = (f"task: {task_name} · split: {split} · model: {model} · "
-                 + (f"{n} shared samples" if n is not None else compared) + (f" · data {data}" if data else ""))
+        title = " · ".join([f"task: {task_name}", *([f"split: {split}"] if split else []), f"model: {model}",
+                            f"{n} shared samples" if n is not None else compared, *([f"data {data}"] if data else [])])
         legend = _legend(shown, columns, group, full)
         parts.append(render_table(fmt, title, headers, body, legend, WIDTH))
     return "\n\n".join(parts) + "\n"
