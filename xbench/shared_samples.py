@@ -98,8 +98,7 @@ def _renamed(mapping: dict, names: dict[str, str]) -> dict:
     return {names.get(k, k): v for k, v in mapping.items()}
 
 
-def read_run(summary_path: Path) -> Run | None:
-    """The run of one ``summary.json``, or None (with a warning naming it) when it is not one."""
+def _raw_summary(summary_path: Path) -> dict | None:
     try:
         summary = json.loads(summary_path.read_text())
     except (OSError, ValueError) as exc:
@@ -108,6 +107,23 @@ def read_run(summary_path: Path) -> Run | None:
     why = foreign(summary)
     if why is not None:
         warn(f"skipped {summary_path}: not an xbench run summary ({why})")
+        return None
+    return summary
+
+
+def read_summary(summary_path: Path) -> dict | None:
+    """A run's ``summary.json`` with control columns named ``name@control``, or None (with a warning
+    naming the file) when it is unreadable or not an xbench run summary."""
+    summary = _raw_summary(summary_path)
+    if summary is None:
+        return None
+    return {**summary, "metrics": _renamed(summary["metrics"], _control_names(summary["metrics"]))}
+
+
+def read_run(summary_path: Path) -> Run | None:
+    """The run of one ``summary.json`` (None when :func:`read_summary` refuses it)."""
+    summary = _raw_summary(summary_path)
+    if summary is None:
         return None
     names = _control_names(summary["metrics"])
     summary = {**summary, "metrics": _renamed(summary["metrics"], names)}
