@@ -127,9 +127,10 @@ def test_every_run_appears_under_its_own_label(runs, tmp_path):
     shutil.copytree(runs / "rollout", tmp_path / "rollout-again")
     all_runs = find_runs([runs, tmp_path / "rollout-again"])
     labels = sorted(r.label for r in all_runs)
-    assert labels == ["raw<b>evil</b>", "raw_attention", "rollout (rollout)", "rollout (rollout-again)"]
+    assert labels == ["raw<b>evil</b>", "raw_attention", f"rollout ({runs.name}/rollout)",
+                      f"rollout ({tmp_path.name}/rollout-again)"]
     grid = sample_grid(all_runs, 1)
-    assert "<th>rollout (rollout)</th>" in grid and "<th>rollout (rollout-again)</th>" in grid
+    assert f"<th>rollout ({runs.name}/rollout)</th>" in grid and f"<th>rollout ({tmp_path.name}/rollout-again)</th>" in grid
 
 
 def test_runs_of_different_sizes_get_separate_figures(runs, tmp_path, plugins):
@@ -182,3 +183,43 @@ def test_overlay_is_one_hue_over_greyscale():
     assert (out[40, 10] == grey).all()  # least relevant: the image's grey, no colour of its own
     expected = [round((1 - MAX_OPACITY) * grey + MAX_OPACITY * c) for c in HUE]
     assert np.abs(out[10, 40] - expected).max() <= 1  # most relevant: the hue at full opacity
+
+
+def test_show_writes_one_png_of_a_samples_maps(runs, tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    from xbench.overlays import overlay, record_map, sample_images
+    from xbench.show import _panels
+
+    raw = runs / "raw"
+    record = read_records(raw / "samples.jsonl")[0]
+    out = tmp_path / "one.png"
+    assert main(["show", str(raw), record["id"], "--output", str(out)]) == 0
+    assert f"wrote {out}" in capsys.readouterr().out
+    with Image.open(out) as im:
+        assert im.format == "PNG" and im.size[0] > 600 and len(set(im.convert("L").getdata())) > 50
+    summary = json.loads((raw / "summary.json").read_text())
+    image = sample_images(summary, {record["id"]})[0][record["id"]]
+    panels = _panels(raw, summary, record, image)
+    assert [t for t, _ in panels] == ["image", "raw_attention",
+                                      "reference: rollout — computed in the run, map not recorded",
+                                      "control map (--control)"]
+    assert np.array_equal(np.asarray(panels[1][1]), np.asarray(overlay(image, record_map(raw, record))))
+    assert np.array_equal(np.asarray(panels[3][1]), np.asarray(overlay(image, np.asarray(record["control_map"]))))
+    # a reference read from another run (--reference-run): its map for the same sample id
+    summary["reference"] = {"method": "rollout", "params": None, "source": str(runs / "rollout")}
+    ref = next(r for r in read_records(runs / "rollout" / "samples.jsonl") if r["id"] == record["id"])
+    panels = _panels(raw, summary, record, image)
+    assert panels[2][0] == "reference: rollout"
+    assert np.array_equal(np.asarray(panels[2][1]), np.asarray(overlay(image, record_map(runs / "rollout", ref))))
+    own = _panels(runs / "rollout", json.loads((runs / "rollout" / "summary.json").read_text()), ref, image)
+    assert own[2][0] == "reference: rollout (this run)" and len(own) == 3  # no control recorded there
+
+
+def test_show_refuses_unknown_sample_and_folder(runs, tmp_path, capsys):
+    assert main(["show", str(runs / "raw"), "no-such-id", "-o", str(tmp_path / "x.png")]) == 2
+    assert "xbench: error: sample 'no-such-id' is not in" in capsys.readouterr().err
+    assert main(["show", str(tmp_path), "x", "-o", str(tmp_path / "x.png")]) == 2
+    assert "is not an xbench run folder" in capsys.readouterr().err
+    assert not (tmp_path / "x.png").exists()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import io
 import math
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,12 +78,21 @@ def find_runs(paths: Sequence[Path]) -> list[RunData]:
                 runs.append(RunData(summary_path.parent, summary, records, method_label(summary)))
     if not runs:
         raise ParameterError(f"no xbench run summary found under {', '.join(repr(str(p)) for p in paths)}")
-    counts = Counter(r.label for r in runs)
-    for r in runs:  # two runs of one method both appear: their folders tell them apart
-        if counts[r.label] > 1:
-            r.label = f"{r.label} ({r.path.name})"
+    _distinguish(runs)
     runs.sort(key=lambda r: (r.group, r.label))
     return runs
+
+
+def _distinguish(runs: list[RunData]) -> None:
+    """Two runs of one method with one task, model and sample count (so in one plot) both appear:
+    each gets its folder (relative to the folder all runs are under) after its label."""
+    key = lambda r: (*r.group, r.summary.get("n_ok"), r.label)  # noqa: E731
+    counts = Counter(key(r) for r in runs)
+    common = Path(os.path.commonpath([str(r.path.resolve()) for r in runs]))
+    for r in runs:
+        if counts[key(r)] > 1:
+            where = r.path.resolve().relative_to(common) if r.path.resolve() != common else Path(r.path.name)
+            r.label = f"{r.label} ({where})"
 
 
 # --------------------------------------------------------------------------- Pareto plot
@@ -187,7 +197,7 @@ def figures(runs: list[RunData], quality: Sequence[str], latency: str) -> list[s
     parts = []
     for (task, model, n), group in sorted(sets.items(), key=lambda kv: tuple(str(k) for k in kv[0])):
         title = f"task: {task} · model: {model} · {n} samples per run"
-        figure, shown = pareto_figure(group, quality, latency, title)
+        figure, shown = pareto_figure(group, quality, latency)
         if figure:
             parts.append(f"<h3>{esc(title)}</h3><img src='{figure}' alt='quality versus latency, {esc(title)}' "
                          f"style='max-width:100%'><p class='note'>Panels: {esc(', '.join(shown))}.</p>")
@@ -234,7 +244,8 @@ def sample_grid(runs: list[RunData], n_samples: int) -> str:
     tables = []
     groups: dict[tuple, list[RunData]] = {}
     for r in runs:
-        groups.setdefault(r.group, []).append(r)
+        if r.records:  # a run kept as a summary alone has no maps to show
+            groups.setdefault(r.group, []).append(r)
     for (task, model), group in groups.items():
         indexed = [r.by_id() for r in group]
         ids = [i for i, rec in indexed[0].items() if "error" not in rec and all(i in other for other in indexed)]
