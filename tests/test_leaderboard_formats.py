@@ -141,7 +141,7 @@ def test_headline_of_committed_runs_fits_160_characters():
     assert max(len(line) for line in text.splitlines()) <= 160
     header = next(line for line in text.splitlines() if line.startswith("| method"))
     assert [c.strip() for c in header.strip("|").split("|")] == [
-        "method", "n", "accuracy ↑", "F1 ↑", "AUROC ↑", "del gain ↑", "ins gain ↑", "loc ↑", "loc@control", "sanity",
+        "method", "n", "accuracy ↑", "agr F1 ↑", "agr AUROC ↑", "del gain ↑", "ins gain ↑", "loc ↑", "loc@control", "sanity",
         "explain ms ↓", "MiB ↓"]
     assert "200 shared samples" in text and "| gradient_relevancy ★ | 200 |" in text
     fastrm = json.loads((ROOT / "results/runs/tiny-llava-easyvqa/fastrm/summary.json").read_text())["metrics"]

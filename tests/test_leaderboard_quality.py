@@ -87,7 +87,7 @@ def test_column_patterns_and_machine_formats(root):
     text = render(root, columns_filter="agreement_f1*,*_ms_p50")
     assert "accuracy" not in text.split("### ")[1] and "agreement_f1@control" in text and "explain_ms_p50" in text
     csv = pd.read_csv(io.StringIO(render(root, "csv", columns_filter="agreement_f1")))
-    assert list(csv.columns) == ["task", "model", "split", "data", "compared", "method", "runs", "n", "agreement_f1",
+    assert list(csv.columns) == ["task", "model", "method", "runs", "n", "split", "data", "compared", "agreement_f1",
                                  "agreement_f1_ci95_lo", "agreement_f1_ci95_hi"]
     data = json.loads(render(root, "json", columns_filter="accuracy"))
     assert data["rows"][0]["accuracy_ci95_hi"] == 1.0 and list(data["columns"]) == ["accuracy"]

@@ -44,7 +44,8 @@ def _summary_of(method, records, limit, reference="gradient_relevancy", sanity=N
     """A summary as the runner writes it: every value the statistic of all the run's successful records."""
     ok = [r for r in records if "error" not in r]
     mean = lambda key: float(np.mean([r["metrics"][key] for r in ok]))  # noqa: E731
-    metrics = {"accuracy": _entry(float(np.mean([r["scores"]["accuracy"] for r in ok])), "answer", True)}
+    acc = float(np.mean([r["scores"]["accuracy"] for r in ok]))
+    metrics = {"accuracy": _entry(acc, "answer", True), "accuracy[yes/no colour]": _entry(acc, "answer", True)}
     for key, cat, hib in (("agreement_f1", "agreement", True), ("agreement_auroc", "agreement", True),
                           ("deletion_auc", "faithfulness", False), ("deletion_auc_random", "faithfulness", False),
                           ("insertion_auc", "faithfulness", True), ("insertion_auc_random", "faithfulness", True),
@@ -134,9 +135,9 @@ def test_headline_marks_reference_flags_sanity_and_shows_gains(runs):
     root, big, _ = runs
     text = render(root)
     header = [c.strip() for c in next(l for l in text.splitlines() if l.startswith("| method")).strip("|").split("|")]
-    assert header == ["method", "n", "accuracy ↑", "F1 ↑", "AUROC ↑", "del gain ↑", "ins gain ↑", "loc ↑",
+    assert header == ["method", "n", "accuracy ↑", "agr F1 ↑", "agr AUROC ↑", "del gain ↑", "ins gain ↑", "loc ↑",
                       "loc@control", "sanity ↓", "explain ms ↓", "MiB ↓"]
-    assert "### task: easyvqa · split: test · model: tiny-llava-easyvqa · 7 shared samples" in text
+    assert "### task: easyvqa · model: tiny-llava-easyvqa · split: test · 7 shared samples" in text
     rows = _rows(text)
     table, _ = load(root)
     b = table[table.method == "big"].iloc[0]
@@ -148,9 +149,10 @@ def test_headline_marks_reference_flags_sanity_and_shows_gains(runs):
     assert rows["big"][9].rstrip("†") == "0.700 ⚠" and rows["gradient_relevancy"][9] == "0.300"
     assert rows["gradient_relevancy"][0] == "gradient_relevancy ★" and rows["gradient_relevancy"][3:5] == ["ref", "ref"]
     assert float(rows["big"][11]) == pytest.approx(b["explain_rss_peak_mib_max"], rel=5e-3)  # off GPU: RSS rise
-    assert "MiB = explain_rss_peak_mib_max" in text and "⚠ sanity_spearman above 0.5" in text
-    assert "★ the reference method of the agreement columns" in text
-    assert "del gain = deletion_gain (deletion_auc_random - deletion_auc)" in text
+    prose = " ".join(text.split())  # legends are wrapped
+    assert "MiB = explain_rss_peak_mib_max" in prose and "⚠ sanity_spearman above 0.5" in prose
+    assert "★ the reference method of the agreement columns" in prose
+    assert "del gain = deletion_gain (deletion_auc_random - deletion_auc)" in prose
 
 
 def test_missing_headline_columns_are_em_dashes_never_zero(runs):
@@ -172,6 +174,11 @@ def test_full_table_with_patterns_and_literal_bracket(runs):
     assert "512†" in text and "† the run's own value" in text
     only = render(root, columns_filter="energy_in_mask@*")
     assert "energy_in_mask@control" in only and "agreement_f1" not in only.split("### ")[1].split("\n\n")[1]
+    header = next(line for line in render(root, columns_filter="accuracy[[]*").splitlines() if line.startswith("| method"))
+    assert [c.strip() for c in header.strip("|").split("|")] == ["method", "n", "accuracy\\[yes/no colour\\] ↑"]
+    table, _ = load(root)
+    big = table[table.method == "big"].iloc[0]
+    assert big["accuracy[yes/no colour]"] == pytest.approx(big["accuracy"])  # every sample is a yes/no colour one
 
 
 def test_foreign_and_unreadable_summaries_are_skipped_with_a_warning(runs, capsys):

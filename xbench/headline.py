@@ -69,8 +69,8 @@ def _fixed(name: str) -> Callable[[dict[str, dict], set[str]], str]:
 
 HEADLINE = (
     Headline("answer", _answer),
-    Headline("F1", _fixed("agreement_f1")),
-    Headline("AUROC", _fixed("agreement_auroc")),
+    Headline("agr F1", _fixed("agreement_f1")),
+    Headline("agr AUROC", _fixed("agreement_auroc")),
     Headline("del gain", _fixed("deletion_gain")),
     Headline("ins gain", _fixed("insertion_gain")),
     Headline("loc", _localisation),

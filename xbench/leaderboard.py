@@ -37,7 +37,7 @@ from xbench.tables import FORMATS, cell, render_table
 
 CATEGORY_ORDER = ("answer", "agreement", "faithfulness", "localisation", "sanity", "confidence", "cost")
 TABLE = ["task", "model", "split", "data", "compared"]
-ID_COLUMNS = (*TABLE, "method", "runs", "n")
+ID_COLUMNS = ("task", "model", "method", "runs", "n", "split", "data", "compared")
 LO, HI = "_ci95_lo", "_ci95_hi"
 SHARED = "shared samples"
 REFERENCE_MARK, FLAG_MARK, OWN_MARK = "★", "⚠", "†"
@@ -274,7 +274,7 @@ def render(
                 for _, row in group.iterrows()]
         task_name, model, split, data, compared = key
         n = group["n"].iloc[0] if compared == SHARED else None
-        title = " · ".join([f"task: {task_name}", *([f"split: {split}"] if split else []), f"model: {model}",
+        title = " · ".join([f"task: {task_name}", f"model: {model}", *([f"split: {split}"] if split else []),
                             f"{n} shared samples" if n is not None else compared, *([f"data {data}"] if data else [])])
         legend = _legend(shown, columns, group, full)
         parts.append(render_table(fmt, title, headers, body, legend, WIDTH))
