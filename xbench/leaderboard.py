@@ -104,10 +104,10 @@ def _column_info(runs: list[Run]) -> dict[str, dict]:
             if m.get("flag_above") is not None:
                 info["flag_above"] = m["flag_above"]
             columns.setdefault(name, info)
-    for name, (method, random, _) in GAINS.items():
+    for name, (method, random, sign) in GAINS.items():
         if method in columns and random in columns:
             columns[name] = {"category": "faithfulness", "higher_is_better": True,
-                             "derived": f"{random} - {method}" if name.startswith("deletion") else f"{method} - {random}"}
+                             "derived": f"{random} - {method}" if sign < 0 else f"{method} - {random}"}
     return columns
 
 

@@ -3,8 +3,8 @@
 A map is min-max scaled to [0, 1] for display and nearest-upsampled (one block per patch). It
 is drawn in one hue (:data:`HUE`), its opacity rising with relevance, over the image in
 greyscale: no colour of the image can be read as relevance, and a patch's relevance is how
-strongly it is tinted. :func:`colour_bar` draws the same blend over mid-grey, so the bar
-reads exactly as the maps do. The image is centre-cropped to a square, as CLIP-style
+strongly it is tinted. :func:`colour_bar` draws the same blend over a light and a dark grey,
+so the bar reads as the maps do over light and dark image regions. The image is centre-cropped to a square, as CLIP-style
 processors show it to the model.
 """
 
@@ -22,6 +22,7 @@ HUE = (230, 25, 75)  # a saturated red
 MAX_OPACITY = 0.85
 CELL_PX = 128
 GREY = 128
+LIGHT, DARK = 225, 60  # the two greys the colour bar shows the tint over
 
 
 def png_data_uri(image) -> str:
@@ -66,11 +67,14 @@ def overlay(image, grid: np.ndarray, size: int = CELL_PX):
 
 
 def colour_bar(width: int = 256, height: int = 14):
-    """The display scale from the least (left) to the most (right) relevant patch, over mid-grey."""
+    """The display scale from the least (left) to the most (right) relevant patch: the tint over a
+    light grey (top half) and a dark grey (bottom half), as it looks over such image regions."""
     from PIL import Image
 
     ramp = np.tile(np.linspace(0, 1, width), (height, 1))
-    return Image.fromarray(blend(np.full((height, width), GREY, dtype=np.uint8), ramp))
+    grey = np.full((height, width), LIGHT, dtype=np.uint8)
+    grey[height // 2 :] = DARK
+    return Image.fromarray(blend(grey, ramp))
 
 
 def record_map(run_dir, record: dict, key: str = "map") -> np.ndarray | None:

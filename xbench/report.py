@@ -54,6 +54,7 @@ class RunData:
     summary: dict
     records: list[dict] = field(default_factory=list)
     label: str = ""
+    folder: str = ""  # the run's folder relative to the folder all the report's runs are under
 
     @property
     def group(self) -> tuple[str, str]:
@@ -84,15 +85,15 @@ def find_runs(paths: Sequence[Path]) -> list[RunData]:
 
 
 def _distinguish(runs: list[RunData]) -> None:
-    """Two runs of one method with one task, model and sample count (so in one plot) both appear:
-    each gets its folder (relative to the folder all runs are under) after its label."""
+    """Set each run's ``folder``; two runs of one method with one task, model and sample count (so
+    in one plot) both appear: each gets its folder after its label."""
     key = lambda r: (*r.group, r.summary.get("n_ok"), r.label)  # noqa: E731
     counts = Counter(key(r) for r in runs)
     common = Path(os.path.commonpath([str(r.path.resolve()) for r in runs]))
     for r in runs:
+        r.folder = str(r.path.resolve().relative_to(common)) if r.path.resolve() != common else r.path.name
         if counts[key(r)] > 1:
-            where = r.path.resolve().relative_to(common) if r.path.resolve() != common else Path(r.path.name)
-            r.label = f"{r.label} ({where})"
+            r.label = f"{r.label} ({r.folder})"
 
 
 # --------------------------------------------------------------------------- Pareto plot
@@ -235,7 +236,7 @@ def _answer_cell(record: dict | None, run_dir: Path, image, sample_id: str) -> s
 
 def colour_bar_html() -> str:
     return (f"<div class='bar'>least relevant patch <img src='{png_data_uri(colour_bar())}' alt='colour bar'> "
-            "most relevant patch</div>")
+            "most relevant patch (the tint over a light and a dark image region)</div>")
 
 
 def sample_grid(runs: list[RunData], n_samples: int) -> str:
@@ -284,7 +285,7 @@ def provenance_table(runs: list[RunData]) -> str:
     head = "".join(f"<th>{esc(h)}</th>" for h in ("run", "folder", *(h for h, _ in PROVENANCE)))
     rows = []
     for r in runs:
-        cells = [r.label, r.path.name, *(_lookup(r.summary, path) for _, path in PROVENANCE)]
+        cells = [r.label, r.folder, *(_lookup(r.summary, path) for _, path in PROVENANCE)]
         rows.append("<tr>" + "".join(f"<td>{esc('—' if c is None else c)}</td>" for c in cells) + "</tr>")
     return f"<div class='scroll'><table><tr>{head}</tr>{''.join(rows)}</table></div>"
 

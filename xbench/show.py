@@ -17,7 +17,7 @@ import numpy as np
 
 from xbench.errors import ParameterError
 from xbench.escaping import mathtext
-from xbench.overlays import GREY, blend, centre_square, overlay, record_map, sample_images
+from xbench.overlays import centre_square, colour_bar, overlay, record_map, sample_images
 from xbench.records import SAMPLES, SUMMARY, iter_records, method_label
 from xbench.shared_samples import read_summary
 
@@ -69,7 +69,6 @@ def show(run_dir: Path, sample_id: str, output: Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.colors import ListedColormap
 
     summary = read_summary(run_dir / SUMMARY) if (run_dir / SUMMARY).exists() else None
     if summary is None:
@@ -82,7 +81,8 @@ def show(run_dir: Path, sample_id: str, output: Path) -> Path:
         raise ParameterError(f"sample {sample_id!r} failed in this run ({record.get('stage', '?')}: {record['error']})")
     images, _ = sample_images(summary, {sample_id})
     panels = _panels(run_dir, summary, record, images.get(sample_id))
-    fig, axes = plt.subplots(1, len(panels), figsize=(2.6 * len(panels) + 0.8, 3.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.6 * len(panels) + 0.4, 3.8), squeeze=False)
+    fig.subplots_adjust(bottom=0.22, top=0.8, left=0.03, right=0.97)
     for ax, (title, picture) in zip(axes[0], panels):
         ax.set_title(mathtext(title), fontsize=8)
         ax.set_xticks([]), ax.set_yticks([])
@@ -90,9 +90,10 @@ def show(run_dir: Path, sample_id: str, output: Path) -> Path:
             ax.text(0.5, 0.5, mathtext(picture), ha="center", va="center", fontsize=7, wrap=True)
         else:
             ax.imshow(np.asarray(picture), interpolation="nearest")
-    ramp = blend(np.full((1, 256), GREY, dtype=np.uint8), np.linspace(0, 1, 256)[None, :])[0] / 255
-    bar = plt.cm.ScalarMappable(cmap=ListedColormap(ramp))
-    fig.colorbar(bar, ax=list(axes[0]), fraction=0.025, pad=0.02, label="relevance (min-max scaled per map)")
+    bar = fig.add_axes((0.3, 0.06, 0.4, 0.04))
+    bar.imshow(np.asarray(colour_bar(256, 14)), aspect="auto")
+    bar.set_yticks([]), bar.set_xticks([0, 255], ["least relevant", "most relevant"], fontsize=7)
+    bar.set_title("patch relevance (min-max scaled per map): the tint over light and dark regions", fontsize=7)
     gold = ", ".join(str(g) for g in record.get("gold", []))
     fig.suptitle(mathtext(f"{sample_id}: {record.get('question', '')}  answer: {record.get('answer', '')}  "
                           f"gold: {gold}"), fontsize=9)
