@@ -204,3 +204,15 @@ def test_runs_sharing_no_sample_are_shown_on_their_own_samples(runs, capsys):
     table, _ = load(root)
     assert set(table.compared) == {"own samples, limit 12", "own samples, limit 8", "own samples, limit 4"}
     assert "share no successful sample" in capsys.readouterr().err
+
+
+def test_a_column_that_cannot_be_recomputed_keeps_the_runs_value_and_says_so(runs, capsys):
+    root, _, _ = runs
+    path = root / "big" / "summary.json"
+    s = json.loads(path.read_text())
+    s["metric_params"]["confidence_auroc"] = {"no_such_param": 1}  # the metric cannot be rebuilt with these
+    path.write_text(json.dumps(s))
+    table, _ = load(root)
+    row = table[table.method == "big"].iloc[0]
+    assert "confidence_auroc" in row["own"] and row["confidence_auroc"] == s["metrics"]["confidence_auroc"]["value"]
+    assert "confidence_auroc cannot be recomputed on the shared samples" in capsys.readouterr().err

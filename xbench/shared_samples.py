@@ -215,9 +215,17 @@ class Recomputer:
         return out
 
     def answers(self, run: Run, records: list[dict]) -> dict | None:
-        """The task's answer metrics over ``records`` (None when the task cannot be rebuilt here)."""
+        """The task's answer metrics over ``records`` (None when the task cannot be rebuilt here or
+        its ``aggregate`` fails on these records, with a warning)."""
         task = self._task(run)
-        return None if task is None else task.aggregate(records)
+        if task is None:
+            return None
+        try:
+            return task.aggregate(records)
+        except Exception as exc:  # a plugin's aggregate on records it did not write: keep the run's values
+            warn(f"{run.path}: the task's answer metrics cannot be recomputed on the shared samples "
+                 f"({type(exc).__name__}: {exc}); they keep the run's own values")
+            return None
 
     def _task(self, run: Run):
         t, cfg = run.summary["task"], run.summary.get("config") or {}
@@ -249,7 +257,12 @@ class Recomputer:
             floats = [float(v) for v in values if v is not None]
             return True, float(np.mean(floats)) if floats else None
         params = (run.summary.get("metric_params") or {}).get(base, {})
-        return True, build(f"metric {base!r}", cls, **params).aggregate(values, records)
+        try:
+            return True, build(f"metric {base!r}", cls, **params).aggregate(values, records)
+        except Exception as exc:  # as for answers: the run's own value, said so
+            warn(f"{run.path}: {column} cannot be recomputed on the shared samples ({type(exc).__name__}: {exc}); "
+                 "it keeps the run's own value")
+            return False, None
 
 
 def cost_statistic(column: str, records: list[dict]) -> tuple[bool, float | None]:
