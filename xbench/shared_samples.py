@@ -231,12 +231,9 @@ class Recomputer:
         t, cfg = run.summary["task"], run.summary.get("config") or {}
         key = json.dumps([t["name"], t.get("split"), t.get("params"), cfg.get("data_dir")], sort_keys=True, default=str)
         if key not in self._tasks:
-            from xbench.registry import build
-
             try:
-                cls = self.registries.tasks.get(t["name"])
-                self._tasks[key] = build(f"task {t['name']!r}", cls, t.get("split"), cfg.get("data_dir"),
-                                         **(t.get("params") or {}))
+                cls = self.registries.tasks.get(t["name"])  # parameters are checked by the task's constructor
+                self._tasks[key] = cls(t.get("split"), cfg.get("data_dir"), **(t.get("params") or {}))
             except Exception as exc:  # the plugin or the data is not on this machine: keep the run's values
                 warn(f"task {t['name']!r} cannot be rebuilt here ({type(exc).__name__}: {exc}); "
                      "its answer columns keep each run's own value")
@@ -246,7 +243,6 @@ class Recomputer:
     def metric(self, run: Run, column: str, entry: dict, records: list[dict]) -> tuple[bool, float | None]:
         """``(recomputed, value)`` of one metric column with the metric's own ``aggregate``."""
         from xbench.api import Metric
-        from xbench.registry import build
 
         base = entry.get("control_of") or column
         if base not in self.registries.metrics:
@@ -258,7 +254,7 @@ class Recomputer:
             return True, float(np.mean(floats)) if floats else None
         params = (run.summary.get("metric_params") or {}).get(base, {})
         try:
-            return True, build(f"metric {base!r}", cls, **params).aggregate(values, records)
+            return True, cls(**params).aggregate(values, records)
         except Exception as exc:  # as for answers: the run's own value, said so
             warn(f"{run.path}: {column} cannot be recomputed on the shared samples ({type(exc).__name__}: {exc}); "
                  "it keeps the run's own value")
