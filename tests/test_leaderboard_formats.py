@@ -142,7 +142,7 @@ def test_headline_of_committed_runs_fits_160_characters():
     header = next(line for line in text.splitlines() if line.startswith("| method"))
     assert [c.strip() for c in header.strip("|").split("|")] == [
         "method", "n", "accuracy ↑", "agr F1 ↑", "agr AUROC ↑", "del gain ↑", "ins gain ↑", "loc ↑", "loc@control", "sanity",
-        "explain ms ↓", "MiB ↓"]
+        "ms p50 ↓", "MiB ↓"]
     assert "200 shared samples" in text and "| gradient_relevancy ★ | 200 |" in text
     fastrm = json.loads((ROOT / "results/runs/tiny-llava-easyvqa/fastrm/summary.json").read_text())["metrics"]
     row = next(line for line in text.splitlines() if line.startswith("| fastrm ")).split("|")

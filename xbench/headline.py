@@ -5,7 +5,9 @@ Each headline column is one table column chosen from what the table's runs recor
 
 * the answer metric: ``f1`` where the task reports one (POPE), else ``accuracy``, else the
   task's first answer metric;
-* agreement with the reference method: ``agreement_f1`` and ``agreement_auroc``;
+* agreement with the reference method: ``agreement_f1`` (both maps cut at the common tau) and
+  ``agreement_auroc``; where the table has it, ``agreement_f1_operating`` beside them (F1 at the
+  method's own calibrated decision threshold, e.g. FastRM's, as ``xbench fastrm evaluate`` gives it);
 * faithfulness as the gain over a random patch order: ``deletion_gain`` (random minus method:
   the answer falls faster when the method's top patches go first) and ``insertion_gain``
   (method minus random);
@@ -13,10 +15,11 @@ Each headline column is one table column chosen from what the table's runs recor
   ``name@control`` (the same metric on the map for the re-randomised model);
 * the sanity score ``sanity_spearman`` (map against the control map; values above the
   metric's ``flag_above`` are flagged);
-* cost: ``explain_ms_p50`` and explain-phase memory, ``explain_peak_gpu_mib`` where a GPU
+* cost: ``explain_ms_p50`` (header ``ms p50``) and explain-phase memory, ``explain_peak_gpu_mib`` where a GPU
   measured it, else the explain phase's resident-memory rise (:data:`RSS_MEMORY`).
 
-A headline column the table's runs do not have is still shown, as em-dashes.
+A headline column the table's runs do not have is still shown, as em-dashes (except the
+optional ``agreement_f1_operating``, shown only where some run has it).
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ class Headline:
 
     header: str
     pick: Callable[[dict[str, dict], set[str]], str]
+    optional: bool = False  # shown only when the table has the column
 
 
 def _answer(columns: dict[str, dict], present: set[str]) -> str:
@@ -70,13 +74,14 @@ def _fixed(name: str) -> Callable[[dict[str, dict], set[str]], str]:
 HEADLINE = (
     Headline("answer", _answer),
     Headline("agr F1", _fixed("agreement_f1")),
+    Headline("agr F1 op", _fixed("agreement_f1_operating"), optional=True),
     Headline("agr AUROC", _fixed("agreement_auroc")),
     Headline("del gain", _fixed("deletion_gain")),
     Headline("ins gain", _fixed("insertion_gain")),
     Headline("loc", _localisation),
     Headline("loc@control", lambda columns, present: control_column(_localisation(columns, present))),
     Headline("sanity", _fixed("sanity_spearman")),
-    Headline("explain ms", _fixed("explain_ms_p50")),
+    Headline("ms p50", _fixed("explain_ms_p50")),
     Headline("MiB", _memory),
 )
 
@@ -85,6 +90,7 @@ def headline_columns(columns: dict[str, dict], present: set[str]) -> list[tuple[
     """``[(header, column)]`` of the headline for a table whose valued columns are ``present``;
     the answer column is headed by its own name."""
     picked = [(h.header, h.pick(columns, present)) for h in HEADLINE]
+    picked = [(header, column) for h, (header, column) in zip(HEADLINE, picked) if not h.optional or column in present]
     return [(column if header == "answer" else header, column) for header, column in picked]
 
 
