@@ -9,8 +9,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from xbench import cost, provenance, stats
-from xbench.api import Metric
-from xbench.columns import control_column, parse_column
+from xbench.api import Metric, Task
+from xbench.columns import control_column, group_column, parse_column
 from xbench.records import MetricEntry, Record, Summary
 
 TIMED_PHASES = ("model_load", "warmup", "generate", "explain", "companions", "metrics")
@@ -22,12 +22,30 @@ def metric_entry(value, n: int, category: str, higher_is_better: bool | None, ci
 
 def answer_entries(task, ok: Sequence[Record], seed: int) -> dict[str, MetricEntry]:
     """The task's run-level answer metrics (and breakdown columns), direction from the base metric."""
-    ci = stats.bootstrap(lambda idx: task.aggregate([ok[i] for i in idx]), len(ok), seed=seed)
+    values = task.aggregate(ok)
+    if type(task).aggregate is Task.aggregate:  # means of per-sample scores: the vectorised bootstrap
+        ci = stats.bootstrap_means(_score_columns(task, ok, values), len(ok), seed=seed)
+    else:
+        ci = stats.bootstrap(lambda idx: task.aggregate([ok[i] for i in idx]), len(ok), seed=seed)
     entries = {}
-    for name, value in task.aggregate(ok).items():
+    for name, value in values.items():
         direction = task.answer_metrics.get(parse_column(name).base, True)
         entries[name] = metric_entry(value, len(ok), "answer", direction, ci.get(name))
     return entries
+
+
+def _score_columns(task, ok: Sequence[Record], names) -> dict[str, np.ndarray]:
+    """Per sample, each column :meth:`xbench.api.Task.aggregate` averages (NaN where a sample does
+    not count: no such score, or another breakdown group)."""
+    columns = {name: np.full(len(ok), np.nan) for name in names}
+    for i, r in enumerate(ok):
+        group = r["meta"].get(task.breakdown_key) if task.breakdown_key else None
+        for k, v in r["scores"].items():
+            if v is not None:
+                columns[k][i] = float(v)
+                if group is not None:
+                    columns[group_column(k, group)][i] = float(v)
+    return columns
 
 
 def map_metric_entries(metrics: Sequence[Metric], ok: Sequence[Record], seed: int, with_control: bool) -> dict:
@@ -50,11 +68,15 @@ def _column_entry(metric: Metric, column: str, ok: Sequence[Record], seed: int) 
     value = metric.aggregate(vals, ok)
     if value is None:
         return None
+    if type(metric).aggregate is Metric.aggregate:  # the mean: the vectorised bootstrap
+        col = np.array([np.nan if v is None else float(v) for v in vals], dtype=np.float64)
+        ci = stats.bootstrap_means({"v": col}, len(ok), seed=seed)["v"]
+    else:
 
-    def statistic(idx):
-        return {"v": metric.aggregate([vals[i] for i in idx], [ok[i] for i in idx])}
+        def statistic(idx):
+            return {"v": metric.aggregate([vals[i] for i in idx], [ok[i] for i in idx])}
 
-    ci = stats.bootstrap(statistic, len(ok), seed=seed)["v"]
+        ci = stats.bootstrap(statistic, len(ok), seed=seed)["v"]
     n = sum(v is not None for v in vals)
     if column != metric.name:
         return {**metric_entry(value, n, metric.category, None, ci), "control_of": metric.name}
@@ -70,7 +92,7 @@ def cost_entries(ok: Sequence[Record], seed: int) -> dict[str, MetricEntry]:
     for key in ("explain_ms", "generate_ms"):
         values = np.array([r[key] for r in ok], dtype=float)
         pct = cost.percentiles(values.tolist())
-        cis = stats.bootstrap(lambda idx: cost.percentiles(values[idx].tolist()), len(ok), seed=seed)
+        cis = stats.bootstrap_percentiles(values, {"p50": 50, "p95": 95}, seed=seed)
         for p in ("p50", "p95"):
             if pct[p] is not None:
                 entries[f"{key}_{p}"] = metric_entry(pct[p], len(ok), "cost", False, cis.get(p))
