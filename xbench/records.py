@@ -47,6 +47,11 @@ class Record(TypedDict):
     control_error: NotRequired[str]  # with --control, when the control map failed
 
 
+#: The keys of a :class:`Record` that measure the machine rather than the method (they differ run to run).
+COST_FIELDS = frozenset({"generate_ms", "explain_ms", "generate_peak_gpu_mib", "explain_peak_gpu_mib",
+                         "generate_rss_peak_mib", "explain_rss_peak_mib"})  # fmt: skip
+
+
 class ErrorRecord(TypedDict):
     """A sample that failed: the error and the stage (data, image, generate, explain, score)."""
 

@@ -21,11 +21,10 @@ instead, with a :class:`SampleFailedError` naming the sample and the stage).
 from __future__ import annotations
 
 import random
-import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -39,49 +38,12 @@ from xbench.pipeline import Outcome, generate_explain
 from xbench.plugins import XbenchPlugins, default
 from xbench.records import SAMPLES, SUMMARY, RecordWriter, Summary, iter_records, write_json_atomic
 from xbench.registry import build
+from xbench.runconfig import DEFAULT_MODEL, DEFAULT_REFERENCE, DEFAULT_TASK, RunConfig
 from xbench.scoring import FailPolicy, SampleFailedError, Scorer, build_metrics
 from xbench.summary import summarise, timings
 
-__all__ = ["Run", "RunConfig", "SampleFailedError", "batched", "call_splitting", "describe", "run", "seed_everything"]
-
-DEFAULT_TASK = "easyvqa"
-DEFAULT_MODEL = "tiny-llava-easyvqa"
-DEFAULT_REFERENCE = "gradient_relevancy"
-
-
-@dataclass
-class RunConfig:
-    method: str
-    task: str = DEFAULT_TASK
-    model: str = DEFAULT_MODEL
-    limit: int | None = None
-    batch_size: int = 4
-    seed: int = 0
-    out: Path | None = None
-    resume: bool = False
-    split: str | None = None
-    data_dir: str | None = None
-    method_params: dict[str, Any] = field(default_factory=dict)
-    task_params: dict[str, Any] = field(default_factory=dict)
-    metrics: list[str] | None = None  # metric or preset names (xbench.presets); None: the "default" preset
-    device: str | None = None
-    dtype: str | None = None
-    max_new_tokens: int | None = None
-    warmup: int = 1
-    fail_fast: bool = False
-    progress: bool = True
-    metric_params: dict[str, Any] = field(default_factory=dict)  # given to each metric that declares the key
-    reference: str = DEFAULT_REFERENCE  # method whose maps agreement metrics compare with
-    reference_params: dict[str, Any] = field(default_factory=dict)
-    reference_run: Path | None = None  # read the reference maps from this earlier run instead
-    control: str | None = None  # "randomized": also explain on a random-weight copy of the model
-
-    def out_dir(self) -> Path:
-        if self.out is not None:
-            return Path(self.out)
-        slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(self.model).name)
-        return Path("runs") / f"{self.method}-{self.task}-{slug}-{provenance.now().replace(':', '')}"
-
+__all__ = ["DEFAULT_MODEL", "DEFAULT_REFERENCE", "DEFAULT_TASK", "Run", "RunConfig", "SampleFailedError", "batched",
+           "call_splitting", "describe", "run", "seed_everything"]
 
 def seed_everything(seed: int) -> None:
     import torch
