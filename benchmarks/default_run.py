@@ -94,6 +94,17 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+def write(result: dict, out: Path) -> None:
+    result["load_after"] = list(os.getloadavg())
+    busy = max(result["machine"]["load_avg_1_5_15"][0], result["load_after"][0]) > (os.cpu_count() or 1)
+    result["load_note"] = (
+        "The machine was shared while these ran (load average above its core count): every time here is inflated "
+        "by other processes and the lead may rerun it on an idle machine." if busy else
+        "The machine was otherwise idle (load average at most its core count) before and after the runs.")  # fmt: skip
+    (out / "default-run.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "README.md").write_text(markdown(result))
+
+
 def main(argv=None) -> int:
     sys.path.insert(0, str(ROOT))
     from xbench import provenance
@@ -106,26 +117,19 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     result = {"argv": list(argv if argv is not None else sys.argv[1:]), "threads": args.threads,
               "date": provenance.now(), "git_sha": provenance.git_sha(), "machine": machine(), "runs": {}}  # fmt: skip
-    plan = [("default", [] if args.limit is None else ["--limit", str(args.limit)]),
-            ("default-slice", ["--limit", str(args.slice)]),
-            ("all-slice", ["--limit", str(args.slice), "--metrics", "all"])]  # fmt: skip
+    plan = [("default-slice", ["--limit", str(args.slice)]),
+            ("all-slice", ["--limit", str(args.slice), "--metrics", "all"]),
+            ("default", [] if args.limit is None else ["--limit", str(args.limit)])]  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        for name, extra in plan:
+        for name, extra in plan:  # results are written after each run: a cut-short benchmark keeps what it made
             r = run_xbench(name, extra, Path(tmp) / name, args.threads)
             (args.out / f"{name}-summary.json").write_text(json.dumps(r.pop("summary"), indent=2) + "\n")
             result["runs"][name] = r
             print(f"{name}: {r['n_ok']} ok, wall {r['timings']['wall_s']:.1f} s, harness "
                   f"{100 * r['timings']['harness_share_after_load']:.1f}% after load", flush=True)  # fmt: skip
             shutil.rmtree(Path(tmp) / name)
-    result["load_after"] = list(os.getloadavg())
-    busy = max(result["machine"]["load_avg_1_5_15"][0], result["load_after"][0]) > (os.cpu_count() or 1)
-    result["load_note"] = (
-        "The machine was shared while these ran (load average above its core count): every time here is inflated "
-        "by other processes and the lead may rerun it on an idle machine." if busy else
-        "The machine was otherwise idle (load average at most its core count) before and after the runs.")  # fmt: skip
-    (args.out / "default-run.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / "README.md").write_text(markdown(result))
+            write(result, args.out)
     print(f"wrote {args.out / 'default-run.json'} and {args.out / 'README.md'}")
     return 0
 

@@ -144,6 +144,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     for name, m in summary["metrics"].items():
         if m["value"] is not None:
             print(f"  {name:28s} {m['value']:.4g}")
+    t = summary["timings"]
+    share = "" if t["harness_share_after_load"] is None else f", harness {100 * t['harness_share_after_load']:.0f}% after load"
+    print(f"time: {t['wall_s']:.1f} s wall, model load {t['model_load_s']:.1f} s, generate {t['generate_s']:.1f} s, "
+          f"explain {t['explain_s']:.1f} s, reference/control {t['companions_s']:.1f} s, metrics {t['metrics_s']:.1f} s"
+          + share)
     return 0
 
 

@@ -25,6 +25,7 @@ What each cost column of a run measures:
 
 from __future__ import annotations
 
+import os
 import resource
 import sys
 import threading
@@ -65,28 +66,11 @@ def rss_mib() -> float:
     return float(memory_usage(-1, interval=0, max_iterations=1)[0])
 
 
-class RssWatch:
-    """Highest resident memory of this process while the block runs, sampled on a thread."""
+class RssWindow:
+    """One measured span's resident memory: the level at its start and the highest seen since."""
 
-    def __init__(self, interval: float = RSS_INTERVAL_S) -> None:
-        self.interval = interval
-        self.start = self.peak = 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, name="xbench-rss-watch", daemon=True)
-
-    def _watch(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.peak = max(self.peak, rss_mib())
-
-    def __enter__(self) -> "RssWatch":
-        self.start = self.peak = rss_mib()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, rss_mib())
+    def __init__(self, start: float) -> None:
+        self.start = self.peak = start
 
     @property
     def increase(self) -> float:
@@ -94,16 +78,63 @@ class RssWatch:
         return max(self.peak - self.start, 0.0)
 
 
+class RssWatch:
+    """Samples this process's resident memory every ``interval`` seconds on one daemon thread,
+    raising the peak of every open :class:`RssWindow`; a window also reads it when it opens and
+    closes. One watch serves the whole process (:func:`rss_watch`), so a measured call costs two
+    reads, not a thread."""
+
+    def __init__(self, interval: float = RSS_INTERVAL_S) -> None:
+        self.interval = interval
+        self._open: set[RssWindow] = set()
+        self._lock = threading.Lock()
+        self._pid: int | None = None
+
+    def _watch(self) -> None:
+        while True:
+            time.sleep(self.interval)
+            with self._lock:
+                windows = list(self._open)
+            if windows:
+                now = rss_mib()
+                for w in windows:
+                    w.peak = max(w.peak, now)
+
+    @contextmanager
+    def window(self) -> Iterator[RssWindow]:
+        with self._lock:
+            if self._pid != os.getpid():  # first use, or a forked child (threads do not survive fork)
+                self._pid, self._open = os.getpid(), set()
+                threading.Thread(target=self._watch, name="xbench-rss-watch", daemon=True).start()
+        w = RssWindow(rss_mib())
+        with self._lock:
+            self._open.add(w)
+        try:
+            yield w
+        finally:
+            with self._lock:
+                self._open.discard(w)
+            w.peak = max(w.peak, rss_mib())
+
+
+_WATCH = RssWatch()
+
+
+def rss_watch() -> RssWatch:
+    """The process's resident-memory watch."""
+    return _WATCH
+
+
 @contextmanager
 def measure(device) -> Iterator[Measurement]:
     """Time the block, watch its resident memory; on CUDA synchronise around it and record its
     peak allocated memory. The yielded :class:`Measurement` is filled in when the block ends.
-    Starting and stopping the memory watch is outside the timed span."""
+    Opening and closing the memory window (a read each) is outside the timed span."""
     import torch
 
     m = Measurement()
     on_gpu = cuda_active(device)
-    with RssWatch() as watch:
+    with rss_watch().window() as watch:
         if on_gpu:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
