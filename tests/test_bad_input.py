@@ -406,3 +406,16 @@ def test_16_bit_grayscale_keeps_its_contrast():
     for channel in range(3):
         np.testing.assert_array_equal(rgb[..., channel], expected)
     assert (np.asarray(img.convert("RGB"))[..., 0] == 255).mean() > 0.99  # what the naive conversion gives
+
+
+# ---- runloop (issue 17) ----
+RUNLOOP_CASES = [
+    Case("cli-unknown-metric-preset", cli_case(*RUN, "--metrics", "defualt"), ("unknown metric 'defualt'. Did you mean 'default'?", "or a preset: ")),
+    Case("suite-unknown-metric-preset", suite_case(VALID + 'metrics = ["faithfulnes"]\n'), ("unknown metric 'faithfulnes'. Did you mean 'faithfulness'?",)),
+    Case("cli-preset-ok", cli_case(*RUN[:-1], "{tmp}/out", "--metrics", "localisation,sanity"), exit=0, record="ok"),
+]
+
+
+@pytest.mark.parametrize("case", RUNLOOP_CASES, ids=[c.id for c in RUNLOOP_CASES])
+def test_bad_input_run_loop(case, corpus_plugins, tmp_path, monkeypatch, capsys):
+    test_bad_input(case, corpus_plugins, tmp_path, monkeypatch, capsys)

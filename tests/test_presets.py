@@ -58,7 +58,7 @@ def test_membership_is_declared_on_the_class():
 
 def test_unknown_name_gets_a_did_you_mean(plugins):
     reg = plugins.registries.metrics
-    with pytest.raises(UnknownNameError, match="unknown metric or metric preset 'faithfulnes'. Did you mean 'faithfulness'"):
+    with pytest.raises(UnknownNameError, match="unknown metric 'faithfulnes'. Did you mean 'faithfulness'"):
         presets.resolve(["faithfulnes"], reg)
     with pytest.raises(UnknownNameError, match="Did you mean 'agreement_f1'"):
         presets.resolve(["agreement_f"], reg)

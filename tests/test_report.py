@@ -66,7 +66,7 @@ def test_report_is_one_self_contained_escaped_file(runs, tmp_path, capsys):
     assert len(srcs) == 1 + 2 * (1 + 3)
     for heading in ("Quality vs latency", "Leaderboard", "Samples × methods"):
         assert heading in text
-    assert "agreement_f1[control]" in text and "deletion_auc ↓" in text
+    assert "agreement_f1@control" in text and "deletion_auc ↓" in text
     assert "gold: " in text and "answer: <b>" in text
 
 

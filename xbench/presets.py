@@ -51,5 +51,5 @@ def resolve(names: Sequence[str] | None, registry) -> list[str]:
 def _unknown(name: str, metrics: list[str], preset_names: list[str]) -> str:
     close = difflib.get_close_matches(name, metrics + preset_names, n=1, cutoff=0.6)
     hint = f" Did you mean {close[0]!r}?" if close else ""
-    return (f"unknown metric or metric preset {name!r}.{hint} "
-            f"Presets: {', '.join(preset_names)}. Metrics: {', '.join(metrics) or 'none'}.")  # fmt: skip
+    return (f"unknown metric {name!r}.{hint} Choices: {', '.join(metrics) or 'none'}; "
+            f"or a preset: {', '.join(preset_names)}.")  # fmt: skip
