@@ -37,7 +37,6 @@ from xbench.models import load_vlm
 from xbench.pipeline import Outcome, generate_explain
 from xbench.plugins import XbenchPlugins, default
 from xbench.records import SAMPLES, SUMMARY, RecordWriter, Summary, iter_records, write_json_atomic
-from xbench.registry import build
 from xbench.runconfig import DEFAULT_MODEL, DEFAULT_REFERENCE, DEFAULT_TASK, RunConfig
 from xbench.scoring import FailPolicy, SampleFailedError, Scorer, build_metrics
 from xbench.summary import summarise, timings
@@ -65,9 +64,9 @@ class Run:
         if not 0 <= config.seed < 2**32:
             raise ParameterError(f"seed must be between 0 and 2**32 - 1 (numpy's range), got {config.seed}")
         method_cls, task_cls = reg.methods.get(config.method), reg.tasks.get(config.task)
-        self.method = build(f"method {config.method!r}", method_cls, **config.method_params)
+        self.method = method_cls(**config.method_params)
         self.method.seed = config.seed
-        self.task = build(f"task {config.task!r}", task_cls, config.split, config.data_dir, **config.task_params)
+        self.task = task_cls(config.split, config.data_dir, **config.task_params)
         metric_names = presets.resolve(config.metrics, reg.metrics)
         self.metrics = build_metrics([reg.metrics.get(n) for n in metric_names], config.metric_params)
         needs_reference = any("reference" in m.needs for m in self.metrics)

@@ -19,7 +19,8 @@ from xbench.api import Generation, Metric, MetricContext, RelevanceMap, Sample
 from xbench.batching import describe
 from xbench.columns import control_column
 from xbench.cost import PhaseTimes
-from xbench.errors import ParameterError, XbenchError
+from xbench.errors import XbenchError
+from xbench.params import shared
 from xbench.pipeline import Outcome
 from xbench.records import ErrorRecord, Record
 
@@ -155,13 +156,8 @@ def compact_map(grid: np.ndarray) -> list:
 
 def build_metrics(classes: list, params: dict[str, Any]) -> list[Metric]:
     """Instantiate metrics, each with the entries of ``params`` it declares; refuse unused keys."""
-    declared = {k for cls in classes for k in cls.default_params()}
-    unused = sorted(set(params) - declared)
-    if unused:
-        raise ParameterError(
-            f"no selected metric takes parameter(s) {unused}; metric parameters: {sorted(declared) or 'none'}"
-        )
-    return [cls(**{k: v for k, v in params.items() if k in cls.default_params()}) for cls in classes]
+    given = shared("metric", [cls.declared_params() for cls in classes], params)
+    return [cls(**kw) for cls, kw in zip(classes, given)]
 
 
 def _mib(n_bytes: int | None) -> float | None:
