@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from xbench import provenance
+from xbench import presets, provenance
 from xbench.errors import UnknownNameError, XbenchError
 from xbench.executors import (  # noqa: F401 (re-exported: the sweep's public names)
     EXECUTORS, Executor, ExecutorError, LocalExecutor, RayExecutor, import_ray, make_executor, probe,
@@ -197,8 +197,8 @@ def plan(suite: dict, out: Path, registries: Registries) -> list[Cell]:
         raise SuiteError(f"suite: [run] must be a table, got {run_table!r}")
     _keys_check(run_table, list(RUN_OPTIONS), "suite [run]")
     options = {k: RUN_OPTIONS[k](v, f"suite [run] {k}") for k, v in run_table.items()}
-    for name in options.get("metrics", []):
-        registries.metrics.get(name)
+    if "metrics" in options:  # metric or preset names (xbench.presets), refused here before anything runs
+        presets.resolve(options["metrics"], registries.metrics)
     models = [(m, _model_label(m, registries)) for m in _str_list(suite.get("models", [DEFAULT_MODEL]), "suite models")]
     tasks = _tasks(suite.get("tasks", [DEFAULT_TASK]), registries)
     methods = _methods(suite.get("methods"), registries)
