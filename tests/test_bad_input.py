@@ -568,7 +568,7 @@ OUTPUT_CASES = [
                json.dumps(_out_summary(metrics=[1])).encode())), "warn",
                ("skipped {tmp}/runs/m/summary.json: not an xbench run summary (no 'metrics' table)",)),
     OutputCase("lb-records-damaged", lambda tmp: ["leaderboard", str(_out_run(tmp, records=b'{"id": 1\n' + _OUT_RECORD.encode()))],
-               "warn", ("samples.jsonl: unreadable", "line 1", "the run is shown on its own samples")),
+               "warn", ("samples.jsonl line 1: not JSON", "set aside")),  # strict reading: the bad line only
     OutputCase("lb-only-foreign", lambda tmp: (_file("runs/x/summary.json", b"{}")(tmp), ["leaderboard", str(tmp / "runs")])[1],
                "error", ("xbench: error: no run summaries found under", "skipped {tmp}/runs/x/summary.json")),
     OutputCase("lb-markdown-pipe", _labelled("a|b", "leaderboard", "{tmp}/runs"), "escaped", (r"| a\|b ",), ("| a|b",)),
