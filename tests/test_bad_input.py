@@ -327,7 +327,7 @@ def proxy_case(change: Callable[[Path], None] | None, model: str = "tiny-llava-e
     """``run --method fastrm --param proxy=DIR`` with a copy of the default model's shipped proxy altered by ``change``."""
 
     def make(tmp: Path) -> list[str]:
-        from xbench.fastrm.registry import shipped_root
+        from xbench.fastrm.proxy_store import shipped_root
 
         proxy = tmp / "proxy"
         shutil.copytree(shipped_root() / "tiny-llava-easyvqa-attention", proxy)

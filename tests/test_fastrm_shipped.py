@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from xbench.fastrm.proxy import FastRMProxy
-from xbench.fastrm.registry import find_proxy, shipped_root
+from xbench.fastrm.proxy_store import find_proxy, shipped_root
 from xbench.runner import DEFAULT_MODEL
 
 HEADS = ("attention", "mlp")

@@ -16,10 +16,9 @@ from xbench.metrics.agreement import (
     AgreementPrecision,
     AgreementRecall,
     AgreementSpearman,
-    binarise,
-    normalise,
 )
-from xbench.metrics.confidence import ConfidenceAUROC, map_entropy
+from xbench.maps import binarise, map_entropy, normalise
+from xbench.metrics.confidence import ConfidenceAUROC
 from xbench.metrics.faithfulness import (
     DeletionAUC,
     DeletionAUCRandom,

@@ -142,13 +142,19 @@ class Generation:
         return [self.prompt_len - 1 + k for k in range(len(self.answer_ids))]
 
 
+#: ``RelevanceMap.extras`` key of a method's own decision threshold on its map
+DECISION_THRESHOLD = "decision_threshold"
+
+
 @dataclass
 class RelevanceMap:
     """A method's answer: relevance over the image-patch grid.
 
     ``grid`` is float32 ``[h, w]`` (the common currency of all metrics);
     ``per_token`` optionally ``[T, h, w]`` for each answer token; ``extras`` holds
-    scalars such as a confidence. Validation happens in :meth:`validate`.
+    scalars such as a confidence. A method whose map comes with its own calibrated cut
+    (a patch is relevant when ``grid >= t``) puts ``t`` in ``extras[DECISION_THRESHOLD]``.
+    Validation happens in :meth:`validate`.
     """
 
     grid: np.ndarray
@@ -335,6 +341,36 @@ class MetricContext:
         return seeded_rng(self.seed, purpose, sample_id)
 
 
+@dataclass(frozen=True)
+class Pooled:
+    """A per-sample metric value together with the counts it was computed from.
+
+    For a metric whose run value pools counts over the samples (an F1 over every patch of every
+    sample, say) instead of averaging per-sample values. ``compute`` returns
+    ``Pooled(value, counts)``; the runner records ``value`` as the sample's value
+    (``record["metrics"][column]``) and ``counts`` under ``record["counts"][column]``
+    (:func:`split_pooled`), and :meth:`Metric.aggregate` receives each sample's ``Pooled``
+    back, rebuilt from the record (:func:`recorded_value`), so a run read back from its
+    records aggregates as the live run did.
+    """
+
+    value: float | None
+    counts: Mapping[str, float]
+
+
+def split_pooled(values: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, dict[str, float]]]:
+    """``(values, counts)``: each :class:`Pooled` value replaced by its ``value``, its counts by column."""
+    plain = {k: v.value if isinstance(v, Pooled) else v for k, v in values.items()}
+    return plain, {k: dict(v.counts) for k, v in values.items() if isinstance(v, Pooled)}
+
+
+def recorded_value(record: Mapping[str, Any], column: str) -> Any:
+    """A record's value of metric ``column``: a :class:`Pooled` where the record kept its counts."""
+    value = record.get("metrics", {}).get(column)
+    counts = record.get("counts", {}).get(column)
+    return value if counts is None else Pooled(value, counts)
+
+
 class Metric(Parameterised):
     """A per-sample map metric, summarised per run.
 
@@ -345,7 +381,8 @@ class Metric(Parameterised):
     with empty ``needs`` are called with three arguments, as before.
 
     :meth:`aggregate` turns the per-sample values into the run's value (default: their
-    mean); the runner also bootstraps it over samples for a 95% interval.
+    mean); the runner also bootstraps it over samples for a 95% interval. A metric whose
+    run value pools counts over samples returns :class:`Pooled` values from ``compute``.
     Constructor keyword arguments are the metric's parameters (``--metric-param k=v``),
     declared with defaults by :meth:`default_params`. ``uses_map = False`` marks a
     control value that ignores the map: the runner does not repeat it for ``--control``.
@@ -370,7 +407,7 @@ class Metric(Parameterised):
         and ``meta``), for run-level metrics such as an AUROC over samples. Default: the
         mean of the floats, None if there is none.
         """
-        floats = [float(v) for v in values if v is not None]
+        floats = [float(v) for v in (getattr(v, "value", v) for v in values) if v is not None]
         return float(np.mean(floats)) if floats else None
 
 

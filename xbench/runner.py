@@ -25,8 +25,9 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from xbench import companions, cost, provenance, stats
-from xbench.api import Generation, MetricContext, RelevanceMap, Sample, SampleError
+from xbench.api import Generation, MetricContext, RelevanceMap, Sample, SampleError, recorded_value, split_pooled
 from xbench.errors import MapValidationError, ParameterError, RunDirectoryError, XbenchError
+from xbench.maps import DEFAULT_REFERENCE
 from xbench.models import load_vlm
 from xbench.plugins import XbenchPlugins, default
 from xbench.records import SAMPLES, SUMMARY, RecordWriter, iter_records, write_json_atomic
@@ -34,7 +35,6 @@ from xbench.registry import build
 
 DEFAULT_TASK = "easyvqa"
 DEFAULT_MODEL = "tiny-llava-easyvqa"
-DEFAULT_REFERENCE = "gradient_relevancy"
 INLINE_MAP_LIMIT = 1024  # grids with more cells go to maps/<id>.npy
 CONTROL = "[control]"  # suffix of a metric computed on the control map
 
@@ -368,6 +368,9 @@ class Run:
                 record["control_map"] = compact_map(o.control.grid)
             if o.control_error:
                 record["control_error"] = o.control_error
+        record["metrics"], counts = split_pooled(record["metrics"])
+        if counts:
+            record["counts"] = counts
         return record
 
     def _control_metrics(self, sample: Sample, gen: Generation, o: Outcome, context: MetricContext) -> dict:
@@ -461,7 +464,7 @@ class Run:
 
     def _summarise_metric(self, metric, column: str, ok: list[dict]) -> dict | None:
         """The run's value of one metric column with its bootstrap interval (None: never applied)."""
-        vals = [r["metrics"].get(column) for r in ok]
+        vals = [recorded_value(r, column) for r in ok]
         value = metric.aggregate(vals, ok)
         if value is None:
             return None

@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from xbench.fastrm.labels import DEFAULT_TAU, LabelSet, binarise, normalise
+from xbench.fastrm.labels import LABEL_DTYPE, LabelSet
+from xbench.maps import DEFAULT_TAU, binarise_each, normalise_each
 
 
 def predict(proxy, labels: LabelSet, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
@@ -82,9 +83,9 @@ def noise_ceiling(labels: LabelSet, tau: float = DEFAULT_TAU) -> dict[str, Any] 
     if labels.perturbed is None:
         return None
     targets = labels.targets(tau)
-    scores = normalise(labels.perturbed)
+    scores = normalise_each(labels.perturbed, LABEL_DTYPE)
     out = map_metrics(scores, targets, threshold=tau)
-    out["predicted_rate"] = float(binarise(labels.perturbed, tau).mean())
+    out["predicted_rate"] = float(binarise_each(labels.perturbed, tau, LABEL_DTYPE).mean())
     return out
 
 

@@ -20,6 +20,7 @@ from torch import nn
 
 from xbench.errors import XbenchError
 from xbench.fastrm.heads import HEADS
+from xbench.maps import entropy_each
 
 FORMAT = "xbench-fastrm-proxy"
 FORMAT_VERSION = 1
@@ -108,15 +109,11 @@ def single_cpu_thread(device):
 
 
 def entropy_confidence(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Entropy of each map ``[..., N]`` normalised to a distribution over patches, and
-    ``confidence = 1 - entropy / log(N)`` (1: all mass on one patch, 0: uniform).
-
-    With ``q = p / S``, ``S = sum(p)``: ``H = -sum(q log q) = log S - sum(p log p) / S``.
-    """
-    p = np.maximum(np.asarray(probs, dtype=np.float64), 1e-12)
-    total = p.sum(axis=-1)
-    entropy = np.log(total) - (p * np.log(p)).sum(axis=-1) / total
-    return entropy, 1.0 - entropy / np.log(p.shape[-1])
+    """``(entropy [n], confidence [n])`` of maps ``[n, N]``: the entropy in nats of each map
+    normalised to a distribution over its patches (:func:`xbench.maps.entropy_each` times
+    ``log(N)``) and ``confidence = 1 - entropy / log(N)`` (1: all mass on one patch, 0: uniform)."""
+    normalised = entropy_each(probs)
+    return normalised * np.log(np.asarray(probs).shape[-1]), 1.0 - normalised
 
 
 class FastRMProxy(nn.Module):
@@ -134,10 +131,10 @@ class FastRMProxy(nn.Module):
     ) -> None:
         super().__init__()
         if head not in HEADS:
-            raise ProxyError(f"unknown FastRM head {head!r}; choose from {sorted(HEADS)}")
+            raise ProxyError(HEADS.unknown_message(head))
         self.grid = (int(grid[0]), int(grid[1]))
         try:
-            self.head = HEADS[head](int(hidden_size), self.grid[0] * self.grid[1], **(head_params or {}))
+            self.head = HEADS.get(head)(int(hidden_size), self.grid[0] * self.grid[1], **(head_params or {}))
         except ValueError as exc:
             raise ProxyError(f"FastRM {head!r} head: {exc}") from None
         self.head_name = head

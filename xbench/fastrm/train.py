@@ -29,9 +29,10 @@ import numpy as np
 import torch
 
 from xbench.fastrm.evaluate import best_threshold, map_metrics, predict
-from xbench.fastrm.labels import DEFAULT_TAU, LabelSet, normalise
+from xbench.fastrm.labels import LABEL_DTYPE, LabelSet
 from xbench.fastrm.proxy import FastRMProxy
-from xbench.fastrm.registry import DEFAULT_HEAD
+from xbench.fastrm.proxy_store import DEFAULT_HEAD
+from xbench.maps import DEFAULT_TAU, normalise_each
 
 
 @dataclass
@@ -88,7 +89,7 @@ def train_proxy(
     from tqdm.auto import tqdm
 
     targets = torch.from_numpy(train.targets(cfg.tau).astype(np.float32))
-    dist = torch.from_numpy(normalise(train.maps))
+    dist = torch.from_numpy(normalise_each(train.maps, LABEL_DTYPE))
     dist = dist / dist.sum(dim=1, keepdim=True).clamp_min(1e-12)
     pos = float(targets.mean())
     pos_weight = torch.tensor((1 - pos) / max(pos, 1e-6))
