@@ -430,7 +430,8 @@ def test_runner_records_confidence(plugins, tmp_path):
     )
     assert summary["n_errors"] == 0 and summary["model"]["attn_implementation"] == "sdpa"
     for r in read_records(tmp_path / "r" / "samples.jsonl"):
-        assert set(r["extras"]) == {"entropy", "confidence"} and r["explain_ms"] > 0
+        assert set(r["extras"]) == {"entropy", "confidence", "decision_threshold"} and r["explain_ms"] > 0
+        assert r["extras"]["decision_threshold"] == 0.5  # the random proxy's (FastRMProxy's default)
 
 
 # --------------------------------------------------------------------------- metrics

@@ -16,12 +16,10 @@ from xbench.maps import DEFAULT_REFERENCE, DEFAULT_TAU
 #: easy-vqa's question kinds (tasks/easyvqa.py question_kind): open questions vs yes/no probes
 TRANSFER_GROUPS = "open=colour,shape;yes/no=yes/no colour,yes/no shape"
 #: ``xbench fastrm labels|train`` defaults: the recipe of the default model's shipped attention
-#: proxy (easy-vqa has 38,575 training questions; validation comes from the test split's questions
-#: on the 366 of its 1,000 images that the 1,000 test questions do not show; the proxy ends with
-#: the moving average of its weights, decay 0.9999)
+#: proxy (results/fastrm/README.md); the proxy ends with the moving average of its weights
 TRAIN_RECIPE = {"samples": 38000, "steps": 160000, "ema": 0.9999}
 #: ``xbench fastrm ablate`` defaults: a shorter base recipe, so that every table (every head,
-#: every setting) is made in about half an hour on two CPU cores
+#: every setting) is made in one sitting on a CPU
 ABLATION_RECIPE = {"samples": 23500, "steps": 4000}
 
 

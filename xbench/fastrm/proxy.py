@@ -94,8 +94,7 @@ def single_cpu_thread(device):
     """On CPU, run the block on one intra-op thread (restored after).
 
     The proxy is a few small matrix products: on a busy machine, waking a second OpenMP
-    thread for each of them costs far more than the work (measured: 0.3 ms on one thread,
-    40-140 ms median on two with other processes sharing the cores).
+    thread for each of them can cost far more than the work (results/fastrm/README.md, Cost on CPU).
     """
     before = torch.get_num_threads()
     if device.type != "cpu" or before == 1:
