@@ -406,3 +406,28 @@ def test_16_bit_grayscale_keeps_its_contrast():
     for channel in range(3):
         np.testing.assert_array_equal(rgb[..., channel], expected)
     assert (np.asarray(img.convert("RGB"))[..., 0] == 255).mean() > 0.99  # what the naive conversion gives
+
+
+# ---- fastrm (issue 17) ----
+#: names looked up in the FastRM head, control and zoo tables: a did-you-mean, or what can be chosen
+
+FASTRM_TABLE_CASES: list[Case] = [
+    Case("fastrm-proxy-head-not-registered", proxy_case(edit_json("proxy.json", lambda c: c.update(head="atention"))), ("proxy.json: unknown FastRM head 'atention'. Did you mean 'attention'? Choices: attention, mlp.",)),
+    Case("zoo-train-unknown-model", cli_case("zoo", "train", "tiny-llava-easyvq", "--out", "{tmp}/m"), ("unknown model 'tiny-llava-easyvq'. Did you mean 'tiny-llava-easyvqa'?",)),
+    Case("zoo-train-model-without-trainer", cli_case("zoo", "train", "tiny-random-llava", "--out", "{tmp}/m"), ("zoo model 'tiny-random-llava' cannot be trained by xbench; trainable: ['tiny-llava-easyvqa']",)),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", FASTRM_TABLE_CASES, ids=[c.id for c in FASTRM_TABLE_CASES])
+def test_bad_fastrm_table_input(case, corpus_plugins, tmp_path, monkeypatch, capsys):
+    test_bad_input(case, corpus_plugins, tmp_path, monkeypatch, capsys)
+
+
+def test_an_unknown_control_gets_a_did_you_mean():
+    from types import SimpleNamespace
+
+    from xbench.companions import build_control
+    from xbench.errors import UnknownNameError
+
+    with pytest.raises(UnknownNameError, match=r"unknown control 'randomised'\. Did you mean 'randomized'\?"):
+        build_control(SimpleNamespace(control="randomised", seed=0), None, None)

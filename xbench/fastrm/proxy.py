@@ -274,6 +274,8 @@ class FastRMProxy(nn.Module):
         missing = [k for k in ("head", "hidden_size", "grid", "model") if k not in cfg]
         if missing:
             raise ProxyError(f"FastRM proxy config {path / CONFIG} lacks {missing}")
+        if cfg["head"] not in HEADS:
+            raise ProxyError(f"FastRM proxy config {path / CONFIG}: {HEADS.unknown_message(cfg['head'])}")
         try:
             proxy = cls(
                 cfg["head"],
