@@ -343,16 +343,10 @@ class MetricContext:
 
 @dataclass(frozen=True)
 class Pooled:
-    """A per-sample metric value together with the counts it was computed from.
-
-    For a metric whose run value pools counts over the samples (an F1 over every patch of every
-    sample, say) instead of averaging per-sample values. ``compute`` returns
-    ``Pooled(value, counts)``; the runner records ``value`` as the sample's value
-    (``record["metrics"][column]``) and ``counts`` under ``record["counts"][column]``
-    (:func:`split_pooled`), and :meth:`Metric.aggregate` receives each sample's ``Pooled``
-    back, rebuilt from the record (:func:`recorded_value`), so a run read back from its
-    records aggregates as the live run did.
-    """
+    """A per-sample metric value with the counts behind it, for a metric whose run value pools counts
+    over samples (an F1 over every patch of every sample) instead of averaging values. The record keeps
+    ``value`` as the sample's value and ``counts`` under ``record["counts"][column]`` (:func:`split_pooled`);
+    :meth:`Metric.aggregate` gets the ``Pooled`` back, rebuilt from the record (:func:`recorded_value`)."""
 
     value: float | None
     counts: Mapping[str, float]
@@ -366,8 +360,7 @@ def split_pooled(values: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, d
 
 def recorded_value(record: Mapping[str, Any], column: str) -> Any:
     """A record's value of metric ``column``: a :class:`Pooled` where the record kept its counts."""
-    value = record.get("metrics", {}).get(column)
-    counts = record.get("counts", {}).get(column)
+    value, counts = record.get("metrics", {}).get(column), record.get("counts", {}).get(column)
     return value if counts is None else Pooled(value, counts)
 
 

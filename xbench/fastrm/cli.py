@@ -212,30 +212,6 @@ def _train_config(args, head: str | None = None):
     )
 
 
-def _print_scores(title: str, res: dict) -> None:
-    m, c, nc = res["map"], res["confidence"], res["noise_ceiling"]
-    print(f"{title} ({res['n_samples']} samples, tau={res['tau']}, decision threshold {m['threshold']}):")
-    print(
-        "  "
-        + "  ".join(
-            f"{k}={m[k]:.4f}" for k in ("accuracy", "precision", "recall", "f1", "iou", "auroc") if m[k] is not None
-        )
-    )
-    if nc:
-        print(
-            f"  noise ceiling (reference vs itself under pixel noise): f1={nc['f1']:.4f} iou={nc['iou']:.4f} "
-            f"accuracy={nc['accuracy']:.4f}"
-        )
-    for label, c in (("labelled samples", c), ("held-out answers", res.get("confidence_task"))):
-        if c is None:
-            continue
-        auc = c["auroc_entropy_wrong"]
-        print(
-            f"  confidence on {label}: AUROC of map entropy for wrong answers = "
-            f"{'n/a' if auc is None else f'{auc:.4f}'} ({c['n_wrong']} wrong of {c['n']})"
-        )
-
-
 # --------------------------------------------------------------------------- subcommands
 
 
@@ -253,7 +229,7 @@ def _labels(args) -> int:
 
 
 def _train(args) -> int:
-    from xbench.fastrm.evaluate import evaluate
+    from xbench.fastrm.evaluate import evaluate, score_report
     from xbench.fastrm.proxy import model_identity
     from xbench.fastrm.proxy_store import install
     from xbench.fastrm.train import train_proxy
@@ -288,7 +264,7 @@ def _train(args) -> int:
             f"validation ({len(val)} samples: {ctx.plan.val_from()}; decision threshold {v['threshold']}): "
             + "  ".join(f"{k}={v[k]:.4f}" for k in ("accuracy", "f1", "auroc") if v[k] is not None)
         )
-    _print_scores(f"FastRM {proxy.head_name} vs {ctx.reference.label} on {args.task}/{args.test_split}", res)
+    print(score_report(f"FastRM {proxy.head_name} vs {ctx.reference.label} on {args.task}/{args.test_split}", res))
     print(f"labels {t_labels:.1f} s, training {t_train:.1f} s; proxy written to {out}")
     if args.install:
         print(f"installed as the default {proxy.head_name} proxy of {ctx.vlm.name}: {install(out)}")
@@ -296,7 +272,7 @@ def _train(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from xbench.fastrm.evaluate import evaluate
+    from xbench.fastrm.evaluate import evaluate, score_report
     from xbench.fastrm.proxy import FastRMProxy
 
     proxy = FastRMProxy.load(args.proxy)
@@ -307,7 +283,7 @@ def _evaluate(args) -> int:
         test = test.where(*args.eval_filter)
     res = evaluate(proxy, test, args.tau)
     res["confidence_task"] = ctx.confidence(args.proxy, args.confidence_samples)
-    _print_scores(f"FastRM {proxy.head_name} ({args.proxy}) vs {ctx.reference.label}", res)
+    print(score_report(f"FastRM {proxy.head_name} ({args.proxy}) vs {ctx.reference.label}", res))
     if args.output:
         args.output.write_text(json.dumps(res, indent=2) + "\n")
         print(f"wrote {args.output}")

@@ -103,6 +103,23 @@ def evaluate(proxy, labels: LabelSet, tau: float = DEFAULT_TAU, threshold: float
     }
 
 
+def score_report(title: str, res: dict[str, Any]) -> str:
+    """:func:`evaluate`'s scores as the lines ``xbench fastrm train|evaluate`` print."""
+    m, nc = res["map"], res["noise_ceiling"]
+    lines = [f"{title} ({res['n_samples']} samples, tau={res['tau']}, decision threshold {m['threshold']}):"]
+    keys = ("accuracy", "precision", "recall", "f1", "iou", "auroc")
+    lines.append("  " + "  ".join(f"{k}={m[k]:.4f}" for k in keys if m[k] is not None))
+    if nc:
+        lines.append(f"  noise ceiling (reference vs itself under pixel noise): f1={nc['f1']:.4f} iou={nc['iou']:.4f} "
+                     f"accuracy={nc['accuracy']:.4f}")  # fmt: skip
+    for label, c in (("labelled samples", res["confidence"]), ("held-out answers", res.get("confidence_task"))):
+        if c is not None:
+            auc = c["auroc_entropy_wrong"]
+            lines.append(f"  confidence on {label}: AUROC of map entropy for wrong answers = "
+                         f"{'n/a' if auc is None else f'{auc:.4f}'} ({c['n_wrong']} wrong of {c['n']})")  # fmt: skip
+    return "\n".join(lines)
+
+
 def confidence_on_task(
     vlm, task, method, n: int | None, *, seed: int = 0, batch_size: int = 32, progress: bool = True
 ) -> dict[str, Any]:
