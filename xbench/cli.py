@@ -7,18 +7,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
 from typing import Callable
 
 from xbench.errors import ParameterError, XbenchError
+from xbench.params import finite
 
 COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
 #: modules whose ``@command`` functions join the CLI (imported when the parser is built)
 COMMAND_MODULES: tuple[str, ...] = (
     "xbench.cli_sweep",
     "xbench.report",
+    "xbench.show",
     "xbench.zoo.commands",
     "xbench.fastrm.cli",
 )
@@ -34,21 +37,38 @@ def command(name: str, add_arguments: Callable[[argparse.ArgumentParser], None])
     return deco
 
 
+def _refuse_constant(name: str):
+    raise ValueError(f"non-finite number {name}")
+
+
 def parse_value(text: str):
-    """``--param`` values: JSON when it parses (numbers, true/false, lists), else the string."""
+    """``--param`` values: JSON when it parses (numbers, true/false, lists), else the string.
+
+    A non-finite number (``NaN``, ``Infinity``, ``-Infinity``, or one too large for a float such
+    as ``1e999``) is a :class:`ParameterError`; quote it as JSON (``'"NaN"'``) to mean the text."""
     try:
-        return json.loads(text)
-    except ValueError:
-        return text
+        value = json.loads(text, parse_constant=_refuse_constant)
+    except ValueError as exc:
+        if not str(exc).startswith("non-finite number"):
+            return text
+        value = math.nan
+    if not finite(value):
+        what = "holds a non-finite number" if text.strip()[:1] in ("[", "{") else "is not a finite number"
+        raise ParameterError(f"{text!r} {what}")
+    return value
 
 
 def parse_params(pairs: list[str] | None, flag: str) -> dict:
+    """``KEY=VALUE`` pairs as a dict of :func:`parse_value` values; errors name ``flag`` and the key."""
     params = {}
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise ParameterError(f"{flag} expects key=value, got {pair!r}")
-        params[key.strip()] = parse_value(value)
+        try:
+            params[key.strip()] = parse_value(value)
+        except ParameterError as exc:
+            raise ParameterError(f"{flag} {key.strip()}: {exc} (NaN and infinities are refused)") from None
     return params
 
 
@@ -153,7 +173,9 @@ def _leaderboard_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", default="github", choices=FORMATS)
     p.add_argument("--task", help="only this task")
     p.add_argument("--sort-by", help="metric column to sort by (best first)")
-    p.add_argument("--columns", help="comma-separated metric patterns to show, e.g. 'accuracy,agreement_f1*,*_ms_p50'")
+    p.add_argument("--columns", help="'all', or comma-separated fnmatch patterns of the columns to show, e.g. "
+                   "'accuracy,agreement_f1*,*_ms_p50' ('[[]' matches a literal '['); default: the headline table "
+                   "(csv/json: every column)")
     p.add_argument("--output", type=Path, help="write to this file instead of stdout")
 
 

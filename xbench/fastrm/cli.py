@@ -174,18 +174,13 @@ def _context(args):
     from xbench.fastrm.splits import FastRMData, LabelSettings
     from xbench.models import load_vlm, xbench_home
     from xbench.plugins import default
-    from xbench.registry import build
 
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
     plugins = default()
-    reference = build(
-        f"method {args.reference!r}",
-        plugins.registries.methods.get(args.reference),
-        **parse_params(args.reference_param, "--reference-param"),
-    )
+    reference = plugins.registries.methods.get(args.reference)(**parse_params(args.reference_param, "--reference-param"))
     settings = LabelSettings(args.label_batch_size, args.max_new_tokens, not args.no_progress, _log)
     FastRMData(_plan(args), None, reference, None, settings).check_tasks()  # before loading the model
     vlm = load_vlm(

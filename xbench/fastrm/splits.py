@@ -77,10 +77,9 @@ class FastRMData:
     def task(self, split: str, extra: dict | None = None):
         """The task adapter on ``split`` with the plan's and ``extra`` task parameters."""
         from xbench.plugins import default
-        from xbench.registry import build
 
         params = {**self.plan.task_params, **(extra or {})}
-        return build(f"task {self.plan.task!r}", default().registries.tasks.get(self.plan.task), split, **params)
+        return default().registries.tasks.get(self.plan.task)(split, **params)
 
     def check_tasks(self) -> None:
         """Build every task the plan uses (a bad task or parameter fails here, before any model load)."""

@@ -24,6 +24,7 @@ from xbench.api import DECISION_THRESHOLD, Metric, Pooled
 from xbench.errors import MapValidationError, XbenchError
 from xbench.hookspecs import hookimpl
 from xbench.maps import DEFAULT_TAU, LABEL_DTYPE, binarise, binarise_each, normalise
+from xbench.params import Param
 
 def _none_if_nan(x) -> float | None:
     x = float(x)
@@ -37,13 +38,11 @@ class Agreement(Metric):
     higher_is_better = True
     needs = frozenset({"reference"})
 
-    @classmethod
-    def default_params(cls):
-        return {"tau": DEFAULT_TAU}
+    parameters = {"tau": Param(DEFAULT_TAU, min=0.0, max=1.0, doc="threshold on the min-max normalised maps")}
 
     def compute(self, sample, generation, rmap, context=None):
         ref = self.reference_grid(sample, rmap, context)
-        return self.score(np.asarray(rmap.grid).ravel(), ref.ravel(), float(self.params["tau"]))
+        return self.score(np.asarray(rmap.grid).ravel(), ref.ravel(), self.params["tau"])
 
     @staticmethod
     def reference_grid(sample, rmap, context) -> np.ndarray:
