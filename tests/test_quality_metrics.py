@@ -77,7 +77,8 @@ def test_agreement_tau_parameter_changes_binarisation():
 def test_agreement_f1_operating_pools_patches_at_the_methods_threshold():
     from sklearn.metrics import f1_score
 
-    from xbench.api import DECISION_THRESHOLD, Pooled, recorded_value, split_pooled
+    from xbench.api import DECISION_THRESHOLD, Pooled
+    from xbench.records import recorded_value, split_pooled
     from xbench.metrics.agreement import AgreementF1Operating
 
     metric = AgreementF1Operating()

@@ -359,23 +359,12 @@ class MetricContext:
 class Pooled:
     """A per-sample metric value with the counts behind it, for a metric whose run value pools counts
     over samples (an F1 over every patch of every sample) instead of averaging values. The record keeps
-    ``value`` as the sample's value and ``counts`` under ``record["counts"][column]`` (:func:`split_pooled`);
-    :meth:`Metric.aggregate` gets the ``Pooled`` back, rebuilt from the record (:func:`recorded_value`)."""
+    ``value`` as the sample's value and ``counts`` under ``record["counts"][column]``
+    (:func:`xbench.records.split_pooled`); :meth:`Metric.aggregate` gets the ``Pooled`` back, rebuilt
+    from the record (:func:`xbench.records.recorded_value`)."""
 
     value: float | None
     counts: Mapping[str, float]
-
-
-def split_pooled(values: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, dict[str, float]]]:
-    """``(values, counts)``: each :class:`Pooled` value replaced by its ``value``, its counts by column."""
-    plain = {k: v.value if isinstance(v, Pooled) else v for k, v in values.items()}
-    return plain, {k: dict(v.counts) for k, v in values.items() if isinstance(v, Pooled)}
-
-
-def recorded_value(record: Mapping[str, Any], column: str) -> Any:
-    """A record's value of metric ``column``: a :class:`Pooled` where the record kept its counts."""
-    value, counts = record.get("metrics", {}).get(column), record.get("counts", {}).get(column)
-    return value if counts is None else Pooled(value, counts)
 
 
 class Metric(Parameterised):

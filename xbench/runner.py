@@ -25,13 +25,13 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from xbench import companions, cost, provenance, stats
-from xbench.api import Generation, MetricContext, RelevanceMap, Sample, SampleError, recorded_value, split_pooled
+from xbench.api import Generation, MetricContext, RelevanceMap, Sample, SampleError
 from xbench.errors import MapValidationError, ParameterError, RunDirectoryError, XbenchError
 from xbench.maps import DEFAULT_REFERENCE
 from xbench.models import load_vlm
 from xbench.params import shared
 from xbench.plugins import XbenchPlugins, default
-from xbench.records import SAMPLES, SUMMARY, RecordWriter, iter_records, write_json_atomic
+from xbench.records import SAMPLES, SUMMARY, RecordWriter, iter_records, recorded_value, split_pooled, write_json_atomic
 
 DEFAULT_TASK = "easyvqa"
 DEFAULT_MODEL = "tiny-llava-easyvqa"

@@ -242,7 +242,8 @@ class Recomputer:
 
     def metric(self, run: Run, column: str, entry: dict, records: list[dict]) -> tuple[bool, float | None]:
         """``(recomputed, value)`` of one metric column with the metric's own ``aggregate``."""
-        from xbench.api import Metric, recorded_value
+        from xbench.api import Metric
+        from xbench.records import recorded_value
 
         base = entry.get("control_of") or column
         if base not in self.registries.metrics:
