@@ -16,10 +16,9 @@ from xbench.metrics.agreement import (
     AgreementPrecision,
     AgreementRecall,
     AgreementSpearman,
-    binarise,
-    normalise,
 )
-from xbench.metrics.confidence import ConfidenceAUROC, map_entropy
+from xbench.maps import binarise, map_entropy, normalise
+from xbench.metrics.confidence import ConfidenceAUROC
 from xbench.metrics.faithfulness import (
     DeletionAUC,
     DeletionAUCRandom,
@@ -73,6 +72,36 @@ def test_agreement_tau_parameter_changes_binarisation():
     assert AgreementRecall(tau=0.8).compute(sample, None, RelevanceMap(PRED), _ctx(REF)) == pytest.approx(1 / 3)
     with pytest.raises(ParameterError, match="agreement_f1.*'threshold'"):
         AgreementF1(threshold=0.3)
+
+
+def test_agreement_f1_operating_pools_patches_at_the_methods_threshold():
+    from sklearn.metrics import f1_score
+
+    from xbench.api import DECISION_THRESHOLD, Pooled
+    from xbench.records import recorded_value, split_pooled
+    from xbench.metrics.agreement import AgreementF1Operating
+
+    metric = AgreementF1Operating()
+    sample = Sample("s", "q", ["a"])
+    # the map cut at its own 5.5 (not at tau of its normalised values): positives 6, 7, 8
+    first = metric.compute(sample, None, RelevanceMap(PRED, extras={DECISION_THRESHOLD: 5.5}), _ctx(REF))
+    assert isinstance(first, Pooled) and first.counts == {"tp": 2, "fp": 1, "fn": 2, "patches": 9}  # ref {0,4,6,8}
+    assert first.value == pytest.approx(2 * 2 / (2 * 2 + 1 + 2))
+    other = np.array([[0, 1, 1], [0, 0, 0], [0, 0, 0]], np.float32)  # ref positives {1, 2}
+    second = metric.compute(sample, None, RelevanceMap(other.T, extras={DECISION_THRESHOLD: 0.5}), _ctx(other))
+    assert second.counts == {"tp": 0, "fp": 2, "fn": 2, "patches": 9} and second.value == 0.0
+    preds = np.concatenate([PRED.ravel() >= 5.5, other.T.ravel() >= 0.5])
+    targets = np.concatenate([[1, 0, 0, 0, 1, 0, 1, 0, 1], other.ravel() > 0])
+    assert metric.aggregate([first, second, None], [{}] * 3) == pytest.approx(f1_score(targets, preds))  # pooled
+    assert metric.aggregate([first.value, second.value], [{}] * 2) is None  # counts lost: no pooled value
+    # a map without a decision threshold: the score does not apply (and needs no reference)
+    assert metric.compute(sample, None, RelevanceMap(PRED), None) is None
+    # the record keeps the value and the counts apart, and gives the Pooled back
+    values, counts = split_pooled({"agreement_f1_operating": first, "agreement_f1": 0.5})
+    assert values == {"agreement_f1_operating": first.value, "agreement_f1": 0.5}
+    record = {"metrics": values, "counts": counts}
+    assert recorded_value(record, "agreement_f1_operating") == first
+    assert recorded_value(record, "agreement_f1") == 0.5
 
 
 def test_agreement_undefined_is_none_not_zero():
