@@ -59,6 +59,47 @@ def test_agreement_hand_computed(cls):
     assert cls.needs == {"reference"} and cls.category == "agreement"
 
 
+SKLEARN_SCORES = {
+    AgreementAccuracy: ("accuracy_score", {}),
+    AgreementPrecision: ("precision_score", {"zero_division": np.nan}),
+    AgreementRecall: ("recall_score", {"zero_division": np.nan}),
+    AgreementF1: ("f1_score", {"zero_division": np.nan}),
+    AgreementIoU: ("jaccard_score", {"zero_division": 0.0}),  # no NaN option: an empty union is undefined here
+}
+
+
+@pytest.mark.parametrize("cls", list(SKLEARN_SCORES), ids=lambda c: c.name)
+def test_binary_agreement_equals_scikit_learn_on_random_maps(cls):
+    """The counted scores are scikit-learn's, undefined cases (NaN there) being None here."""
+    import warnings
+
+    import sklearn.metrics
+
+    name, kw = SKLEARN_SCORES[cls]
+    rng = np.random.default_rng(0)
+    sample, checked = Sample("s", "q", ["a"]), 0
+    for trial in range(300):
+        shape = (int(rng.integers(1, 6)), int(rng.integers(1, 6)))
+        pred, ref = (rng.random(shape).astype(np.float32) ** rng.uniform(0.2, 5) for _ in range(2))
+        if trial % 10 == 0:
+            pred = np.full(shape, 2.0, np.float32)  # constant: no predicted positive
+        if trial % 15 == 0:
+            ref = np.zeros(shape, np.float32)  # constant: no reference positive
+        tau = float(rng.choice([0.0, 0.3, 0.5, 0.9, 1.0]))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            want = getattr(sklearn.metrics, name)(binarise(ref, tau).ravel(), binarise(pred, tau).ravel(), **kw)
+        got = cls(tau=tau).compute(sample, None, RelevanceMap(pred), _ctx(ref))
+        if cls is AgreementIoU and not (binarise(ref, tau) | binarise(pred, tau)).any():
+            want = np.nan
+        if np.isnan(want):
+            assert got is None
+        else:
+            assert got == pytest.approx(float(want), abs=1e-12)
+            checked += 1
+    assert checked > 150
+
+
 def test_normalise_and_binarise_edges():
     np.testing.assert_allclose(normalise(np.array([2.0, 4.0, 3.0])), [0, 1, 0.5])
     assert not binarise(np.full((2, 2), 5.0), 0.3).any()  # constant map: no positive patch

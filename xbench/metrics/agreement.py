@@ -6,7 +6,8 @@ FastRM labelling threshold), the reference giving the labels: accuracy, precisio
 recall, F1 and IoU (Jaccard). AUROC scores the method's continuous normalised map
 against the binarised reference; Spearman correlates the two continuous maps. A score
 that is undefined on a sample (no positive patch, a constant map) is None there, not 0.
-scikit-learn and scipy compute them.
+The binary scores come from the patch counts (checked against scikit-learn in the tests);
+scikit-learn computes the AUROC and scipy the Spearman correlation.
 
 ``agreement_f1_operating`` scores a method at its own operating point instead: its map cut at
 the decision threshold it carries (``RelevanceMap.extras[DECISION_THRESHOLD]``, FastRM's
@@ -15,8 +16,6 @@ sample as ``xbench fastrm evaluate`` scores; None for methods without a threshol
 """
 
 from __future__ import annotations
-
-import warnings
 
 import numpy as np
 
@@ -60,60 +59,75 @@ class Agreement(Metric):
 
 
 class BinaryAgreement(Agreement):
-    """A scikit-learn binary score of ``binarise(map)`` against ``binarise(reference)``."""
+    """A binary score of ``binarise(map)`` against ``binarise(reference)``, from the patch counts.
+
+    Subclasses give :meth:`from_counts`; the counts are taken once per call with numpy (the
+    scores equal scikit-learn's ``accuracy_score``, ``precision_score``, ``recall_score``,
+    ``f1_score`` with ``zero_division=nan`` and ``jaccard_score``: tests/test_quality_metrics.py
+    checks them against it on random maps), since scikit-learn's input validation costs more
+    than the scores on maps of a few hundred patches.
+    """
 
     @staticmethod
-    def sklearn_score(y_true, y_pred):
+    def from_counts(tp: int, fp: int, fn: int, tn: int) -> float | None:
         raise NotImplementedError
 
     def score(self, pred, ref, tau):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return _none_if_nan(type(self).sklearn_score(binarise(ref, tau), binarise(pred, tau)))
+        y_true, y_pred = binarise(ref, tau), binarise(pred, tau)
+        tp = int(np.count_nonzero(y_true & y_pred))
+        fp = int(np.count_nonzero(y_pred)) - tp
+        fn = int(np.count_nonzero(y_true)) - tp
+        return type(self).from_counts(tp, fp, fn, y_true.size - tp - fp - fn)
 
 
-def _sk(name: str, **kw):
-    def fn(y_true, y_pred):
-        import sklearn.metrics
-
-        return getattr(sklearn.metrics, name)(y_true, y_pred, **kw)
-
-    return staticmethod(fn)
+def _ratio(numerator: float, denominator: float) -> float | None:
+    """``numerator / denominator``; None (undefined) when the denominator is 0."""
+    return None if denominator == 0 else numerator / denominator
 
 
 class AgreementAccuracy(BinaryAgreement):
     name = "agreement_accuracy"
     description = "share of patches where the binarised map and reference agree"
-    sklearn_score = _sk("accuracy_score")
+
+    @staticmethod
+    def from_counts(tp, fp, fn, tn):
+        return _ratio(tp + tn, tp + fp + fn + tn)
 
 
 class AgreementPrecision(BinaryAgreement):
     name = "agreement_precision"
     description = "precision of the binarised map against the binarised reference"
-    sklearn_score = _sk("precision_score", zero_division=np.nan)
+
+    @staticmethod
+    def from_counts(tp, fp, fn, tn):
+        return _ratio(tp, tp + fp)
 
 
 class AgreementRecall(BinaryAgreement):
     name = "agreement_recall"
     description = "recall of the binarised map against the binarised reference"
-    sklearn_score = _sk("recall_score", zero_division=np.nan)
+
+    @staticmethod
+    def from_counts(tp, fp, fn, tn):
+        return _ratio(tp, tp + fn)
 
 
 class AgreementF1(BinaryAgreement):
     name = "agreement_f1"
     description = "F1 of the binarised map against the binarised reference (every map cut at tau: the common rule)"
-    sklearn_score = _sk("f1_score", zero_division=np.nan)
+
+    @staticmethod
+    def from_counts(tp, fp, fn, tn):
+        return _f1(tp, fp, fn)
 
 
 class AgreementIoU(BinaryAgreement):
     name = "agreement_iou"
     description = "IoU (Jaccard) of the binarised map and the binarised reference"
-    sklearn_score = _sk("jaccard_score", zero_division=0.0)  # scikit-learn has no NaN option here
 
-    def score(self, pred, ref, tau):
-        if not (binarise(ref, tau) | binarise(pred, tau)).any():
-            return None  # empty union: undefined
-        return super().score(pred, ref, tau)
+    @staticmethod
+    def from_counts(tp, fp, fn, tn):
+        return _ratio(tp, tp + fp + fn)  # empty union: undefined
 
 
 class AgreementAUROC(Agreement):
