@@ -375,12 +375,17 @@ def test_bad_input(case, corpus_plugins, tmp_path, monkeypatch, capsys):
         code = exc.code
     err = capsys.readouterr().err
     assert "Traceback" not in err and "internal error" not in err, err
-    assert code == case.exit, err
-    if case.exit:
+    # a run whose every sample failed (here: its one sample) exits 1 naming the first error
+    expected_exit = 1 if case.record == "error" else case.exit
+    assert code == expected_exit, err
+    if expected_exit == 2:
         assert err.startswith(("xbench: error: ", "usage: xbench")), err
         for text in case.expect:
             assert text in err, f"{text!r} not in {err!r}"
         return
+    if expected_exit == 1:
+        assert "xbench: error: every sample failed; the first, " in err, err
+        assert all(text in err for text in case.expect), err
     records = [json.loads(line) for line in (tmp_path / "out" / "samples.jsonl").read_text().splitlines()]
     assert len(records) == 1
     record = records[0]
@@ -820,3 +825,27 @@ def test_bad_record_lines_are_reported_and_the_run_resumes(line, reason, corpus_
 def test_run_folder_case_ids_are_unique_across_the_corpus():
     every = CASES + PARAM_CASES + INTEGRITY_CASES
     assert len({c.id for c in every}) == len(every)
+
+
+# ---- the end-of-run line (issue 17) ----
+def test_a_partly_failed_run_exits_0_and_names_its_most_common_error(corpus_plugins, tmp_path, monkeypatch, capsys):
+    """Two of three samples fail the same way: exit 0 (the run goes on), the end line counts them and
+    names the most common error; a run whose every sample fails exits 1 (the corpus cases above)."""
+    import xbench.plugins
+    import xbench.runner
+    from xbench.cli import main
+
+    monkeypatch.setattr(xbench.runner, "default", lambda: corpus_plugins)
+    monkeypatch.setattr(xbench.plugins, "default", lambda: corpus_plugins)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "good.png").write_bytes(png_bytes(shape_image()))
+    lines = [{"id": "q1", "image": "missing.png", "question": "what colour is the shape?", "answer": "red"},
+             {"id": "q2", "image": "good.png", "question": "what colour is the shape?", "answer": "red"},
+             {"id": "q3", "image": "missing.png", "question": "what shape is it?", "answer": "circle"}]
+    (data / "questions.jsonl").write_text("".join(json.dumps(q) + "\n" for q in lines))
+    assert main(run_args(data, tmp_path / "out")) == 0
+    out = capsys.readouterr().out
+    assert "1 samples explained, 2 errors (most common, 2x: image file not found: " in out and "missing.png" in out
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["error_digest"]["first_id"] == "q1" and summary["error_digest"]["most_common_count"] == 2

@@ -159,7 +159,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         control=args.control,
     )
     summary = run(config)
-    print(f"run {summary['run_id']}: {summary['n_ok']} samples explained, {summary['n_errors']} errors")
+    digest = summary["error_digest"]
+    common = "" if digest is None else f" (most common, {digest['most_common_count']}x: {digest['most_common']})"
+    print(f"run {summary['run_id']}: {summary['n_ok']} samples explained, {summary['n_errors']} errors{common}")
     print(f"records: {Path(summary['config']['out']) / 'samples.jsonl'}")
     for name, m in summary["metrics"].items():
         if m["value"] is not None:
@@ -169,6 +171,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"time: {t['wall_s']:.1f} s wall, model load {t['model_load_s']:.1f} s, generate {t['generate_s']:.1f} s, "
           f"explain {t['explain_s']:.1f} s, reference/control {t['companions_s']:.1f} s, metrics {t['metrics_s']:.1f} s"
           + share)
+    if summary["n_records"] and not summary["n_ok"]:
+        print(f"xbench: error: every sample failed; the first, {digest['first_id']!r}: {digest['first']}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -137,6 +137,7 @@ class Summary(TypedDict):
     n_ok: int
     n_errors: int
     errors_by_stage: dict[str, int]
+    error_digest: dict[str, Any] | None  # first error and the most common one (see summary.error_digest)
     metrics: dict[str, MetricEntry]
     bootstrap: dict[str, Any]  # resamples, level, method, seed
     metric_params: dict[str, dict[str, Any]]
