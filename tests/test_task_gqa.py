@@ -121,7 +121,11 @@ def test_scene_graph_objects_become_the_mask(plugins, tmp_path):
     assert np.array_equal(mask, expected)
     assert np.array_equal(task.ground_truth_mask(samples["q1"]), expected)  # question annotates both
     assert task.ground_truth_mask(samples["q3"]) is None  # nothing annotated
-    assert make_task(plugins, root).ground_truth_mask(samples["q2"]) is None  # no scene graphs given
+    assert make_task(plugins, root, scene_graphs="none").ground_truth_mask(samples["q2"]) is None  # none asked for
+    assert make_task(plugins, root, scene_graphs=None).ground_truth_mask(samples["q2"]) is None
+    auto = make_task(plugins, root)  # scene_graphs=auto: the split's file is found by layout
+    assert auto.scene_graphs_path == root / "testdev_sceneGraphs.json"
+    assert np.array_equal(auto.ground_truth_mask(samples["q2"]), expected)
     broken = dict(SCENES, img1={**SCENES["img1"], "objects": {"o2": SCENES["img1"]["objects"]["o2"]}})
     (root / "broken.json").write_text(json.dumps(broken))
     with pytest.raises(DataError, match="no object o1"):
@@ -158,8 +162,8 @@ def test_run_end_to_end_with_localisation(tmp_path):
             "--task-param", "scene_graphs=testdev_sceneGraphs.json", "--task-param", "prompt=plain"]
     assert main(argv) == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["task"]["params"] == {"prompt": "plain", "image_dir": "images", "questions_file": "{split}_balanced_questions.json",
-                                         "scene_graphs": "testdev_sceneGraphs.json"}
+    assert summary["task"]["params"] == {"prompt": "plain", "image_dir": None, "questions_file": None,
+                                         "scene_graphs": "testdev_sceneGraphs.json", "allow_outside_data_dir": False}
     assert summary["n_ok"] == 2 and summary["n_errors"] == 2 and summary["errors_by_stage"] == {"image": 2}
     records = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     ok = [r for r in records if "error" not in r]

@@ -182,7 +182,9 @@ def test_whole_file_errors(plugins, tmp_path):
     with pytest.raises(DataError, match="coco_pope_random.json"):
         make_task(plugins, tmp_path)
     with pytest.raises(DataError, match="no JSON object on any line"):
-        make_task(plugins, write_pope(tmp_path / "a", raw=json.dumps(LINES, indent=1)))
+        make_task(plugins, write_pope(tmp_path / "a", raw="1\n[2]\n"))
+    with pytest.raises(DataError, match="no JSON object on any line"):
+        make_task(plugins, write_pope(tmp_path / "a", raw="[1, 2]"))
     with pytest.raises(ParameterError, match="no split 'easy'"):
         make_task(plugins, write_pope(tmp_path / "b"), split="easy")
     with pytest.raises(ParameterError, match="mask_from"):

@@ -202,7 +202,7 @@ def test_bad_entries_become_sample_errors(plugins, tmp_path):
     del data["annotations"][1]["answers"][4]["answer"]
     afile.write_text(json.dumps(data))
     out = {s.id: s for s in make_task(plugins, tmp_path / "vqa").samples()}
-    assert "questions[0]" in out and "lacks question_id, image_id or question" in out["questions[0]"].error
+    assert "questions[0]" in out and "questions[0] lacks image_id" in out["questions[0]"].error
     assert "v2_OpenEnded_mscoco_val2014_questions.json" in out["questions[0]"].error
     assert isinstance(out["1002"], SampleError) and "1002 has no usable human answers" in out["1002"].error
 
