@@ -151,7 +151,7 @@ class GQA(LocalFiles, Task):
         where = f"{self.questions_path.name}: question {qid}"
         if not isinstance(q, _Question):
             return SampleError(qid, f"{where} lacks imageId or question")
-        meta = {"image_id": q.image_id}
+        meta = {"image_id": q.image_id} if text(q.image_id) is not None else {}
         problem = (
             f"imageId {describe(q.image_id)} is not a string" if text(q.image_id) is None
             else f"question {describe(q.question)} is not a text" if text(q.question) is None

@@ -170,9 +170,9 @@ class VQAv2(LocalFiles, Task):
             return SampleError(f"questions[{idx}]", f"{where}: question_id {describe(q.question_id)} is not an integer")
         if self._first[qid] != idx:
             return SampleError(f"questions[{idx}]", f"{where} repeats question_id {qid} of questions[{self._first[qid]}]")
-        sid, meta = str(qid), {"question_id": qid, "image_id": q.image_id}
         if integer(q.image_id) is None:
-            return SampleError(sid, f"{where}: image_id {describe(q.image_id)} is not an integer", meta)
+            return SampleError(str(qid), f"{where}: image_id {describe(q.image_id)} is not an integer", {"question_id": qid})
+        sid, meta = str(qid), {"question_id": qid, "image_id": q.image_id}
         if text(q.question) is None:
             return SampleError(sid, f"{where}: question {describe(q.question)} is not a text", meta)
         ann = self._annotation(qid, meta)

@@ -97,21 +97,23 @@ def _parse_float(text: str) -> Any:
     return value if math.isfinite(value) else NonFinite(text)
 
 
-class _RepeatedKey(Exception):
+class RepeatedKeyError(ValueError):
+    """A key repeated in one JSON object (plain JSON would keep only its last value)."""
+
     def __init__(self, key: str) -> None:
-        super().__init__(key)
+        super().__init__(repeated_key_message(key))
         self.key = key
 
 
 def parse_json(text: str, object_hook: Callable[[dict], Any] | None = None) -> Any:
-    """``json.loads`` made strict: a key repeated in one object raises ``_RepeatedKey`` (plain JSON
-    would keep the last value silently); non-finite numbers become :class:`NonFinite`."""
+    """``json.loads`` made strict: a key repeated in one object raises :class:`RepeatedKeyError` (plain
+    JSON would keep the last value silently); non-finite numbers become :class:`NonFinite`."""
 
     def pairs(items: list[tuple[str, Any]]) -> Any:
         obj = dict(items)
         if len(obj) != len(items):
             seen: set[str] = set()
-            raise _RepeatedKey(next(k for k, _ in items if k in seen or seen.add(k)))
+            raise RepeatedKeyError(next(k for k, _ in items if k in seen or seen.add(k)))
         return object_hook(obj) if object_hook is not None else obj
 
     return json.loads(text, object_pairs_hook=pairs, parse_float=_parse_float, parse_constant=NonFinite)
@@ -166,7 +168,7 @@ def read_records(path: Path, what: str) -> list[Record]:
     if body.lstrip().startswith("["):
         try:
             entries = parse_json(body)
-        except _RepeatedKey as exc:
+        except RepeatedKeyError as exc:
             raise DataError(f"{str(path)!r} {repeated_key_message(exc.key)}") from None
         except (ValueError, RecursionError) as exc:
             raise DataError(f"{str(path)!r} is not valid JSON ({exc}); expected {what}") from None
@@ -177,8 +179,8 @@ def read_records(path: Path, what: str) -> list[Record]:
             continue
         try:
             value = parse_json(line)
-        except _RepeatedKey as exc:
-            value = ValueError(repeated_key_message(exc.key))
+        except RepeatedKeyError as exc:
+            value = exc
         except (ValueError, RecursionError) as exc:
             value = ValueError(f"not valid JSON ({exc})")
         records.append(Record(f"{path.name}:{n}", f"line {n}", {"line": n}, f"line-{n}", value))
@@ -205,7 +207,7 @@ def load_json(path: Path, what: str, object_hook: Callable[[dict], Any] | None =
         return parse_json(text, object_hook)
     except OSError as exc:
         raise DataError(f"cannot read {str(path)!r}: {exc.strerror or exc}") from None
-    except _RepeatedKey as exc:
+    except RepeatedKeyError as exc:
         raise DataError(f"{str(path)!r} {repeated_key_message(exc.key)}") from None
     except (ValueError, RecursionError) as exc:
         raise DataError(f"{str(path)!r} is not valid JSON ({exc}); expected {what}") from None

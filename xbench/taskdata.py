@@ -210,10 +210,11 @@ class LocalFiles:
     def find(self, what: str, param: str, layouts: Sequence[Candidate], bases: Sequence[Path], required: bool = True) -> Found | None:
         """:func:`find_one` of ``param``'s path (or ``layouts``) in ``bases``, checked to lie inside the
         data folder ``self.folder`` unless :meth:`allow_outside`."""
-        hit = find_one(self.name, what, bases, self.split, self.layout_candidates(param, layouts), param, required)
-        if hit is not None:
-            check_inside(self.name, param, hit.path, self.folder, self.allow_outside())
-        return hit
+        candidates = self.layout_candidates(param, layouts)
+        for base in bases:
+            for candidate in candidates:
+                check_inside(self.name, param, candidate.path(base, self.split), self.folder, self.allow_outside())
+        return find_one(self.name, what, bases, self.split, candidates, param, required)
 
     def member(self, image_folder: Path, name: Any) -> Path | str:
         """:func:`member_path` of ``name`` (read from a data file) in ``image_folder``."""
