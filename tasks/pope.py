@@ -113,7 +113,7 @@ class _Instances:
 
 class POPE(LocalFiles, Task):
     name = "pope"
-    description = "POPE object-hallucination yes/no questions on COCO (local official files); acc, P, R, F1, yes-ratio"
+    description = "POPE object-hallucination yes/no questions on COCO, A-OKVQA or GQA images (local official files); acc, P, R, F1, yes-ratio"
     splits = ("random", "popular", "adversarial")
     max_new_tokens = 8
     answer_metrics = {"accuracy": True, "precision": True, "recall": True, "f1": True, "yes_ratio": None}

@@ -21,6 +21,7 @@ default: found by layout), ``image_name`` (with ``{split}`` and ``{image_id}``),
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator, NamedTuple
 
@@ -139,16 +140,18 @@ class VQAv2(LocalFiles, Task):
         return first
 
     def _load_annotations(self) -> dict:
-        """Integer question id -> its annotation, or the number of annotations when it has several."""
+        """Integer question id -> its annotation; ``self._repeated``: ids annotated more than once."""
         data = load_json(self.annotations_path, "an object with an 'annotations' list", object_hook=_Loader())
         annotations = data.get("annotations") if isinstance(data, dict) else None
         if not isinstance(annotations, list):
             raise DataError(f"{str(self.annotations_path)!r} has no 'annotations' list; is it a VQA v2 annotations file?")
-        table: dict[int, Any] = {}
+        table: dict[int, _Annotation] = {}
+        counts: Counter = Counter()
         for entry in annotations:
             if isinstance(entry, tuple) and integer(entry[0]) is not None:
-                qid = entry[0]
-                table[qid] = entry[1] if qid not in table else (table[qid] + 1 if isinstance(table[qid], int) else 2)
+                table.setdefault(entry[0], entry[1])
+                counts[entry[0]] += 1
+        self._repeated = {qid: n for qid, n in counts.items() if n > 1}
         return table
 
     # ------------------------------------------------------------------ samples
@@ -189,8 +192,8 @@ class VQAv2(LocalFiles, Task):
         ann = self._annotations.get(qid)
         if ann is None:
             return SampleError(str(qid), f"{self.questions_path.name}: question_id {qid} has no entry in {name}", meta)
-        if isinstance(ann, int):
-            return SampleError(str(qid), f"{name}: question_id {qid} is annotated {ann} times; xbench will not choose one", meta)
+        if qid in self._repeated:
+            return SampleError(str(qid), f"{name}: question_id {qid} is annotated {self._repeated[qid]} times; xbench will not choose one", meta)
         answers = ann.answers
         if not isinstance(answers, tuple) or not answers:
             return SampleError(str(qid), f"{name}: question_id {qid} has no usable human answers", meta)
