@@ -1,7 +1,11 @@
 """Shared code for task adapters that read official dataset files from a local folder.
 
-Nothing here downloads. A missing folder or file, or a file that is wrong as a whole, is a
-:class:`~xbench.errors.DataError` naming the path and what was expected there.
+Nothing here downloads. Files are found by layout (:class:`Candidate`, :func:`find_one`): each
+official way of laying a dataset out is a candidate path; a missing file is a
+:class:`~xbench.errors.DataError` listing every path searched, two matches one naming the task
+parameter that chooses. Paths stay inside the data folder (:func:`check_inside` for paths given as
+task parameters, :func:`member_path` for names read from data files) unless the task parameter
+``allow_outside_data_dir`` is true. Reading itself is strict: see :mod:`xbench.datafiles`.
 """
 
 from __future__ import annotations
@@ -162,16 +166,6 @@ def member_path(folder: Path, name: Any, root: Path, allowed: bool) -> Path | st
         kind = "is an absolute path, outside" if os.path.isabs(name) else "climbs out of"
         return f"image path {name!r} {kind} the data folder {str(root)!r}; pass --task-param {ALLOW_OUTSIDE}=true to allow it"
     return folder / name
-
-
-def data_file(root: Path, name: str | Path, what: str) -> Path:
-    """``name`` (absolute, or relative to ``root``) as an existing path, else a :class:`DataError`
-    (a path that is not a regular file is refused when it is opened)."""
-    path = Path(name).expanduser()
-    path = path if path.is_absolute() else root / path
-    if not path.exists():
-        raise DataError(f"{what} file {str(path)!r} not found")
-    return path
 
 
 class LocalFiles:
