@@ -69,10 +69,14 @@ COCO_IMAGE_SOURCES = ("coco", "aokvqa")
 
 
 def _question_layouts(source: str) -> list[Candidate]:
-    names = [f"{source}_pope_{{split}}.json"] + ([] if source == "coco" else [f"{source}_pope_seem_{{split}}.json"])
-    folders = [("flat", ""), (f"{source}/", f"{source}/"), ("POPE repository output/", f"output/{source}/"),
-               ("POPE repository output/seem/", f"output/seem/{source}/")]  # fmt: skip
-    return [Candidate(f"{source}, {where}", folder + name, source) for where, folder in folders for name in names]
+    """Where ``source``'s question files may be: flat, in ``<source>/``, or in the official repository's
+    ``output/<source>/`` (and, for A-OKVQA and GQA, ``output/seem/<source>/<source>_pope_seem_<split>.json``)."""
+    name = f"{source}_pope_{{split}}.json"
+    found = [Candidate(f"{source}, flat", name, source), Candidate(f"{source}, {source}/", f"{source}/{name}", source),
+             Candidate(f"{source}, POPE repository", f"output/{source}/{name}", source)]  # fmt: skip
+    if source != "coco":
+        found.append(Candidate(f"{source}, POPE repository", f"output/seem/{source}/{source}_pope_seem_{{split}}.json", source))
+    return found
 
 
 QUESTIONS = [c for source in SOURCES for c in _question_layouts(source)]

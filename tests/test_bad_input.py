@@ -577,8 +577,8 @@ TASK_DATA_CASES = [
     # VQA v2 layouts (issue 19)
     Case("vqa-official-api-layout", vqa_case(layout="official"), exit=0, record="ok"),
     Case("vqa-missing-lists-layouts", cli_case(*RUN, "--task", "vqa_v2", "--data-dir", "{tmp}"),
-         ("no questions file for split 'val2014'; searched", "v2_OpenEnded_mscoco_val2014_questions.json' (flat)",
-          "Questions/v2_OpenEnded_mscoco_val2014_questions.json' (official VQA API)", "vqa_v2/Questions/")),  # fmt: skip
+         ("no questions file for split 'val2014' in", "/vqa_v2'; searched v2_OpenEnded_mscoco_val2014_questions.json (flat), "
+          "Questions/v2_OpenEnded_mscoco_val2014_questions.json (official VQA API) (xbench never downloads")),  # fmt: skip
     Case("vqa-two-layouts-ambiguous", lambda tmp: [vqa_case(layout="official")(tmp), vqa_case()(tmp)][1],
          ("found 2 questions files for split 'val2014'", "choose one with --task-param questions_file=PATH")),  # fmt: skip
     Case("vqa-image-dir-outside", vqa_case(extra=("--task-param", "image_dir=../elsewhere")), ("image_dir", "lies outside the data folder", "allow_outside_data_dir=true")),
@@ -595,7 +595,7 @@ TASK_DATA_CASES = [
     Case("gqa-questions12-layout-with-scene-graphs", gqa_case(layout="questions1.2", scenes=json.dumps({"img1": {"width": 64, "height": 64, "objects": {"o1": {"name": "shape", "x": 16, "y": 16, "w": 32, "h": 32}}}})), exit=0, record="ok"),
     Case("gqa-scene-box-nan", gqa_case(scenes='{"img1": {"width": 64, "height": 64, "objects": {"o1": {"name": "shape", "x": NaN, "y": 1, "w": 2, "h": 3}}}}'), ("testdev_sceneGraphs.json: image img1 object o1 has box (NaN, 1, 2, 3), not four finite numbers",), exit=0, record="mask_error"),
     Case("gqa-missing-lists-layouts", cli_case(*RUN, "--task", "gqa", "--data-dir", "{tmp}"),
-         ("no questions file for split 'testdev'; searched", "testdev_balanced_questions.json' (flat)", "questions1.2/testdev_balanced_questions.json' (questions1.2 download)")),  # fmt: skip
+         ("no questions file for split 'testdev' in", "/gqa'; searched testdev_balanced_questions.json (flat), questions1.2/testdev_balanced_questions.json (questions1.2 download)")),  # fmt: skip
     # POPE
     Case("pope-ids-1-and-string-1-collide", pope_case(TWO_POPE), ("coco_pope_random.json:2: question_id '1' (a string) and 1 (an integer) on line 1 would both be sample '1'; refused",), exit=0, record="error"),
     Case("pope-question-id-float", pope_case([{**POPE_LINE, "question_id": 1.5}]), ("coco_pope_random.json:1: question_id 1.5 (a float) is neither an integer nor a non-empty string",), exit=0, record="error"),
@@ -608,11 +608,11 @@ TASK_DATA_CASES = [
     Case("pope-aokvqa-seem-array", pope_case(raw=json.dumps([POPE_LINE]), files=(SEEM,)), exit=0, record="ok"),
     Case("pope-gqa-source-images", pope_case([{**POPE_LINE, "image": "2354786.jpg"}], files=("gqa/gqa_pope_random.json",), images="images"), exit=0, record="ok"),
     Case("pope-two-sources-ambiguous", pope_case(files=("coco_pope_random.json", "output/gqa/gqa_pope_random.json")),
-         ("question files for split 'random' of 2 source datasets were found", "(coco, flat)", "(gqa, POPE repository output/)", "choose one with --task-param source=coco|gqa")),  # fmt: skip
+         ("question files for split 'random' of 2 source datasets were found", "(coco, flat)", "(gqa, POPE repository)", "choose one with --task-param source=coco|gqa")),  # fmt: skip
     Case("pope-two-sources-chosen", pope_case(files=("coco_pope_random.json", "output/gqa/gqa_pope_random.json"), extra=("--task-param", "source=coco")), exit=0, record="ok"),
     Case("pope-missing-lists-layouts", cli_case(*RUN, "--task", "pope", "--data-dir", "{tmp}"),
-         ("no POPE questions file for split 'random'; searched", "coco_pope_random.json' (coco, flat)", "output/seem/aokvqa/aokvqa_pope_seem_random.json' (aokvqa, POPE repository output/seem/)",
-          "gqa_pope_random.json' (gqa, flat)")),  # fmt: skip
+         ("no POPE questions file for split 'random' in", "/pope'; searched coco_pope_random.json (coco, flat), coco/coco_pope_random.json (coco, coco/)",
+          "output/seem/aokvqa/aokvqa_pope_seem_random.json (aokvqa, POPE repository)", "output/gqa/gqa_pope_random.json (gqa, POPE repository)")),  # fmt: skip
     Case("pope-questions-named-pipe", fifo_case(pope_case(), "coco_pope_random.json"), ("cannot read POPE questions", "not a regular file (a named pipe)")),
     # the test task: images and their paths
     Case("image-named-pipe", fifo_case(image_case(lambda: png_bytes(shape_image())), "img.png"), ("cannot read image", "img.png: not a regular file (a named pipe)"), exit=0, record="error"),

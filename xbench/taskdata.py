@@ -104,15 +104,17 @@ def listing(entries: Iterable[Found]) -> str:
 
 def find_one(task: str, what: str, bases: Sequence[Path], split: str, candidates: Sequence[Candidate], param: str,
              required: bool = True) -> Found | None:
-    """The one existing path among ``candidates`` in ``bases``. None found: a :class:`DataError` listing
-    every path searched (or None when not ``required``); several: a :class:`DataError` listing them
-    and naming the task parameter ``param`` that chooses."""
-    searched, found = search(bases, split, candidates)
+    """The one existing path among ``candidates`` in ``bases``. None found: a :class:`DataError` naming
+    the bases and every candidate path searched in them (or None when not ``required``); several: a
+    :class:`DataError` listing them and naming the task parameter ``param`` that chooses."""
+    _, found = search(bases, split, candidates)
     if not found:
         if not required:
             return None
+        places = " or ".join(repr(str(base)) for base in bases)
+        layouts = ", ".join(f"{c.path(Path(), split)} ({c.layout})" for c in candidates)
         raise DataError(
-            f"task {task!r}: no {what} for split {split!r}; searched {listing(searched)} "
+            f"task {task!r}: no {what} for split {split!r} in {places}; searched {layouts} "
             "(xbench never downloads datasets: copy the official files there)"
         )
     if len(found) > 1:
