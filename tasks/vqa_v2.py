@@ -21,7 +21,6 @@ default: found by layout), ``image_name`` (with ``{split}`` and ``{image_id}``),
 
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator, NamedTuple
 
@@ -146,12 +145,13 @@ class VQAv2(LocalFiles, Task):
         if not isinstance(annotations, list):
             raise DataError(f"{str(self.annotations_path)!r} has no 'annotations' list; is it a VQA v2 annotations file?")
         table: dict[int, _Annotation] = {}
-        counts: Counter = Counter()
+        self._repeated: dict[int, int] = {}
         for entry in annotations:
             if isinstance(entry, tuple) and integer(entry[0]) is not None:
-                table.setdefault(entry[0], entry[1])
-                counts[entry[0]] += 1
-        self._repeated = {qid: n for qid, n in counts.items() if n > 1}
+                if entry[0] in table:
+                    self._repeated[entry[0]] = self._repeated.get(entry[0], 1) + 1
+                else:
+                    table[entry[0]] = entry[1]
         return table
 
     # ------------------------------------------------------------------ samples

@@ -10,6 +10,7 @@ task parameters, :func:`member_path` for names read from data files) unless the 
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,6 +148,12 @@ def outside(path: Path, root: Path) -> bool:
     return rel == os.pardir or rel.startswith(os.pardir + os.sep)
 
 
+@functools.lru_cache(maxsize=64)
+def _outside_folder(folder: Path, root: Path) -> bool:
+    """:func:`outside` of an image folder, remembered (names without ``..`` stay where it is)."""
+    return outside(folder, root)
+
+
 def check_inside(task: str, param: str, path: Path, root: Path, allowed: bool) -> Path:
     """``path`` (from task parameter ``param``) when it lies inside the data folder ``root`` or
     ``allowed``; otherwise a :class:`ParameterError` naming both and the option that allows it."""
@@ -164,7 +171,8 @@ def member_path(folder: Path, name: Any, root: Path, allowed: bool) -> Path | st
     (both allowed with ``allow_outside_data_dir=true``)."""
     if not isinstance(name, str) or not name.strip() or "\0" in name:
         return f"image name {describe(name)} is not a file name"
-    if not allowed and (os.path.isabs(name) or outside(folder / name, root)):
+    climbs = os.pardir in name.replace(os.sep, "/").replace(os.altsep or "/", "/").split("/")
+    if not allowed and (os.path.isabs(name) or (outside(folder / name, root) if climbs else _outside_folder(folder, root))):
         kind = "is an absolute path, outside" if os.path.isabs(name) else "climbs out of"
         return f"image path {name!r} {kind} the data folder {str(root)!r}; pass --task-param {ALLOW_OUTSIDE}=true to allow it"
     return folder / name
