@@ -12,7 +12,8 @@ import torch
 
 from xbench.errors import XbenchError
 from xbench.hookspecs import hookimpl
-from xbench.methods.captum_common import CaptumMethod
+from xbench.methods.captum_common import TARGET, CaptumMethod
+from xbench.params import Param
 
 
 def last_conv(vlm) -> torch.nn.Conv2d:
@@ -29,9 +30,10 @@ class LayerGradCamMethod(CaptumMethod):
     description = "Captum LayerGradCam on the vision tower's patch-embedding convolution"
     on_grid = True
 
-    @classmethod
-    def default_params(cls):
-        return {**super().default_params(), "relu": True}
+    parameters = {
+        "target": TARGET,
+        "relu": Param(True, doc="keep the positive part of the map (false: the signed map)"),
+    }
 
     def attribute(self, forward, pixel_values, generation, vlm):
         from captum.attr import LayerGradCam

@@ -7,7 +7,8 @@ import torch
 
 from xbench.api import Method, RelevanceMap
 from xbench.hookspecs import hookimpl
-from xbench.maps import combine_tokens, rows_to_token_maps
+from xbench.maps import TOKEN_PARAM, combine_tokens, rows_to_token_maps
+from xbench.params import Param
 
 
 class RawAttention(Method):
@@ -15,16 +16,17 @@ class RawAttention(Method):
     description = "last LLM layer's attention from the answer to the image, heads averaged"
     needs = frozenset({"attentions"})
 
-    @classmethod
-    def default_params(cls):
-        return {"layer": -1, "token": "mean"}
+    parameters = {
+        "layer": Param(-1, doc="the language-model layer whose attention is read (negative: from the top)"),
+        "token": TOKEN_PARAM,
+    }
 
     def explain(self, vlm, generations):
         maps = []
         for gen in generations:
             with torch.no_grad():
                 out = vlm.forward(gen, output_attentions=True)
-            att = out.attentions[int(self.params["layer"])][0].float().mean(dim=0)
+            att = out.attentions[self.params["layer"]][0].float().mean(dim=0)
             per_token = rows_to_token_maps(att[gen.query_positions], gen)
             maps.append(RelevanceMap(combine_tokens(per_token, self.params["token"]), per_token))
         return maps

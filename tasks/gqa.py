@@ -30,10 +30,13 @@ import numpy as np
 
 from xbench.answers import gqa_correct
 from xbench.api import Sample, SampleError, Task
+from xbench.datafiles import describe, integer, load_json, text
 from xbench.errors import DataError
 from xbench.hookspecs import hookimpl
-from xbench.datafiles import describe, integer, load_json, text
+from xbench.params import Param
 from xbench.taskdata import (
+    ALLOW_OUTSIDE_PARAM,
+    PROMPT_PARAM,
     Candidate,
     LocalFiles,
     box_mask,
@@ -41,17 +44,9 @@ from xbench.taskdata import (
     fit_mask,
     pick,
     resolve_prompt,
-    take_params,
     task_bases,
 )
 
-DEFAULTS: dict[str, Any] = {
-    "prompt": "llava15",
-    "image_dir": None,
-    "questions_file": None,
-    "scene_graphs": "auto",
-    "allow_outside_data_dir": False,
-}
 QUESTIONS = (Candidate("flat", "{split}_balanced_questions.json"),
              Candidate("questions1.2 download", "questions1.2/{split}_balanced_questions.json"))
 SCENE_GRAPHS = (Candidate("flat", "{split}_sceneGraphs.json"), Candidate("sceneGraphs download", "sceneGraphs/{split}_sceneGraphs.json"))
@@ -109,10 +104,17 @@ class GQA(LocalFiles, Task):
     max_new_tokens = 8
     breakdown_key = "kind"
     answer_metrics = {"accuracy": True}
+    parameters = {
+        "prompt": PROMPT_PARAM,
+        "image_dir": Param(None, type=str, doc="the images' folder, relative to the data folder; default: images/"),
+        "questions_file": Param(None, type=str, doc="the questions file ({split} is filled in); default: found by layout"),
+        "scene_graphs": Param("auto", nullable=True, doc="a scene-graph file giving ground-truth masks; auto: the split's file when found; none: no masks"),
+        "allow_outside_data_dir": ALLOW_OUTSIDE_PARAM,
+    }
 
     def __init__(self, split=None, data_dir=None, **params) -> None:
-        params = take_params(self.name, params, DEFAULTS)
         super().__init__(split, data_dir, **params)
+        params = self.params
         self.template = resolve_prompt(params["prompt"])
         self.folder = data_folder(self.name, data_dir, "the GQA balanced questions and images")
         hit = self.find("questions file", "questions_file", QUESTIONS, task_bases(self.name, self.folder))

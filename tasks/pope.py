@@ -35,10 +35,13 @@ import numpy as np
 
 from xbench.answers import pope_answer
 from xbench.api import Sample, SampleError, Task
+from xbench.datafiles import Record, describe, finite_numbers, integer, load_json, read_records, text
 from xbench.errors import DataError, ParameterError
 from xbench.hookspecs import hookimpl
-from xbench.datafiles import describe, finite_numbers, integer, load_json, read_records, Record, text
+from xbench.params import Param
 from xbench.taskdata import (
+    ALLOW_OUTSIDE_PARAM,
+    PROMPT_PARAM,
     Candidate,
     LocalFiles,
     box_mask,
@@ -50,19 +53,9 @@ from xbench.taskdata import (
     resolve_prompt,
     rle_mask,
     search,
-    take_params,
     task_bases,
 )
 
-DEFAULTS: dict[str, Any] = {
-    "prompt": "llava15",
-    "source": "auto",
-    "image_dir": None,
-    "questions_file": None,
-    "instances": None,
-    "mask_from": "segmentation",
-    "allow_outside_data_dir": False,
-}
 #: source dataset -> its image folder (relative to the data folder)
 SOURCES = {"coco": "val2014", "aokvqa": "val2014", "gqa": "images"}
 COCO_IMAGE_SOURCES = ("coco", "aokvqa")
@@ -122,15 +115,20 @@ class POPE(LocalFiles, Task):
     max_new_tokens = 8
     answer_metrics = {"accuracy": True, "precision": True, "recall": True, "f1": True, "yes_ratio": None}
     image_key = "image"
+    parameters = {
+        "prompt": PROMPT_PARAM,
+        "source": Param("auto", choices=("auto", *SOURCES), doc="the source dataset of the questions; auto: the one whose files are there"),
+        "image_dir": Param(None, type=str, doc="the images' folder, relative to the data folder; default: val2014/ (COCO, A-OKVQA) or images/ (GQA)"),
+        "questions_file": Param(None, type=str, doc="the questions file ({split} is filled in); default: found by layout"),
+        "instances": Param(None, type=str, doc="COCO instance annotations giving ground-truth masks (instances_val2014.json)"),
+        "mask_from": Param("segmentation", choices=MASK_SOURCES, doc="the instances' segmentations or their boxes (bbox)"),
+        "allow_outside_data_dir": ALLOW_OUTSIDE_PARAM,
+    }
 
     def __init__(self, split=None, data_dir=None, **params) -> None:
-        params = take_params(self.name, params, DEFAULTS)
         super().__init__(split, data_dir, **params)
+        params = self.params
         self.template = resolve_prompt(params["prompt"])
-        if params["mask_from"] not in MASK_SOURCES:
-            raise ParameterError(f"pope mask_from={params['mask_from']!r}; choose from {list(MASK_SOURCES)}")
-        if params["source"] not in ("auto", *SOURCES):
-            raise ParameterError(f"pope source={params['source']!r}; choose from {['auto', *SOURCES]}")
         self.folder = data_folder(self.name, data_dir, "the POPE question files and their images")
         hit = self.find("POPE questions file", "questions_file", self._question_candidates(), task_bases(self.name, self.folder))
         self.root, self.questions_path = hit.base, hit.path

@@ -26,28 +26,21 @@ from typing import Any, Iterator, NamedTuple
 
 from xbench.answers import vqa_accuracy
 from xbench.api import Sample, SampleError, Task
+from xbench.datafiles import describe, integer, load_json, text
 from xbench.errors import DataError, ParameterError
 from xbench.hookspecs import hookimpl
-from xbench.datafiles import describe, integer, load_json, text
+from xbench.params import Param
 from xbench.taskdata import (
+    ALLOW_OUTSIDE_PARAM,
+    PROMPT_PARAM,
     Candidate,
     LocalFiles,
     data_folder,
     pick,
     resolve_prompt,
-    take_params,
     task_bases,
 )
 
-DEFAULTS: dict[str, Any] = {
-    "prompt": "llava15",
-    "normalise_prediction": True,
-    "image_dir": None,
-    "image_name": "COCO_{split}_{image_id:012d}.jpg",
-    "questions_file": None,
-    "annotations_file": None,
-    "allow_outside_data_dir": False,
-}
 _API = "official VQA API"
 QUESTIONS = (Candidate("flat", "v2_OpenEnded_mscoco_{split}_questions.json"),
              Candidate(_API, "Questions/v2_OpenEnded_mscoco_{split}_questions.json"))
@@ -104,10 +97,19 @@ class VQAv2(LocalFiles, Task):
     max_new_tokens = 8
     breakdown_key = "answer_type"
     answer_metrics = {"accuracy": True}
+    parameters = {
+        "prompt": PROMPT_PARAM,
+        "normalise_prediction": Param(True, doc="apply LLaVA-1.5's answer processing before scoring"),
+        "image_dir": Param(None, type=str, doc="the images' folder, relative to the data folder ({split} is filled in); default: found by layout"),
+        "image_name": Param("COCO_{split}_{image_id:012d}.jpg", doc="an image's file name ({split}, {image_id})"),
+        "questions_file": Param(None, type=str, doc="the questions file ({split} is filled in); default: found by layout"),
+        "annotations_file": Param(None, type=str, doc="the annotations file ({split} is filled in); default: found by layout"),
+        "allow_outside_data_dir": ALLOW_OUTSIDE_PARAM,
+    }
 
     def __init__(self, split=None, data_dir=None, **params) -> None:
-        params = take_params(self.name, params, DEFAULTS)
         super().__init__(split, data_dir, **params)
+        params = self.params
         self.template = resolve_prompt(params["prompt"])
         try:
             params["image_name"].format(image_id=0, split=self.split)
@@ -209,7 +211,7 @@ class VQAv2(LocalFiles, Task):
 
     # ------------------------------------------------------------------ scoring
     def score(self, sample: Sample, answer: str) -> dict[str, float]:
-        return {"accuracy": vqa_accuracy(answer, sample.answers, llava_prediction=bool(self.params["normalise_prediction"]))}
+        return {"accuracy": vqa_accuracy(answer, sample.answers, llava_prediction=self.params["normalise_prediction"])}
 
     def data_files(self) -> list[Path]:
         return [self.questions_path, self.annotations_path]

@@ -215,5 +215,5 @@ def test_wrong_types_are_sample_errors(plugins, tmp_path):
     assert isinstance(out["q4"], Sample)
     allowed = {s.id: s for s in make_task(plugins, tmp_path / "gqa", allow_outside_data_dir=True).samples()}
     assert allowed["q3"].image_path == tmp_path / "gqa" / "images" / "../../../etc/x.jpg"
-    with pytest.raises(ParameterError, match="allow_outside_data_dir must be true or false"):
+    with pytest.raises(ParameterError, match="allow_outside_data_dir='yes' is not true or false"):
         make_task(plugins, tmp_path / "gqa", allow_outside_data_dir="yes")

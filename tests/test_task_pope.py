@@ -306,7 +306,7 @@ def test_several_sources_are_refused_unless_one_is_chosen(plugins, tmp_path):
     assert f"{str(root / 'gqa' / 'gqa_pope_random.json')!r} (gqa, gqa/)" in message
     assert make_task(plugins, root, source="coco").questions_path == root / "coco_pope_random.json"
     assert make_task(plugins, root, source="gqa").image_folder == root / "images"
-    with pytest.raises(ParameterError, match="pope source='vg'"):
+    with pytest.raises(ParameterError, match="source='vg' is not one of \\['auto', 'coco', 'aokvqa', 'gqa'\\]"):
         make_task(plugins, root, source="vg")
     (tmp_path / "nothing-here").mkdir()
     with pytest.raises(DataError) as info:

@@ -20,6 +20,7 @@ import numpy as np
 
 from xbench.datafiles import describe, file_digest
 from xbench.errors import DataError, ParameterError
+from xbench.params import Param
 
 #: Prompt templates a task may be asked for with ``--task-param prompt=NAME``. ``llava15`` is the
 #: short-answer instruction LLaVA-1.5 appends for VQA v2, GQA and POPE alike.
@@ -29,30 +30,29 @@ PROMPTS: dict[str, str] = {
 }
 #: The task parameter that lets image and data paths lie outside the data folder.
 ALLOW_OUTSIDE = "allow_outside_data_dir"
+ALLOW_OUTSIDE_PARAM = Param(False, doc="let image and data paths lie outside the data folder (absolute, or climbing out with ..)")
+
+
+def prompt_problem(value: str) -> str | None:
+    """None when ``value`` names a template in :data:`PROMPTS` or is one holding ``{question}``,
+    else what the ``prompt`` parameter accepts."""
+    if value in PROMPTS or "{question}" in value:
+        return None
+    return f"a template name ({', '.join(PROMPTS)}) or a template containing '{{question}}'"
+
+
+#: the ``prompt`` task parameter of the tasks reading official files
+PROMPT_PARAM = Param("llava15", check=prompt_problem, doc="a template name (llava15, plain) or a template holding {question}")
 
 
 def resolve_prompt(value: str) -> str:
-    """The template named ``value`` in :data:`PROMPTS`, or ``value`` itself when it is a custom
-    template holding ``{question}``."""
-    if value in PROMPTS:
-        return PROMPTS[value]
-    if isinstance(value, str) and "{question}" in value:
-        return value
-    raise ParameterError(
-        f"prompt={value!r} is neither a template name ({', '.join(PROMPTS)}) nor a template containing '{{question}}'"
-    )
+    """The template named ``value`` in :data:`PROMPTS`, or ``value`` itself (a custom template,
+    checked by :data:`PROMPT_PARAM` when the task was built)."""
+    return PROMPTS.get(value, value)
 
 
 def fill_prompt(template: str, question: str) -> str:
     return template.replace("{question}", question)
-
-
-def take_params(task: str, given: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
-    """``defaults`` updated by ``given``; a name not in ``defaults`` is a :class:`ParameterError`."""
-    unknown = sorted(set(given) - set(defaults))
-    if unknown:
-        raise ParameterError(f"task {task!r} has no parameter(s) {unknown}; it takes {sorted(defaults)}")
-    return {**defaults, **given}
 
 
 def data_folder(task: str, data_dir: str | Path | None, expected: str) -> Path:
@@ -205,11 +205,9 @@ class LocalFiles:
         return given(param, self.split_name(param, value)) if value and value != "auto" else list(layouts)
 
     def allow_outside(self) -> bool:
-        """The ``allow_outside_data_dir`` task parameter (true or false only)."""
-        value = self.params.get(ALLOW_OUTSIDE, False)
-        if not isinstance(value, bool):
-            raise ParameterError(f"{self.name} {ALLOW_OUTSIDE} must be true or false, got {value!r}")
-        return value
+        """The ``allow_outside_data_dir`` task parameter (declared as :data:`ALLOW_OUTSIDE_PARAM`,
+        which admits true or false only); false for a task that does not declare it."""
+        return self.params.get(ALLOW_OUTSIDE, False) is True
 
     def find(self, what: str, param: str, layouts: Sequence[Candidate], bases: Sequence[Path], required: bool = True) -> Found | None:
         """:func:`find_one` of ``param``'s path (or ``layouts``) in ``bases``, checked to lie inside the
