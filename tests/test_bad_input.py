@@ -1109,14 +1109,17 @@ def check_task_case(case, argv, tmp_path, capsys) -> None:
         signal.signal(signal.SIGALRM, previous)
     err = capsys.readouterr().err
     assert "Traceback" not in err and "internal error" not in err, err
-    assert code == case.exit, err
     if case.exit:
+        assert code == case.exit, err
         assert err.startswith("xbench: error: ") and err.count("\n") == 1, err
         for text in case.expect:
             assert text in err, f"{text!r} not in {err!r}"
         return
     records = [json.loads(line) for line in (tmp_path / "out" / "samples.jsonl").read_text().splitlines()]
     errors = [r for r in records if "error" in r]
+    all_failed = bool(records) and len(errors) == len(records)
+    assert code == (1 if all_failed else 0), err  # a run whose every sample failed exits 1
+    assert ("xbench: error: every sample failed; the first, " in err) == all_failed, err
     if case.record == "error":
         assert len(errors) == 1, records
         for text in case.expect:
