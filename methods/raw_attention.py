@@ -5,7 +5,8 @@ The map of answer token k is mean_heads(A_L)[query position of k, image position
 
 import torch
 
-from xbench.api import Method, RelevanceMap
+from xbench.api import ATTENTIONS, Method, RelevanceMap
+from xbench.errors import ParameterError
 from xbench.hookspecs import hookimpl
 from xbench.maps import combine_tokens, rows_to_token_maps
 
@@ -13,11 +14,20 @@ from xbench.maps import combine_tokens, rows_to_token_maps
 class RawAttention(Method):
     name = "raw_attention"
     description = "last LLM layer's attention from the answer to the image, heads averaged"
-    needs = frozenset({"attentions"})
+    needs = frozenset({ATTENTIONS})
 
     @classmethod
     def default_params(cls):
         return {"layer": -1, "token": "mean"}
+
+    def check(self, vlm):
+        """``layer`` must index one of the model's language-model layers."""
+        layer, n = self.params["layer"], vlm.num_layers
+        if isinstance(layer, bool) or not isinstance(layer, int) or not -n <= layer < n:
+            raise ParameterError(
+                f"method {self.name!r}: layer={layer!r} is not a layer of model {vlm.name!r}, "
+                f"which has {n} language-model layers (use {-n}..{n - 1})"
+            )
 
     def explain(self, vlm, generations):
         maps = []

@@ -7,7 +7,7 @@ positions]; ``token`` picks how answer tokens combine.
 
 import torch
 
-from xbench.api import Method, RelevanceMap
+from xbench.api import ATTENTIONS, Method, RelevanceMap
 from xbench.hookspecs import hookimpl
 from xbench.maps import combine_tokens, rows_to_token_maps
 
@@ -27,7 +27,7 @@ def rollout(attentions, residual: float = 0.5) -> torch.Tensor:
 class Rollout(Method):
     name = "rollout"
     description = "attention rollout over the LLM layers (Abnar & Zuidema 2020)"
-    needs = frozenset({"attentions"})
+    needs = frozenset({ATTENTIONS})
 
     @classmethod
     def default_params(cls):

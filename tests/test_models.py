@@ -94,7 +94,9 @@ def test_kept_hidden_states_equal_teacher_forced_last_layer(tiny_vlm, easyvqa_sa
     task, samples = easyvqa_samples
     (gen,) = tiny_vlm.generate(samples[1:2], [task.prompt(samples[1])], 4, keep=frozenset({"hidden_states"}))
     with torch.no_grad():
-        ref = tiny_vlm.forward(gen, output_hidden_states=True).hidden_states[-1][0]
+        out = tiny_vlm.model(input_ids=tiny_vlm.input_ids(gen), pixel_values=gen.pixel_values,
+                             output_hidden_states=True, use_cache=False)
+        ref = out.hidden_states[-1][0]
     n = gen.prompt_len + len(gen.answer_ids) - 1
     assert gen.hidden_states.shape == (n, tiny_vlm.model.config.text_config.hidden_size)
     torch.testing.assert_close(gen.hidden_states, ref[:n], atol=1e-4, rtol=1e-4)

@@ -186,6 +186,7 @@ class Run:
         seed_everything(cfg.seed)
         started = provenance.now()
         self.vlm = load_vlm(cfg.model, self.plugins.registries, needs=self.method.needs, device=cfg.device, dtype=cfg.dtype)
+        self.method.check(self.vlm)
         for source in (self.reference, self.control):
             if source is not None:
                 source.bind(self.vlm, self.task)
