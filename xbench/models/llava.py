@@ -270,6 +270,8 @@ class LlavaAdapter(VLM):
     def vision_layers_read(self) -> int:
         """The ViT layers feeding ``vision_feature_layer`` (later ones get no gradient)."""
         layer = self.model.config.vision_feature_layer
+        if isinstance(layer, (list, tuple)) and len(layer) == 1:
+            layer = layer[0]  # a pool of one layer is that layer
         if not isinstance(layer, int):
             raise ModelCapabilityError(
                 f"model {self.name!r} reads image features from several vision layers "
