@@ -7,7 +7,9 @@ Data flow of one run (one model x one task x one method)::
                                -> Task.score(sample, answer), Metric.compute(...) -> record
 
 Methods never load models or read files; tasks never touch the model; the runner
-never names a method, task or model.
+never names a method, task or model. Everyone else sees a model only through the
+:class:`VLM` contract (``xbench/vlm.py``, re-exported here); ``needs`` values are the
+constants below, checked when a plugin registers.
 """
 
 from __future__ import annotations
@@ -20,9 +22,7 @@ from typing import Any, ClassVar, Iterator, Mapping, Sequence
 import numpy as np
 
 from xbench.errors import BadImageError, MapValidationError
-from xbench.vlm import VLM, ForwardOutput, Generation, ModelIdentity
-
-__all__ = ["VLM", "ForwardOutput", "Generation", "ModelIdentity"]  # the model contract, re-exported
+from xbench.vlm import VLM, ForwardOutput, Generation, ModelIdentity  # noqa: F401  (the model contract, re-exported)
 
 # --------------------------------------------------------------------------- needs
 #: what a :class:`Method` may declare in ``needs``
