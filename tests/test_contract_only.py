@@ -110,3 +110,28 @@ def test_a_whole_run_uses_only_the_contract(plugins, tmp_path, monkeypatch):
     assert summary["n_errors"] == 0 and summary["n_records"] == 2
     (wrapped,) = seen
     assert {"generate", "forward", "mask_to_grid", "randomized"} <= wrapped.touched
+
+
+def test_a_family_without_a_hook_point_is_refused_by_name_before_the_work(plugins):
+    """The base class refuses every optional hook point naming the family; methods that need one
+    say so from ``check`` (called once after loading), not per sample."""
+    from xbench.api import ModelIdentity
+    from xbench.errors import ModelCapabilityError, ParameterError
+
+    class Bare(VLM):
+        family = "bare"
+
+    bare = Bare(ModelIdentity("bare-model"), "cpu", None, "sdpa")
+    calls = [bare.image_features_as_leaf, bare.vision_layers_read, bare.patch_embedding, lambda: bare.randomized(0),
+             lambda: bare.num_layers, lambda: bare.hidden_size, lambda: bare.attention("eager")]  # fmt: skip
+    for call in calls:
+        with pytest.raises(ModelCapabilityError, match=r"^model family 'bare' \(model 'bare-model'\) cannot "):
+            call()
+    assert bare.image_std is None and bare.name == "bare-model"
+    methods = plugins.registries.methods
+    with pytest.raises(ParameterError, match="gradient_relevancy: scope='all' cannot be followed on this model: model family 'bare'"):
+        methods.get("gradient_relevancy")(scope="all").check(bare)
+    with pytest.raises(ModelCapabilityError, match="method 'layer_gradcam' cannot run: model family 'bare'"):
+        methods.get("layer_gradcam")().check(bare)
+    with pytest.raises(ModelCapabilityError, match="cannot report its number of layers"):
+        methods.get("raw_attention")().check(bare)
