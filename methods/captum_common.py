@@ -25,22 +25,30 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import replace
-from typing import Any, Callable, ClassVar
+from typing import Callable, ClassVar
 
 import numpy as np
 import torch
 
 from xbench.api import GRADIENTS, Generation, Method, RelevanceMap
 from xbench.errors import ParameterError
+from xbench.params import Param
 
 TARGETS = ("first", "answer")
 POOLS = ("abs", "signed")
+TARGET = Param("first", choices=TARGETS, doc="first: the answer's first token's log-probability; answer: the whole answer's")
+POOL = Param("abs", choices=POOLS, doc="abs: sum |attribution| per patch; signed: the signed sum")
+BASELINE = Param(0.0, doc="the constant image value in the processor's normalised pixel space")
+
+
+def count(default: int, doc: str) -> Param:
+    """A positive integer parameter (steps, samples, batch sizes)."""
+    return Param(default, min=1, doc=doc)
 
 
 def answer_logprob_fn(vlm, generation: Generation, target: str) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``f(pixel_values) -> [B]`` log-probability of the answer's first token or whole answer."""
-    if target not in TARGETS:
-        raise ParameterError(f"target={target!r} is not one of {TARGETS}")
+    """``f(pixel_values) -> [B]`` log-probability of the answer's first token (``target="first"``)
+    or whole answer (``"answer"``)."""
     n = 1 if target == "first" else len(generation.answer_ids)
     gen = replace(generation, answer_ids=generation.answer_ids[:n])
     answer = torch.tensor(gen.answer_ids, device=vlm.device)
@@ -56,9 +64,7 @@ def answer_logprob_fn(vlm, generation: Generation, target: str) -> Callable[[tor
 
 def pool_to_grid(vlm, attribution: torch.Tensor, generation: Generation, pool: str = "abs") -> np.ndarray:
     """Sum of the attribution (``abs``: its absolute value; ``signed``: itself) over channels and
-    each grid cell's pixels (``vlm.pixels_to_grid``): float32 ``[h, w]``."""
-    if pool not in POOLS:
-        raise ParameterError(f"pool={pool!r} is not one of {POOLS}")
+    each grid cell's pixels (``vlm.pixels_to_grid``): float32 ``[h, w]`` (``pool`` one of :data:`POOLS`)."""
     a = attribution.detach().float()
     return vlm.pixels_to_grid(a.abs() if pool == "abs" else a, generation)
 
@@ -82,39 +88,15 @@ class CaptumMethod(Method):
     """A method computed by one Captum attribution algorithm on the image input.
 
     Subclasses implement :meth:`attribute` (``forward, pixel_values, generation, vlm ->``
-    attribution tensor); ``on_grid = True`` when the attribution already is ``[1, 1, h, w]``.
-    Every parameter is checked against its default's type: positive ints, finite numbers
-    (non-negative for :attr:`non_negative`), booleans, strings from :attr:`choices`.
+    attribution tensor) and declare their own parameters over :data:`TARGET` and :data:`POOL`
+    (:attr:`parameters`); ``on_grid = True`` when the attribution already is ``[1, 1, h, w]``
+    (such a method has no ``pool``).
     """
 
     needs = frozenset({GRADIENTS})
     requires = ("captum",)
     on_grid: ClassVar[bool] = False
-    choices: ClassVar[dict[str, tuple]] = {"target": TARGETS, "pool": POOLS}
-    non_negative: ClassVar[tuple[str, ...]] = ("stdevs",)
-
-    @classmethod
-    def default_params(cls) -> dict[str, Any]:
-        return {"target": "first"} if cls.on_grid else {"target": "first", "pool": "abs"}
-
-    def __init__(self, **params: Any) -> None:
-        super().__init__(**params)
-        for key, default in self.default_params().items():
-            value = self.params[key]
-            if isinstance(default, bool):
-                ok = isinstance(value, bool)
-            elif isinstance(default, int):
-                ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
-            elif isinstance(default, float):
-                ok = isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
-                ok = ok and (value >= 0 or key not in self.non_negative)
-            else:
-                ok = value in self.choices.get(key, (value,))
-            if not ok:
-                expected = {bool: "true or false", int: "a positive integer", float: "a finite number" + (" >= 0" if key in self.non_negative else "")}.get(
-                    type(default), f"one of {self.choices.get(key)}"
-                )
-                raise ParameterError(f"method {self.name!r}: {key}={value!r} is not {expected}")
+    parameters = {"target": TARGET, "pool": POOL}
 
     def attribute(self, forward, pixel_values: torch.Tensor, generation: Generation, vlm) -> torch.Tensor:
         raise NotImplementedError

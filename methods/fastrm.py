@@ -14,6 +14,14 @@ default proxy for the model (installed or shipped, matched by model hash) with h
 from xbench.api import HIDDEN_STATES, Method, RelevanceMap
 from xbench.errors import ParameterError
 from xbench.hookspecs import hookimpl
+from xbench.params import Param
+
+
+def head_names() -> list[str]:
+    """The FastRM heads registered (the ``head`` parameter's choices)."""
+    from xbench.fastrm.heads import HEADS
+
+    return sorted(HEADS)
 
 
 class FastRM(Method):
@@ -21,17 +29,13 @@ class FastRM(Method):
     description = "learned proxy of gradient relevancy over last hidden states (FastRM, arXiv 2412.01487)"
     needs = frozenset({HIDDEN_STATES})
 
-    @classmethod
-    def default_params(cls):
-        return {"proxy": None, "head": None}
+    parameters = {
+        "proxy": Param(None, type=str, doc="a proxy directory from `xbench fastrm train` (default: the model's default proxy)"),
+        "head": Param(None, type=str, choices=head_names, doc="the head of the default proxy (default: attention)"),
+    }
 
     def __init__(self, **params):
         super().__init__(**params)
-        from xbench.fastrm.heads import HEADS
-
-        head = self.params["head"]
-        if head is not None and head not in HEADS:
-            raise ParameterError(f"method 'fastrm': unknown head {head!r}; choose from {sorted(HEADS)}")
         self._given = self._load(self.params["proxy"]) if self.params["proxy"] else None  # bad files fail here
         self._proxy = None
         self._vlm = None

@@ -7,7 +7,7 @@ pooling: see :mod:`xbench.methods.captum_common`.
 """
 
 from xbench.hookspecs import hookimpl
-from xbench.methods.captum_common import CaptumMethod
+from xbench.methods.captum_common import BASELINE, CaptumMethod, count
 
 
 class FeatureAblationMethod(CaptumMethod):
@@ -15,16 +15,18 @@ class FeatureAblationMethod(CaptumMethod):
     description = "Captum FeatureAblation, one feature per image patch"
     needs = frozenset()
 
-    @classmethod
-    def default_params(cls):
-        return {**super().default_params(), "baseline": 0.0, "perturbations_per_eval": 16}
+    parameters = {
+        **CaptumMethod.parameters,
+        "baseline": BASELINE,
+        "perturbations_per_eval": count(16, "ablated patches per forward"),
+    }
 
     def attribute(self, forward, pixel_values, generation, vlm):
         from captum.attr import FeatureAblation
 
         return FeatureAblation(forward).attribute(
             pixel_values,
-            baselines=float(self.params["baseline"]),
+            baselines=self.params["baseline"],
             feature_mask=vlm.pixel_cells(generation).to(pixel_values.device),
             perturbations_per_eval=self.params["perturbations_per_eval"],
         )

@@ -44,20 +44,23 @@ import torch
 from xbench.api import ATTENTIONS, GRADIENTS, Generation, Method, RelevanceMap
 from xbench.errors import ModelCapabilityError, ParameterError
 from xbench.hookspecs import hookimpl
-from xbench.maps import TOKEN_CHOICES, combine_tokens
+from xbench.maps import TOKEN_PARAM, combine_tokens
+from xbench.params import Param
 
 SCOPES = ("llm", "all")
 
 
+#: the answer tokens a ``token`` choice needs, given the answer's length
+TOKEN_INDICES = {
+    "mean": lambda n_answer: list(range(n_answer)),
+    "first": lambda n_answer: [0],
+    "last": lambda n_answer: [n_answer - 1],
+}
+
+
 def token_indices(n_answer: int, how: str) -> list[int]:
-    """Indices of the answer tokens a ``token`` choice needs."""
-    if how == "mean":
-        return list(range(n_answer))
-    if how == "first":
-        return [0]
-    if how == "last":
-        return [n_answer - 1]
-    raise ParameterError(f"token={how!r} is not one of {TOKEN_CHOICES}")
+    """Indices of the answer tokens a ``token`` choice (checked when the method was built) needs."""
+    return TOKEN_INDICES[how](n_answer)
 
 
 def _head_mean_cam(attention: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
@@ -80,9 +83,8 @@ def _vision_row(image_row: torch.Tensor, vision_positions: torch.Tensor, n_visio
 
 
 def answer_relevancy(vlm, generation: Generation, tokens: Sequence[int] | None = None, scope: str = "llm") -> np.ndarray:
-    """Relevancy maps ``[len(tokens), h, w]`` (float32) of answer tokens ``tokens`` (default: all)."""
-    if scope not in SCOPES:
-        raise ParameterError(f"scope={scope!r} is not one of {SCOPES}")
+    """Relevancy maps ``[len(tokens), h, w]`` (float32) of answer tokens ``tokens`` (default: all);
+    ``scope`` one of :data:`SCOPES`."""
     tokens = list(range(len(generation.answer_ids))) if tokens is None else list(tokens)
     last = max(tokens)
     gen = replace(generation, answer_ids=generation.answer_ids[: last + 1])
@@ -122,17 +124,10 @@ class GradientRelevancy(Method):
     name = "gradient_relevancy"
     description = "gradient-weighted attention relevancy over the LLM (Chefer et al. 2021; lvlm-interpret)"
     needs = frozenset({ATTENTIONS, GRADIENTS})
-
-    @classmethod
-    def default_params(cls):
-        return {"token": "mean", "scope": "llm"}
-
-    def __init__(self, **params):
-        super().__init__(**params)
-        if self.params["token"] not in TOKEN_CHOICES:
-            raise ParameterError(f"{self.name}: token={self.params['token']!r} is not one of {TOKEN_CHOICES}")
-        if self.params["scope"] not in SCOPES:
-            raise ParameterError(f"{self.name}: scope={self.params['scope']!r} is not one of {SCOPES}")
+    parameters = {
+        "token": TOKEN_PARAM,
+        "scope": Param("llm", choices=SCOPES, doc="llm: the language model's layers; all: on through the vision tower"),
+    }
 
     def check(self, vlm):
         """``scope='all'`` needs image features that follow one path into a vision tower."""

@@ -9,23 +9,27 @@ point between baseline and input (seeded per sample). Target and pooling: see
 import torch
 
 from xbench.hookspecs import hookimpl
-from xbench.methods.captum_common import CaptumMethod
+from xbench.methods.captum_common import BASELINE, CaptumMethod, count
+from xbench.params import Param
 
 
 class GradientShapMethod(CaptumMethod):
     name = "gradient_shap"
     description = "Captum GradientShap (noisy expected gradients from a constant image)"
 
-    @classmethod
-    def default_params(cls):
-        return {**super().default_params(), "n_samples": 16, "stdevs": 0.1, "baseline": 0.0}
+    parameters = {
+        **CaptumMethod.parameters,
+        "n_samples": count(16, "draws between baseline and input"),
+        "stdevs": Param(0.1, min=0.0, doc="std of the Gaussian noise added to each draw (normalised pixel space)"),
+        "baseline": BASELINE,
+    }
 
     def attribute(self, forward, pixel_values, generation, vlm):
         from captum.attr import GradientShap
 
-        baselines = torch.full_like(pixel_values, float(self.params["baseline"]))
+        baselines = torch.full_like(pixel_values, self.params["baseline"])
         return GradientShap(forward).attribute(
-            pixel_values, baselines=baselines, n_samples=self.params["n_samples"], stdevs=float(self.params["stdevs"])
+            pixel_values, baselines=baselines, n_samples=self.params["n_samples"], stdevs=self.params["stdevs"]
         )
 
 

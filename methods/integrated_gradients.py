@@ -6,23 +6,26 @@ of them per forward. Target and pooling: see :mod:`xbench.methods.captum_common`
 """
 
 from xbench.hookspecs import hookimpl
-from xbench.methods.captum_common import CaptumMethod
+from xbench.methods.captum_common import BASELINE, CaptumMethod, count
 
 
 class IntegratedGradientsMethod(CaptumMethod):
     name = "integrated_gradients"
     description = "Captum IntegratedGradients from a constant (mean-colour) image"
 
-    @classmethod
-    def default_params(cls):
-        return {**super().default_params(), "n_steps": 16, "internal_batch_size": 16, "baseline": 0.0}
+    parameters = {
+        **CaptumMethod.parameters,
+        "n_steps": count(16, "Gauss-Legendre points on the path from baseline to input"),
+        "internal_batch_size": count(16, "path points per forward"),
+        "baseline": BASELINE,
+    }
 
     def attribute(self, forward, pixel_values, generation, vlm):
         from captum.attr import IntegratedGradients
 
         return IntegratedGradients(forward).attribute(
             pixel_values,
-            baselines=float(self.params["baseline"]),
+            baselines=self.params["baseline"],
             n_steps=self.params["n_steps"],
             internal_batch_size=self.params["internal_batch_size"],
         )

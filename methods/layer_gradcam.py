@@ -10,7 +10,8 @@ averaged over features instead of patches). map = ReLU(sum_c mean_patches(dT/dA_
 
 from xbench.errors import ModelCapabilityError, XbenchError
 from xbench.hookspecs import hookimpl
-from xbench.methods.captum_common import CaptumMethod
+from xbench.methods.captum_common import TARGET, CaptumMethod
+from xbench.params import Param
 
 
 class LayerGradCamMethod(CaptumMethod):
@@ -18,9 +19,10 @@ class LayerGradCamMethod(CaptumMethod):
     description = "Captum LayerGradCam on the vision tower's patch-embedding convolution"
     on_grid = True
 
-    @classmethod
-    def default_params(cls):
-        return {**super().default_params(), "relu": True}
+    parameters = {
+        "target": TARGET,
+        "relu": Param(True, doc="keep the positive part of the map (false: the signed map)"),
+    }
 
     def check(self, vlm):
         """The model family must expose a patch embedding."""

@@ -7,7 +7,7 @@ Target and pooling: see :mod:`xbench.methods.captum_common`.
 """
 
 from xbench.hookspecs import hookimpl
-from xbench.methods.captum_common import CaptumMethod
+from xbench.methods.captum_common import BASELINE, CaptumMethod, count
 
 
 class OcclusionMethod(CaptumMethod):
@@ -15,9 +15,13 @@ class OcclusionMethod(CaptumMethod):
     description = "Captum Occlusion with patch-sized windows"
     needs = frozenset()
 
-    @classmethod
-    def default_params(cls):
-        return {**super().default_params(), "window": 1, "stride": 1, "baseline": 0.0, "perturbations_per_eval": 16}
+    parameters = {
+        **CaptumMethod.parameters,
+        "window": count(1, "side of the occluding window, in patches"),
+        "stride": count(1, "step of the window, in patches"),
+        "baseline": BASELINE,
+        "perturbations_per_eval": count(16, "windows per forward"),
+    }
 
     def attribute(self, forward, pixel_values, generation, vlm):
         from captum.attr import Occlusion
@@ -27,7 +31,7 @@ class OcclusionMethod(CaptumMethod):
             pixel_values,
             sliding_window_shapes=(c, self.params["window"] * p, self.params["window"] * p),
             strides=(c, self.params["stride"] * p, self.params["stride"] * p),
-            baselines=float(self.params["baseline"]),
+            baselines=self.params["baseline"],
             perturbations_per_eval=self.params["perturbations_per_eval"],
         )
 

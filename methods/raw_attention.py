@@ -8,7 +8,8 @@ import torch
 from xbench.api import ATTENTIONS, Method, RelevanceMap
 from xbench.errors import ParameterError
 from xbench.hookspecs import hookimpl
-from xbench.maps import combine_tokens, rows_to_token_maps
+from xbench.maps import TOKEN_PARAM, combine_tokens, rows_to_token_maps
+from xbench.params import Param
 
 
 class RawAttention(Method):
@@ -16,14 +17,15 @@ class RawAttention(Method):
     description = "last LLM layer's attention from the answer to the image, heads averaged"
     needs = frozenset({ATTENTIONS})
 
-    @classmethod
-    def default_params(cls):
-        return {"layer": -1, "token": "mean"}
+    parameters = {
+        "layer": Param(-1, doc="the language-model layer whose attention is read (negative: from the top)"),
+        "token": TOKEN_PARAM,
+    }
 
     def check(self, vlm):
-        """``layer`` must index one of the model's language-model layers."""
+        """``layer`` (an integer, checked at construction) must index one of the model's language-model layers."""
         layer, n = self.params["layer"], vlm.num_layers
-        if isinstance(layer, bool) or not isinstance(layer, int) or not -n <= layer < n:
+        if not -n <= layer < n:
             raise ParameterError(
                 f"method {self.name!r}: layer={layer!r} is not a layer of model {vlm.name!r}, "
                 f"which has {n} language-model layers (use {-n}..{n - 1})"
@@ -34,7 +36,7 @@ class RawAttention(Method):
         for gen in generations:
             with torch.no_grad():
                 out = vlm.forward(gen, output_attentions=True)
-            att = out.attentions[int(self.params["layer"])][0].float().mean(dim=0)
+            att = out.attentions[self.params["layer"]][0].float().mean(dim=0)
             per_token = rows_to_token_maps(att[gen.query_positions], gen)
             maps.append(RelevanceMap(combine_tokens(per_token, self.params["token"]), per_token))
         return maps

@@ -9,7 +9,8 @@ import torch
 
 from xbench.api import ATTENTIONS, Method, RelevanceMap
 from xbench.hookspecs import hookimpl
-from xbench.maps import combine_tokens, rows_to_token_maps
+from xbench.maps import TOKEN_PARAM, combine_tokens, rows_to_token_maps
+from xbench.params import Param
 
 
 def rollout(attentions, residual: float = 0.5) -> torch.Tensor:
@@ -29,16 +30,17 @@ class Rollout(Method):
     description = "attention rollout over the LLM layers (Abnar & Zuidema 2020)"
     needs = frozenset({ATTENTIONS})
 
-    @classmethod
-    def default_params(cls):
-        return {"residual": 0.5, "token": "mean"}
+    parameters = {
+        "residual": Param(0.5, min=0.0, max=1.0, doc="weight of the identity (the residual path) in each layer's matrix"),
+        "token": TOKEN_PARAM,
+    }
 
     def explain(self, vlm, generations):
         maps = []
         for gen in generations:
             with torch.no_grad():
                 out = vlm.forward(gen, output_attentions=True)
-            r = rollout([a[0] for a in out.attentions], float(self.params["residual"]))
+            r = rollout([a[0] for a in out.attentions], self.params["residual"])
             per_token = rows_to_token_maps(r[gen.query_positions], gen)
             maps.append(RelevanceMap(combine_tokens(per_token, self.params["token"]), per_token))
         return maps

@@ -7,16 +7,20 @@ see :mod:`xbench.methods.captum_common`.
 """
 
 from xbench.hookspecs import hookimpl
-from xbench.methods.captum_common import CaptumMethod
+from xbench.methods.captum_common import CaptumMethod, count
+from xbench.params import Param
 
 
 class SmoothGradMethod(CaptumMethod):
     name = "smoothgrad"
     description = "Captum NoiseTunnel(Saliency), smoothgrad"
 
-    @classmethod
-    def default_params(cls):
-        return {**super().default_params(), "nt_samples": 16, "stdevs": 0.15, "batch_size": 16}
+    parameters = {
+        **CaptumMethod.parameters,
+        "nt_samples": count(16, "noisy copies of the image"),
+        "stdevs": Param(0.15, min=0.0, doc="std of the Gaussian noise (normalised pixel space)"),
+        "batch_size": count(16, "noisy copies per forward"),
+    }
 
     def attribute(self, forward, pixel_values, generation, vlm):
         from captum.attr import NoiseTunnel, Saliency
@@ -26,7 +30,7 @@ class SmoothGradMethod(CaptumMethod):
             nt_type="smoothgrad",
             nt_samples=self.params["nt_samples"],
             nt_samples_batch_size=self.params["batch_size"],
-            stdevs=float(self.params["stdevs"]),
+            stdevs=self.params["stdevs"],
             abs=self.params["pool"] == "abs",
         )
 

@@ -23,6 +23,7 @@ import numpy as np
 
 from xbench.api import Sample, SampleError, Task
 from xbench.hookspecs import hookimpl
+from xbench.params import Param
 from xbench.taskdata import PROMPTS, fill_prompt, pick
 
 FLIPS = ("none", "horizontal", "vertical", "both")
@@ -77,14 +78,14 @@ class EasyVQA(Task):
     max_new_tokens = 4
     breakdown_key = "kind"
     answer_metrics = {"accuracy": True}
+    parameters = {
+        "mask_tolerance": Param(16, min=0, max=255, doc="how far a pixel's colour may be from the background's and not count"),
+        "flip": Param("none", choices=FLIPS, doc="mirror every image: none, horizontal, vertical or both"),
+    }
 
-    def __init__(self, split=None, data_dir=None, mask_tolerance: int = 16, flip: str = "none") -> None:
+    def __init__(self, split=None, data_dir=None, **params) -> None:
         """``data_dir`` is not used: the data ships with the ``easy-vqa`` package."""
-        from xbench.errors import ParameterError
-
-        if flip not in FLIPS:
-            raise ParameterError(f"easyvqa: flip={flip!r} is not one of {list(FLIPS)}")
-        super().__init__(split, None, mask_tolerance=int(mask_tolerance), flip=flip)
+        super().__init__(split, None, **params)
         import easy_vqa
 
         if self.split == "train":

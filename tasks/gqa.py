@@ -24,7 +24,9 @@ from xbench.answers import gqa_correct
 from xbench.api import Sample, SampleError, Task
 from xbench.errors import DataError
 from xbench.hookspecs import hookimpl
+from xbench.params import Param
 from xbench.taskdata import (
+    PROMPT_PARAM,
     LocalFiles,
     box_mask,
     data_file,
@@ -33,15 +35,8 @@ from xbench.taskdata import (
     load_json,
     pick,
     resolve_prompt,
-    take_params,
 )
 
-DEFAULTS: dict[str, Any] = {
-    "prompt": "llava15",
-    "image_dir": "images",
-    "questions_file": "{split}_balanced_questions.json",
-    "scene_graphs": None,
-}
 _ANNOTATED_PARTS = ("question", "answer", "fullAnswer")
 
 
@@ -85,10 +80,16 @@ class GQA(LocalFiles, Task):
     max_new_tokens = 8
     breakdown_key = "kind"
     answer_metrics = {"accuracy": True}
+    parameters = {
+        "prompt": PROMPT_PARAM,
+        "image_dir": Param("images", doc="the images' folder, relative to the data folder"),
+        "questions_file": Param("{split}_balanced_questions.json", doc="the questions file ({split} is filled in)"),
+        "scene_graphs": Param(None, type=str, doc="a scene-graph file giving ground-truth masks (e.g. val_sceneGraphs.json)"),
+    }
 
     def __init__(self, split=None, data_dir=None, **params) -> None:
-        params = take_params(self.name, params, DEFAULTS)
         super().__init__(split, data_dir, **params)
+        params = self.params
         self.template = resolve_prompt(params["prompt"])
         questions_name = self.split_name("questions_file", params["questions_file"])
         self.root = data_root(self.name, data_dir, questions_name)

@@ -27,9 +27,11 @@ import numpy as np
 
 from xbench.answers import pope_answer
 from xbench.api import Sample, SampleError, Task
-from xbench.errors import DataError, ParameterError
+from xbench.errors import DataError
 from xbench.hookspecs import hookimpl
+from xbench.params import Param
 from xbench.taskdata import (
+    PROMPT_PARAM,
     LocalFiles,
     box_mask,
     data_file,
@@ -40,16 +42,8 @@ from xbench.taskdata import (
     polygon_mask,
     resolve_prompt,
     rle_mask,
-    take_params,
 )
 
-DEFAULTS: dict[str, Any] = {
-    "prompt": "llava15",
-    "image_dir": "val2014",
-    "questions_file": "coco_pope_{split}.json",
-    "instances": None,
-    "mask_from": "segmentation",
-}
 MASK_SOURCES = ("segmentation", "bbox")
 _FIELDS = ("question_id", "image", "text", "label")
 _OBJECT = re.compile(r"^\s*is there an? (.+?) in the (?:image|picture)\s*\?", re.IGNORECASE)
@@ -85,13 +79,18 @@ class POPE(LocalFiles, Task):
     max_new_tokens = 8
     answer_metrics = {"accuracy": True, "precision": True, "recall": True, "f1": True, "yes_ratio": None}
     image_key = "image"
+    parameters = {
+        "prompt": PROMPT_PARAM,
+        "image_dir": Param("val2014", doc="the COCO images' folder, relative to the data folder"),
+        "questions_file": Param("coco_pope_{split}.json", doc="the questions file ({split} is filled in)"),
+        "instances": Param(None, type=str, doc="COCO instance annotations giving ground-truth masks (instances_val2014.json)"),
+        "mask_from": Param("segmentation", choices=MASK_SOURCES, doc="the instances' segmentations or their boxes (bbox)"),
+    }
 
     def __init__(self, split=None, data_dir=None, **params) -> None:
-        params = take_params(self.name, params, DEFAULTS)
         super().__init__(split, data_dir, **params)
+        params = self.params
         self.template = resolve_prompt(params["prompt"])
-        if params["mask_from"] not in MASK_SOURCES:
-            raise ParameterError(f"pope mask_from={params['mask_from']!r}; choose from {list(MASK_SOURCES)}")
         questions_name = self.split_name("questions_file", params["questions_file"])
         self.root = data_root(self.name, data_dir, questions_name)
         self.questions_path = data_file(self.root, questions_name, "POPE questions")

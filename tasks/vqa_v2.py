@@ -22,16 +22,9 @@ from xbench.answers import vqa_accuracy
 from xbench.api import Sample, SampleError, Task
 from xbench.errors import DataError, ParameterError
 from xbench.hookspecs import hookimpl
-from xbench.taskdata import LocalFiles, data_file, data_root, load_json, pick, resolve_prompt, take_params
+from xbench.params import Param
+from xbench.taskdata import PROMPT_PARAM, LocalFiles, data_file, data_root, load_json, pick, resolve_prompt
 
-DEFAULTS: dict[str, Any] = {
-    "prompt": "llava15",
-    "normalise_prediction": True,
-    "image_dir": "{split}",
-    "image_name": "COCO_{split}_{image_id:012d}.jpg",
-    "questions_file": "v2_OpenEnded_mscoco_{split}_questions.json",
-    "annotations_file": "v2_mscoco_{split}_annotations.json",
-}
 
 
 class _Question(NamedTuple):
@@ -81,10 +74,18 @@ class VQAv2(LocalFiles, Task):
     max_new_tokens = 8
     breakdown_key = "answer_type"
     answer_metrics = {"accuracy": True}
+    parameters = {
+        "prompt": PROMPT_PARAM,
+        "normalise_prediction": Param(True, doc="apply LLaVA-1.5's answer processing before scoring"),
+        "image_dir": Param("{split}", doc="the images' folder, relative to the data folder ({split} is filled in)"),
+        "image_name": Param("COCO_{split}_{image_id:012d}.jpg", doc="an image's file name ({split}, {image_id})"),
+        "questions_file": Param("v2_OpenEnded_mscoco_{split}_questions.json", doc="the questions file"),
+        "annotations_file": Param("v2_mscoco_{split}_annotations.json", doc="the annotations file"),
+    }
 
     def __init__(self, split=None, data_dir=None, **params) -> None:
-        params = take_params(self.name, params, DEFAULTS)
         super().__init__(split, data_dir, **params)
+        params = self.params
         self.template = resolve_prompt(params["prompt"])
         fmt = {"split": self.split}
         try:
@@ -159,7 +160,7 @@ class VQAv2(LocalFiles, Task):
 
     # ------------------------------------------------------------------ scoring
     def score(self, sample: Sample, answer: str) -> dict[str, float]:
-        return {"accuracy": vqa_accuracy(answer, sample.answers, llava_prediction=bool(self.params["normalise_prediction"]))}
+        return {"accuracy": vqa_accuracy(answer, sample.answers, llava_prediction=self.params["normalise_prediction"])}
 
     def data_files(self) -> list[Path]:
         return [self.questions_path, self.annotations_path]

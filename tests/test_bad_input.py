@@ -240,7 +240,7 @@ CLI_CASES = [
     Case("cli-warmup-negative", cli_case(*RUN, "--warmup", "-1"), ("warmup must be 0 or more batches, got -1",)),
     Case("cli-param-no-equals", cli_case(*RUN, "--param", "residual"), ("--param expects key=value, got 'residual'",)),
     Case("cli-param-unknown", cli_case(*RUN, "--param", "alpha=1"), ("method 'raw_attention' has no parameter(s) ['alpha']",)),
-    Case("cli-task-param-bad-value", cli_case(*RUN, "--task-param", "mask_tolerance=abc"), ("task 'easyvqa': bad parameters", "'abc'")),
+    Case("cli-task-param-bad-value", cli_case(*RUN, "--task-param", "mask_tolerance=abc"), ("task 'easyvqa': mask_tolerance='abc' is not an integer >= 0 and <= 255",)),
     Case("cli-split-unknown", cli_case(*RUN, "--split", "val"), ("task 'easyvqa' has no split 'val'; choose from ['test', 'train']",)),
     Case("cli-dtype-unknown", cli_case(*RUN, "--dtype", "float33"), ("unknown dtype 'float33'",)),
     Case("cli-dtype-not-float", cli_case(*RUN, "--dtype", "int8"), ("unknown dtype 'int8'",)),
@@ -249,7 +249,7 @@ CLI_CASES = [
     Case("cli-out-is-a-file", file_case("f", b"x", *RUN[:-1], "{file}"), ("cannot create the run directory",)),
     Case("cli-out-holds-records", records_case(b'{"id": "x"}\n', resume=False), ("already holds records; pass --resume",)),
     Case("cli-sweep-unknown-executor", cli_case("sweep", "s.toml", "--executor", "dask"), ("invalid choice: 'dask'",)),
-    Case("cli-sweep-address-without-ray", suite_case(VALID, "--address", "auto"), ("--address applies to the ray executor, not 'local'",)),
+    Case("cli-sweep-address-without-ray", suite_case(VALID, "--address", "auto"), ("executor 'local' has no parameter(s) ['address']; it takes none",)),
 ]
 
 SUITE_CASES = [
@@ -348,7 +348,7 @@ FASTRM_PROXY_CASES: list[Case] = [
     Case("fastrm-proxy-weights-corrupt", proxy_case(lambda p: (p / "proxy.safetensors").write_bytes(b"\x00" * 64)), ("cannot read FastRM proxy weights", "proxy.safetensors")),
     Case("fastrm-proxy-weights-other-size", proxy_case(edit_json("proxy.json", lambda c: c.update(hidden_size=64))), ("proxy.safetensors do not fit its config", "hidden size 64")),
     Case("fastrm-proxy-other-grid", proxy_case(edit_json("proxy.json", lambda c: c.update(grid=[4, 4]))), ("proxy.safetensors do not fit its config",)),
-    Case("fastrm-proxy-unknown-head", cli_case("run", "--method", "fastrm", "--param", "head=cnn"), ("unknown head 'cnn'; choose from ['attention', 'mlp']",)),
+    Case("fastrm-proxy-unknown-head", cli_case("run", "--method", "fastrm", "--param", "head=cnn"), ("method 'fastrm': head='cnn' is not one of ['attention', 'mlp']",)),
     Case("fastrm-proxy-other-model", proxy_case(None, model="tiny-random-llava"), ("was trained for model 'tiny-llava-easyvqa' with hidden size 128; model 'tiny-random-llava' has hidden size 64", "xbench fastrm train --model tiny-random-llava")),
 ]
 
@@ -406,6 +406,79 @@ def test_16_bit_grayscale_keeps_its_contrast():
     for channel in range(3):
         np.testing.assert_array_equal(rgb[..., channel], expected)
     assert (np.asarray(img.convert("RGB"))[..., 0] == 255).mean() > 0.99  # what the naive conversion gives
+
+
+# ---- parameters (issue 17) ----
+# Every parameter value is checked when the plugin is built, before the model loads and before
+# any sample: an exit-2 one-line error naming the flag or plugin, the key, the value and what is
+# accepted. Non-finite numbers are refused already when the command line is read.
+
+ROLLOUT = ("run", "--method", "rollout", "--limit", "1", "--warmup", "0", "--no-progress", "--device", "cpu", "--out", "{tmp}/o")
+
+
+def method_run(method: str, *extra: str) -> Callable[[Path], list[str]]:
+    return cli_case("run", "--method", method, *RUN[3:], *extra)
+
+
+def suite_method(table: str) -> Callable[[Path], list[str]]:
+    return suite_case(VALID.replace("rollout = {}", f"rollout = {table}"))
+
+
+PARAM_CASES = [
+    Case("param-token-bogus", cli_case(*RUN, "--param", "token=bogus"), ("method 'raw_attention': token='bogus' is not one of ['mean', 'first', 'last']",)),
+    Case("param-residual-infinity", cli_case(*ROLLOUT, "--param", "residual=Infinity"), ("--param residual: 'Infinity' is not a finite number (NaN and infinities are refused)",)),
+    Case("param-residual-minus-infinity", cli_case(*ROLLOUT, "--param", "residual=-Infinity"), ("--param residual: '-Infinity' is not a finite number",)),
+    Case("param-residual-overflow", cli_case(*ROLLOUT, "--param", "residual=1e999"), ("--param residual: '1e999' is not a finite number",)),
+    Case("param-residual-out-of-range", cli_case(*ROLLOUT, "--param", "residual=1.5"), ("method 'rollout': residual=1.5 is not a finite number >= 0 and <= 1",)),
+    Case("param-list-with-overflow", cli_case(*RUN, "--param", "token=[1e999]"), ("--param token: '[1e999]' holds a non-finite number",)),
+    Case("param-list-with-nan", cli_case(*RUN, "--param", "token=[1, NaN]"), ("--param token: '[1, NaN]' holds a non-finite number (NaN and infinities are refused)",)),
+    Case("metric-param-tau-nan", cli_case(*RUN, "--metric-param", "tau=NaN"), ("--metric-param tau: 'NaN' is not a finite number (NaN and infinities are refused)",)),
+    Case("metric-param-tau-out-of-range", cli_case(*RUN, "--metric-param", "tau=1.5"), ("metric 'agreement_accuracy': tau=1.5 is not a finite number >= 0 and <= 1",)),
+    Case("metric-param-steps-zero", cli_case(*RUN, "--metric-param", "steps=0"), ("metric 'deletion_auc': steps=0 is not an integer >= 1",)),
+    Case("metric-param-fill-bogus", cli_case(*RUN, "--metric-param", "fill=blur"), ("metric 'deletion_auc': fill='blur' is not one of ['mean', 'zero']",)),
+    Case("metric-param-typo", cli_case(*RUN, "--metric-param", "tua=0.3"), ("no selected metric takes parameter(s) ['tua'] (did you mean 'tau'?)",)),
+    Case("param-typo", cli_case(*RUN, "--param", "tokn=first"), ("method 'raw_attention' has no parameter(s) ['tokn'] (did you mean 'token'?); it takes layer, token",)),
+    Case("param-layer-wrong-type", cli_case(*RUN, "--param", "layer=top"), ("method 'raw_attention': layer='top' is not an integer",)),
+    Case("param-layer-fraction", cli_case(*RUN, "--param", "layer=1.5"), ("method 'raw_attention': layer=1.5 is not an integer",)),
+    Case("param-n-steps-zero", method_run("integrated_gradients", "--param", "n_steps=0"), ("method 'integrated_gradients': n_steps=0 is not an integer >= 1",)),
+    Case("param-stdevs-negative", method_run("smoothgrad", "--param", "stdevs=-0.1"), ("method 'smoothgrad': stdevs=-0.1 is not a finite number >= 0",)),
+    Case("param-relu-wrong-type", method_run("layer_gradcam", "--param", "relu=yes"), ("method 'layer_gradcam': relu='yes' is not true or false",)),
+    Case("param-pool-on-grid-method", method_run("layer_gradcam", "--param", "pool=abs"), ("method 'layer_gradcam' has no parameter(s) ['pool']; it takes relu, target",)),
+    Case("reference-param-bogus", cli_case(*RUN, "--reference-param", "scope=vit"), ("method 'gradient_relevancy': scope='vit' is not one of ['llm', 'all']",)),
+    Case("task-param-flip-bogus", cli_case(*RUN, "--task-param", "flip=sideways"), ("task 'easyvqa': flip='sideways' is not one of ['none', 'horizontal', 'vertical', 'both']",)),
+    Case("task-param-tolerance-out-of-range", cli_case(*RUN, "--task-param", "mask_tolerance=300"), ("task 'easyvqa': mask_tolerance=300 is not an integer >= 0 and <= 255",)),
+    Case("task-param-prompt-bogus", cli_case(*RUN, "--task", "gqa", "--task-param", "prompt=Q:"), ("task 'gqa': prompt='Q:' is not a template name (llava15, plain) or a template containing '{question}'",)),
+    Case("task-param-mask-from-bogus", cli_case(*RUN, "--task", "pope", "--task-param", "mask_from=polygon"), ("task 'pope': mask_from='polygon' is not one of ['segmentation', 'bbox']",)),
+    Case("suite-method-param-nan", suite_method("{residual = nan}"), ("method 'rollout': residual=nan is not a finite number >= 0 and <= 1",)),
+    Case("suite-method-param-inf", suite_method("{residual = inf}"), ("method 'rollout': residual=inf is not a finite number",)),
+    Case("suite-method-param-bogus-choice", suite_method('{token = "middle"}'), ("method 'rollout': token='middle' is not one of ['mean', 'first', 'last']",)),
+]
+
+
+class KeptOutput:
+    """``capsys`` that keeps what :func:`test_bad_input` read, for more checks after it."""
+
+    def __init__(self, capsys):
+        self.capsys, self.err = capsys, None
+
+    def readouterr(self):
+        captured = self.capsys.readouterr()
+        self.err = captured.err
+        return captured
+
+
+@pytest.mark.parametrize("case", PARAM_CASES, ids=[c.id for c in PARAM_CASES])
+def test_bad_parameter_is_refused_before_the_work(case, corpus_plugins, tmp_path, monkeypatch, capsys):
+    assert case.exit == 2 and case.expect
+    kept = KeptOutput(capsys)
+    test_bad_input(case, corpus_plugins, tmp_path, monkeypatch, kept)
+    assert kept.err.startswith("xbench: error: ") and kept.err.count("\n") == 1, kept.err  # one line
+    assert not list(tmp_path.rglob("samples.jsonl")), "a sample was processed before the refusal"
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_parameter_case_ids_are_unique_across_the_corpus():
+    assert len({c.id for c in CASES + PARAM_CASES}) == len(CASES) + len(PARAM_CASES)
 
 
 # ---- contract: values that need the model, optional dependencies, prompt length (issue 17) ----

@@ -12,6 +12,7 @@ import torch
 
 from xbench.errors import ParameterError
 from xbench.methods.captum_common import CaptumMethod, answer_logprob_fn, pool_to_grid
+from xbench.methods.saliency import SaliencyMethod
 from xbench.plugins import build
 
 CAPTUM_METHODS = sorted(e.name for e in build().registries.methods if issubclass(e.obj, CaptumMethod))
@@ -74,8 +75,8 @@ def test_pooling_sums_absolute_values_per_patch(tiny_vlm, gens):
     assert (signed < 0).any()  # evidence against the answer stays negative
     with pytest.raises(ParameterError):
         pool_to_grid(tiny_vlm, attribution, replace(gens[0], grid=(5, 2)))
-    with pytest.raises(ParameterError, match="pool='max' is not one of"):
-        pool_to_grid(tiny_vlm, attribution, on_3x2, "max")
+    with pytest.raises(ParameterError, match=r"method 'saliency': pool='max' is not one of \['abs', 'signed'\]"):
+        SaliencyMethod(pool="max")  # refused when the method is built, never at pooling time
 
 
 @pytest.mark.parametrize("name", ["saliency", "smoothgrad"])

@@ -69,7 +69,7 @@ def test_aggregate_by_kind():
 def test_unknown_task_param_is_refused(plugins, tmp_path):
     from xbench.runner import RunConfig, run
 
-    with pytest.raises(ParameterError, match="task 'easyvqa': bad parameters.*mask_tolerence"):
+    with pytest.raises(ParameterError, match=r"task 'easyvqa' has no parameter\(s\) \['mask_tolerence'\] \(did you mean 'mask_tolerance'\?\)"):
         run(RunConfig(method="uniform", model="tiny-random-llava", limit=1, out=tmp_path / "r",
                       task_params={"mask_tolerence": 3}, progress=False), plugins)
 

@@ -357,7 +357,7 @@ def test_wrong_hidden_size_for_the_model(tiny_vlm, generations):
 def test_unknown_head(plugins):
     from xbench.errors import ParameterError
 
-    with pytest.raises(ParameterError, match="unknown head 'transformer'; choose from"):
+    with pytest.raises(ParameterError, match=r"method 'fastrm': head='transformer' is not one of \['attention', 'mlp'\]"):
         plugins.registries.methods.get("fastrm")(head="transformer")
 
 

@@ -212,15 +212,15 @@ def test_ablate_writes_markdown_and_json_tables(cache, tmp_path, capsys):
         ),
         (
             ["fastrm", "train", "--model", "tiny-random-llava", "--reference-param", "token=middle", "--out", "x"],
-            "gradient_relevancy: token='middle' is not one of",
+            "method 'gradient_relevancy': token='middle' is not one of ['mean', 'first', 'last']",
         ),
         (
             ["fastrm", "train", "--model", "tiny-random-llava", "--augment", "flip=sideways", "--out", "x"],
-            "easyvqa: flip='sideways' is not one of",
+            "task 'easyvqa': flip='sideways' is not one of ['none', 'horizontal', 'vertical', 'both']",
         ),
         (
             ["fastrm", "labels", "--model", "tiny-random-llava", "--task-param", "mask_tolerence=3"],
-            "task 'easyvqa': bad parameters {'mask_tolerence': 3}",
+            "task 'easyvqa' has no parameter(s) ['mask_tolerence'] (did you mean 'mask_tolerance'?)",
         ),
         (
             [

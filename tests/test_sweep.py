@@ -185,8 +185,9 @@ def test_executors_are_looked_up_by_name():
     assert EXECUTORS.get("local") is LocalExecutor and EXECUTORS.get("ray") is RayExecutor
     with pytest.raises(UnknownNameError, match="unknown executor 'rey'. Did you mean 'ray'"):
         EXECUTORS.get("rey")
-    with pytest.raises(ParameterError, match="--address applies to the ray executor"):
+    with pytest.raises(ParameterError, match=r"executor 'local' has no parameter\(s\) \['address'\]; it takes none"):
         LocalExecutor(address="auto")
+    assert RayExecutor(address="auto").address == "auto" and RayExecutor().address is None
 
 
 def test_ray_missing_is_a_clear_error(tmp_path, monkeypatch):

@@ -15,13 +15,14 @@ constants below, checked when a plugin registers.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from xbench.errors import BadImageError, MapValidationError
+from xbench.params import Param, resolve
 from xbench.vlm import VLM, ForwardOutput, Generation, ModelIdentity  # noqa: F401  (the model contract, re-exported)
 
 # --------------------------------------------------------------------------- needs
@@ -169,27 +170,38 @@ def seeded_rng(*key: Any) -> np.random.Generator:
 
 
 class Parameterised:
-    """Keyword parameters declared with their defaults by :meth:`default_params`; an unknown one
-    is a :class:`~xbench.errors.ParameterError` naming the ``kind`` and ``name`` at fault."""
+    """A plugin built from keyword parameters declared in :attr:`parameters`.
+
+    The constructor resolves them once with :func:`xbench.params.resolve` into :attr:`params`
+    (unknown keys, wrong types, choices, ranges and non-finite numbers are a
+    :class:`~xbench.errors.ParameterError` naming ``kind``, ``name``, the key and the value);
+    nothing after construction checks a value again. :meth:`default_params` gives the
+    declared defaults. A plugin written before declarations existed may instead override
+    :meth:`default_params`: its keys are then accepted with any finite value.
+    """
 
     kind: ClassVar[str] = "plugin"
     name: ClassVar[str] = ""
+    parameters: ClassVar[Mapping[str, Param]] = {}
 
     def __init__(self, **params: Any) -> None:
-        unknown = set(params) - set(self.default_params())
-        if unknown:
-            from xbench.errors import ParameterError
-
-            raise ParameterError(
-                f"{self.kind} {self.name!r} has no parameter(s) {sorted(unknown)}; "
-                f"it takes {sorted(self.default_params()) or 'none'}"
-            )
-        self.params = {**self.default_params(), **params}
+        self.params = resolve(self.kind, self.name, self.declared_params(), params)
 
     @classmethod
     def default_params(cls) -> dict[str, Any]:
         """The parameters this accepts, with their defaults."""
-        return {}
+        return {key: param.default for key, param in cls.parameters.items()}
+
+    @classmethod
+    def declared_params(cls) -> dict[str, Param]:
+        """:attr:`parameters`, or for a plugin overriding :meth:`default_params` its keys (typed
+        where :attr:`parameters` declares them, with the overridden defaults)."""
+        if getattr(cls.default_params, "__func__", None) is Parameterised.default_params.__func__:
+            return dict(cls.parameters)
+        untyped = Param(None, type=object, nullable=True)
+        return {
+            key: replace(cls.parameters.get(key, untyped), default=value) for key, value in cls.default_params().items()
+        }
 
 
 class Method(Parameterised):
@@ -198,11 +210,11 @@ class Method(Parameterised):
     Subclasses set ``name``, ``description`` and ``needs`` (a subset of :data:`METHOD_NEEDS`:
     :data:`ATTENTIONS`, :data:`GRADIENTS`, :data:`HIDDEN_STATES`, checked when registered) and
     implement :meth:`explain`, using the model only through the :class:`VLM` contract.
-    Constructor keyword arguments are the method's parameters (``--param k=v``);
-    :attr:`params` records them for the summary. ``requires`` names the optional modules the
-    method imports (e.g. ``("captum",)``): a missing one is refused at construction with the
-    command that installs it. :meth:`check` refuses, once the model is loaded and before the
-    first sample, parameter values that do not fit that model.
+    Constructor keyword arguments are the method's parameters (``--param k=v``), declared in
+    :attr:`parameters`; :attr:`params` records them, checked, for the summary. ``requires``
+    names the optional modules the method imports (e.g. ``("captum",)``): a missing one is
+    refused at construction with the command that installs it. :meth:`check` refuses, once
+    the model is loaded and before the first sample, parameter values that do not fit that model.
     """
 
     kind = "method"
@@ -262,15 +274,17 @@ def require_modules(modules: Sequence[str], who: str) -> None:
         raise MissingDependencyError(f"{who} needs {', '.join(missing)}, which is not installed: pip install {install}")
 
 
-class Task:
+class Task(Parameterised):
     """Base class of task adapters. One subclass per module in ``tasks/``.
 
     ``samples`` yields :class:`Sample` (or :class:`SampleError` for a sample that
     cannot be built); ``prompt`` gives the question text with the task's instruction,
-    which the model adapter wraps in its family's conversation template.
+    which the model adapter wraps in its family's conversation template. Keyword
+    arguments after ``split`` and ``data_dir`` are the task's parameters (``--task-param``),
+    declared in :attr:`parameters`.
     """
 
-    name: ClassVar[str] = ""
+    kind = "task"
     description: ClassVar[str] = ""
     splits: ClassVar[tuple[str, ...]] = ("test",)
     max_new_tokens: ClassVar[int] = 8
@@ -289,7 +303,7 @@ class Task:
         if self.split not in self.splits:
             raise ParameterError(f"task {self.name!r} has no split {self.split!r}; choose from {list(self.splits)}")
         self.data_dir = Path(data_dir) if data_dir else None
-        self.params = dict(params)
+        super().__init__(**params)
 
     def samples(self, limit: int | None = None, seed: int = 0) -> Iterator[Sample | SampleError]:
         raise NotImplementedError
@@ -366,7 +380,7 @@ class Metric(Parameterised):
     :meth:`aggregate` turns the per-sample values into the run's value (default: their
     mean); the runner also bootstraps it over samples for a 95% interval.
     Constructor keyword arguments are the metric's parameters (``--metric-param k=v``),
-    declared with defaults by :meth:`default_params`. ``uses_map = False`` marks a
+    declared in :attr:`parameters`. ``uses_map = False`` marks a
     control value that ignores the map: the runner does not repeat it for ``--control``.
     """
 

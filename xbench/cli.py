@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
 from typing import Callable
 
 from xbench.errors import ParameterError, XbenchError
+from xbench.params import finite
 
 COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
 #: modules whose ``@command`` functions join the CLI (imported when the parser is built)
@@ -34,21 +36,38 @@ def command(name: str, add_arguments: Callable[[argparse.ArgumentParser], None])
     return deco
 
 
+def _refuse_constant(name: str):
+    raise ValueError(f"non-finite number {name}")
+
+
 def parse_value(text: str):
-    """``--param`` values: JSON when it parses (numbers, true/false, lists), else the string."""
+    """``--param`` values: JSON when it parses (numbers, true/false, lists), else the string.
+
+    A non-finite number (``NaN``, ``Infinity``, ``-Infinity``, or one too large for a float such
+    as ``1e999``) is a :class:`ParameterError`; quote it as JSON (``'"NaN"'``) to mean the text."""
     try:
-        return json.loads(text)
-    except ValueError:
-        return text
+        value = json.loads(text, parse_constant=_refuse_constant)
+    except ValueError as exc:
+        if not str(exc).startswith("non-finite number"):
+            return text
+        value = math.nan
+    if not finite(value):
+        what = "holds a non-finite number" if text.strip()[:1] in ("[", "{") else "is not a finite number"
+        raise ParameterError(f"{text!r} {what}")
+    return value
 
 
 def parse_params(pairs: list[str] | None, flag: str) -> dict:
+    """``KEY=VALUE`` pairs as a dict of :func:`parse_value` values; errors name ``flag`` and the key."""
     params = {}
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise ParameterError(f"{flag} expects key=value, got {pair!r}")
-        params[key.strip()] = parse_value(value)
+        try:
+            params[key.strip()] = parse_value(value)
+        except ParameterError as exc:
+            raise ParameterError(f"{flag} {key.strip()}: {exc} (NaN and infinities are refused)") from None
     return params
 
 

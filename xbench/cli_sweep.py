@@ -21,9 +21,9 @@ def _sweep_args(p: argparse.ArgumentParser) -> None:
 @command("sweep", _sweep_args)
 def cmd_sweep(args: argparse.Namespace) -> int:
     """Run every cell of a suite; complete cells are skipped, failed cells recorded (exit 1 if any failed)."""
-    from xbench.sweep import EXECUTORS, INDEX, is_complete, prepare
+    from xbench.sweep import INDEX, is_complete, make_executor, prepare
 
-    executor = EXECUTORS.get(args.executor)(address=args.address)
+    executor = make_executor(args.executor, args.address)
     planned = prepare(args.suite, args.out)
     if args.dry_run:
         for cell in planned.cells:

@@ -5,9 +5,16 @@ from __future__ import annotations
 import numpy as np
 
 from xbench.api import Generation
-from xbench.errors import ParameterError
+from xbench.params import Param
 
-TOKEN_CHOICES = ("mean", "first", "last")
+#: how per-answer-token maps combine into one (the ``token`` parameter)
+COMBINE_TOKENS = {
+    "mean": lambda per_token: per_token.mean(axis=0),
+    "first": lambda per_token: per_token[0],
+    "last": lambda per_token: per_token[-1],
+}
+TOKEN_CHOICES = tuple(COMBINE_TOKENS)
+TOKEN_PARAM = Param("mean", choices=TOKEN_CHOICES, doc="which answer tokens make the map: their mean, the first or the last")
 
 
 def rows_to_token_maps(rows, generation: Generation) -> np.ndarray:
@@ -22,11 +29,7 @@ def rows_to_token_maps(rows, generation: Generation) -> np.ndarray:
 
 
 def combine_tokens(per_token: np.ndarray, how: str) -> np.ndarray:
-    """One map from per-answer-token maps: their mean, or the first / last token's."""
-    if how == "mean":
-        return per_token.mean(axis=0)
-    if how == "first":
-        return per_token[0]
-    if how == "last":
-        return per_token[-1]
-    raise ParameterError(f"token={how!r} is not one of {TOKEN_CHOICES}")
+    """One map from per-answer-token maps: their mean, or the first / last token's
+    (``how`` from :data:`TOKEN_CHOICES`, checked when the method was built)."""
+    return COMBINE_TOKENS[how](per_token)
+

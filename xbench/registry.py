@@ -6,18 +6,9 @@ import difflib
 from dataclasses import dataclass
 from typing import Any, Generic, Iterator, TypeVar
 
-from xbench.errors import DuplicateNameError, ParameterError, PluginDeclarationError, UnknownNameError
+from xbench.errors import DuplicateNameError, PluginDeclarationError, UnknownNameError
 
 T = TypeVar("T")
-
-
-def build(where: str, cls: Any, *args: Any, **params: Any) -> Any:
-    """``cls(*args, **params)``; a TypeError or ValueError (a parameter it does not take or
-    accept) becomes a :class:`ParameterError` naming ``where`` and the parameters."""
-    try:
-        return cls(*args, **params)
-    except (TypeError, ValueError) as exc:
-        raise ParameterError(f"{where}: bad parameters {params}: {exc}") from None
 
 
 @dataclass(frozen=True)

@@ -28,9 +28,9 @@ from xbench import companions, cost, provenance, stats
 from xbench.api import Generation, MetricContext, RelevanceMap, Sample, SampleError
 from xbench.errors import MapValidationError, ParameterError, RunDirectoryError, XbenchError
 from xbench.models import load_vlm
+from xbench.params import shared
 from xbench.plugins import XbenchPlugins, default
 from xbench.records import SAMPLES, SUMMARY, RecordWriter, iter_records, write_json_atomic
-from xbench.registry import build
 
 DEFAULT_TASK = "easyvqa"
 DEFAULT_MODEL = "tiny-llava-easyvqa"
@@ -166,9 +166,9 @@ class Run:
         if not 0 <= config.seed < 2**32:
             raise ParameterError(f"seed must be between 0 and 2**32 - 1 (numpy's range), got {config.seed}")
         method_cls, task_cls = reg.methods.get(config.method), reg.tasks.get(config.task)
-        self.method = build(f"method {config.method!r}", method_cls, **config.method_params)
+        self.method = method_cls(**config.method_params)
         self.method.seed = config.seed
-        self.task = build(f"task {config.task!r}", task_cls, config.split, config.data_dir, **config.task_params)
+        self.task = task_cls(config.split, config.data_dir, **config.task_params)
         metric_names = config.metrics if config.metrics is not None else reg.metrics.names()
         self.metrics = build_metrics([reg.metrics.get(n) for n in metric_names], config.metric_params)
         needs_reference = any("reference" in m.needs for m in self.metrics)
@@ -504,13 +504,8 @@ def compact_map(grid: np.ndarray) -> list:
 
 def build_metrics(classes: list, params: dict[str, Any]) -> list:
     """Instantiate metrics, each with the entries of ``params`` it declares; refuse unused keys."""
-    declared = {k for cls in classes for k in cls.default_params()}
-    unused = sorted(set(params) - declared)
-    if unused:
-        raise ParameterError(
-            f"no selected metric takes parameter(s) {unused}; metric parameters: {sorted(declared) or 'none'}"
-        )
-    return [cls(**{k: v for k, v in params.items() if k in cls.default_params()}) for cls in classes]
+    given = shared("metric", [cls.declared_params() for cls in classes], params)
+    return [cls(**kw) for cls, kw in zip(classes, given)]
 
 
 def _mib(n_bytes: int | None) -> float | None:

@@ -40,9 +40,11 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar, Sequence
 
 from xbench import provenance
-from xbench.errors import ParameterError, UnknownNameError, XbenchError
+from xbench.api import Parameterised
+from xbench.errors import UnknownNameError, XbenchError
 from xbench.records import SAMPLES, SUMMARY, iter_records, write_json_atomic
-from xbench.registry import Registries, Registry, build
+from xbench.params import Param
+from xbench.registry import Registries, Registry
 from xbench.runner import DEFAULT_MODEL, DEFAULT_TASK, RunConfig, describe
 
 INDEX = "sweep.json"
@@ -253,7 +255,7 @@ def _methods(value, registries: Registries) -> list[tuple[str, dict, str]]:
         for params in variants:
             if not isinstance(params, dict):
                 raise SuiteError(f"suite methods.{name}: parameters must be a table, got {params!r}")
-            method = build(f"suite methods.{name}", cls, **params)
+            method = cls(**params)
             out.append((name, dict(params), _slug(method.label)))
     return out
 
@@ -350,19 +352,15 @@ def record_failure(cell: Cell, exc: BaseException, wall_s: float = 0.0, tb: str 
 # --------------------------------------------------------------------------- executors
 
 
-class Executor:
+class Executor(Parameterised):
     """Runs cells and calls ``report(result)`` as each one ends (in any order).
 
     Subclasses set ``name`` and implement :meth:`run`; constructor keywords are the
-    executor's options (``address`` for Ray).
+    executor's options, declared in :attr:`parameters` (``address`` for Ray).
     """
 
-    name: ClassVar[str] = ""
+    kind = "executor"
     description: ClassVar[str] = ""
-
-    def __init__(self, address: str | None = None) -> None:
-        if address is not None:
-            raise ParameterError(f"--address applies to the ray executor, not {self.name!r}")
 
     def run(self, cells: Sequence[Cell], report: Callable[[dict], None], plugins=None) -> None:
         raise NotImplementedError
@@ -387,9 +385,11 @@ class RayExecutor(Executor):
 
     name = "ray"
     description = "cells as Ray tasks (pip install 'xbench[ray]')"
+    parameters = {"address": Param(None, type=str, doc="the cluster to reach (auto, ray://host:10001...); default: start one")}
 
-    def __init__(self, address: str | None = None) -> None:
-        self.address = address
+    @property
+    def address(self) -> str | None:
+        return self.params["address"]
 
     def run(self, cells, report, plugins=None):
         ray = import_ray()
@@ -434,6 +434,11 @@ EXECUTORS: Registry[type[Executor]] = Registry("executor")
 EXECUTORS.origin = "xbench.sweep"
 for _cls in (LocalExecutor, RayExecutor):
     EXECUTORS.register(_cls)
+
+
+def make_executor(name: str, address: str | None = None) -> Executor:
+    """The executor ``name`` built with the options given (``address`` only when set)."""
+    return EXECUTORS.get(name)(**({} if address is None else {"address": address}))
 
 
 # --------------------------------------------------------------------------- sweep
@@ -524,7 +529,7 @@ def sweep(
     echo: Callable[[str], None] | None = None,
 ) -> dict:
     """Validate, then run a suite; returns ``{status: number of cells}``."""
-    runner = EXECUTORS.get(executor)(address=address)
+    runner = make_executor(executor, address)
     planned = prepare(suite_path, out, plugins)
     return planned.execute(runner, plugins, echo)
 
@@ -541,6 +546,7 @@ __all__ = [
     "check_reusable",
     "is_complete",
     "load_suite",
+    "make_executor",
     "plan",
     "prepare",
     "run_cell",

@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from xbench.errors import DataError, ParameterError
+from xbench.params import Param
 
 #: Prompt templates a task may be asked for with ``--task-param prompt=NAME``. ``llava15`` is the
 #: short-answer instruction LLaVA-1.5 appends for VQA v2, GQA and POPE alike.
@@ -23,28 +24,26 @@ PROMPTS: dict[str, str] = {
 }
 
 
+def prompt_problem(value: str) -> str | None:
+    """None when ``value`` names a template in :data:`PROMPTS` or is one holding ``{question}``,
+    else what the ``prompt`` parameter accepts."""
+    if value in PROMPTS or "{question}" in value:
+        return None
+    return f"a template name ({', '.join(PROMPTS)}) or a template containing '{{question}}'"
+
+
+#: the ``prompt`` task parameter of the tasks reading official files
+PROMPT_PARAM = Param("llava15", check=prompt_problem, doc="a template name (llava15, plain) or a template holding {question}")
+
+
 def resolve_prompt(value: str) -> str:
-    """The template named ``value`` in :data:`PROMPTS`, or ``value`` itself when it is a custom
-    template holding ``{question}``."""
-    if value in PROMPTS:
-        return PROMPTS[value]
-    if isinstance(value, str) and "{question}" in value:
-        return value
-    raise ParameterError(
-        f"prompt={value!r} is neither a template name ({', '.join(PROMPTS)}) nor a template containing '{{question}}'"
-    )
+    """The template named ``value`` in :data:`PROMPTS`, or ``value`` itself (a custom template,
+    checked by :data:`PROMPT_PARAM` when the task was built)."""
+    return PROMPTS.get(value, value)
 
 
 def fill_prompt(template: str, question: str) -> str:
     return template.replace("{question}", question)
-
-
-def take_params(task: str, given: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
-    """``defaults`` updated by ``given``; a name not in ``defaults`` is a :class:`ParameterError`."""
-    unknown = sorted(set(given) - set(defaults))
-    if unknown:
-        raise ParameterError(f"task {task!r} has no parameter(s) {unknown}; it takes {sorted(defaults)}")
-    return {**defaults, **given}
 
 
 def data_root(task: str, data_dir: str | Path | None, expected: str) -> Path:

@@ -171,10 +171,9 @@ class Context:
     def task(self, split: str, extra: dict | None = None):
         """The task adapter on ``split`` with ``--task-param`` and ``extra`` parameters."""
         from xbench.plugins import default
-        from xbench.registry import build
 
         params = {**parse_params(self.args.task_param, "--task-param"), **(extra or {})}
-        return build(f"task {self.args.task!r}", default().registries.tasks.get(self.args.task), split, **params)
+        return default().registries.tasks.get(self.args.task)(split, **params)
 
     def labels(self, split: str, n: int, noise: bool, extra: dict | None = None):
         from xbench.fastrm.labels import build_labels
@@ -291,18 +290,13 @@ class Context:
 def _context(args) -> Context:
     from xbench.models import load_vlm, xbench_home
     from xbench.plugins import default
-    from xbench.registry import build
 
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
     plugins = default()
-    reference = build(
-        f"method {args.reference!r}",
-        plugins.registries.methods.get(args.reference),
-        **parse_params(args.reference_param, "--reference-param"),
-    )
+    reference = plugins.registries.methods.get(args.reference)(**parse_params(args.reference_param, "--reference-param"))
     probe = Context(None, reference, None, args)  # bad task or task parameters: fail before loading the model
     probe.task(args.test_split)
     if hasattr(args, "train_split"):

@@ -21,11 +21,14 @@ Heads register by name in :data:`HEADS`; the proxy builds them from
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any, Callable, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from xbench.params import Param, resolve
 
 #: head name -> head class (filled by :func:`register_head`)
 HEADS: dict[str, type["Head"]] = {}
@@ -55,12 +58,18 @@ def register_head(cls: type["Head"]) -> type["Head"]:
     return cls
 
 
+#: the ``normalise`` parameter every head takes (see :data:`NORMALISATIONS`)
+NORMALISE = Param("max", choices=tuple(NORMALISATIONS), doc="per-map normalisation of the raw scores")
+
+
 class Head(nn.Module):
-    """Base class. ``defaults`` lists the constructor parameters (saved in the proxy's config)."""
+    """Base class. :attr:`hyperparameters` declares the constructor parameters (saved in the
+    proxy's config; not ``parameters``, which is :class:`torch.nn.Module`'s); every head takes
+    ``normalise``."""
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
-    defaults: ClassVar[dict[str, Any]] = {}
+    hyperparameters: ClassVar[dict[str, Param]] = {"normalise": NORMALISE}
     aux_weight: ClassVar[float] = 1.0  # default weight of the training's map-matching term
 
     def __init__(self, hidden_size: int, n_patches: int, **params: Any) -> None:
@@ -72,18 +81,9 @@ class Head(nn.Module):
 
     @classmethod
     def resolve_params(cls, params: dict[str, Any]) -> dict[str, Any]:
-        """Every parameter of this head with ``params`` over its defaults (``normalise`` is
-        ``max`` unless the head's ``defaults`` say otherwise); an unknown one is a ValueError."""
-        unknown = set(params) - set(cls.defaults) - {"normalise"}
-        if unknown:
-            raise ValueError(
-                f"head {cls.name!r} has no parameter(s) {sorted(unknown)}; it takes "
-                f"{sorted(set(cls.defaults) | {'normalise'})}"
-            )
-        resolved = {"normalise": "max", **cls.defaults, **params}
-        if resolved["normalise"] not in NORMALISATIONS:
-            raise ValueError(f"normalise={resolved['normalise']!r} is not one of {sorted(NORMALISATIONS)}")
-        return resolved
+        """Every parameter of this head with ``params`` over its defaults, checked by
+        :func:`xbench.params.resolve` (a :class:`~xbench.errors.ParameterError`)."""
+        return resolve("head", cls.name, cls.hyperparameters, params)
 
     def scores(self, patches: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:  # pragma: no cover
         """Raw scores ``[B, K, N]``."""
@@ -114,11 +114,15 @@ class AttentionHead(Head):
 
     name = "attention"
     description = "LayerNorm + single-head attention (FastRM paper)"
-    defaults = {"dim": 256, "pos": True, "normalise": "minmax"}
+    hyperparameters = {
+        "normalise": replace(NORMALISE, default="minmax"),
+        "dim": Param(256, min=1, doc="width of the query and key projections"),
+        "pos": Param(True, doc="add a learned position embedding to each patch's key"),
+    }
 
     def __init__(self, hidden_size: int, n_patches: int, **params: Any) -> None:
         super().__init__(hidden_size, n_patches, **params)
-        dim = int(self.params["dim"])
+        dim = self.params["dim"]
         self.norm = nn.LayerNorm(hidden_size)
         self.q = nn.Linear(hidden_size, dim)
         self.k = nn.Linear(hidden_size, dim)
@@ -170,12 +174,12 @@ class MLPHead(Head):
 
     name = "mlp"
     description = "per-patch MLP over [patch, answer, product] + learned position embedding"
-    defaults = {"dim": 128}
+    hyperparameters = {**Head.hyperparameters, "dim": Param(128, min=1, doc="width of the hidden layer")}
     aux_weight = 3.0
 
     def __init__(self, hidden_size: int, n_patches: int, **params: Any) -> None:
         super().__init__(hidden_size, n_patches, **params)
-        dim = int(self.params["dim"])
+        dim = self.params["dim"]
         self.norm = nn.LayerNorm(hidden_size)
         self.inp = nn.Linear(3 * hidden_size, dim)
         self.pos = nn.Parameter(torch.zeros(n_patches, dim))

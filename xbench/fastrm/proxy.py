@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from xbench.errors import XbenchError
+from xbench.errors import ParameterError, XbenchError
 from xbench.fastrm.heads import HEADS
 
 FORMAT = "xbench-fastrm-proxy"
@@ -138,7 +138,7 @@ class FastRMProxy(nn.Module):
         self.grid = (int(grid[0]), int(grid[1]))
         try:
             self.head = HEADS[head](int(hidden_size), self.grid[0] * self.grid[1], **(head_params or {}))
-        except ValueError as exc:
+        except ParameterError as exc:
             raise ProxyError(f"FastRM {head!r} head: {exc}") from None
         self.head_name = head
         self.hidden_size = int(hidden_size)

@@ -18,6 +18,7 @@ import numpy as np
 from xbench.api import Metric
 from xbench.errors import MapValidationError, XbenchError
 from xbench.hookspecs import hookimpl
+from xbench.params import Param
 
 DEFAULT_TAU = 0.3
 
@@ -47,9 +48,7 @@ class Agreement(Metric):
     higher_is_better = True
     needs = frozenset({"reference"})
 
-    @classmethod
-    def default_params(cls):
-        return {"tau": DEFAULT_TAU}
+    parameters = {"tau": Param(DEFAULT_TAU, min=0.0, max=1.0, doc="threshold on the min-max normalised maps")}
 
     def compute(self, sample, generation, rmap, context=None):
         ref = None if context is None else context.reference
@@ -58,7 +57,7 @@ class Agreement(Metric):
             raise XbenchError(f"no reference map for sample {sample.id!r}" + (f": {why}" if why else ""))
         if ref.grid.shape != rmap.grid.shape:
             raise MapValidationError(f"reference map shape {ref.grid.shape} differs from the map's {rmap.grid.shape}")
-        return self.score(np.asarray(rmap.grid).ravel(), np.asarray(ref.grid).ravel(), float(self.params["tau"]))
+        return self.score(np.asarray(rmap.grid).ravel(), np.asarray(ref.grid).ravel(), self.params["tau"])
 
     def score(self, pred: np.ndarray, ref: np.ndarray, tau: float) -> float | None:
         raise NotImplementedError

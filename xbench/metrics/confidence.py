@@ -17,6 +17,7 @@ import numpy as np
 
 from xbench.api import Metric
 from xbench.hookspecs import hookimpl
+from xbench.params import Param
 
 
 def map_entropy(grid: np.ndarray) -> float:
@@ -37,9 +38,10 @@ class ConfidenceAUROC(Metric):
     category = "confidence"
     higher_is_better = True
 
-    @classmethod
-    def default_params(cls):
-        return {"score_key": "accuracy", "wrong_below": 0.5}
+    parameters = {
+        "score_key": Param("accuracy", doc="the task score telling right answers from wrong ones"),
+        "wrong_below": Param(0.5, doc="an answer is wrong when its score is below this"),
+    }
 
     def compute(self, sample, generation, rmap):
         if "confidence" in rmap.extras:
@@ -49,7 +51,7 @@ class ConfidenceAUROC(Metric):
     def aggregate(self, values, records):
         from sklearn.metrics import roc_auc_score
 
-        key, below = self.params["score_key"], float(self.params["wrong_below"])
+        key, below = self.params["score_key"], self.params["wrong_below"]
         pairs = [(v, r["scores"].get(key)) for v, r in zip(values, records)]
         pairs = [(float(v), float(s) < below) for v, s in pairs if v is not None and s is not None]
         wrong = [w for _, w in pairs]

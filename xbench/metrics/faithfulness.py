@@ -27,10 +27,15 @@ from __future__ import annotations
 import numpy as np
 
 from xbench.api import Metric
-from xbench.errors import ParameterError
 from xbench.hookspecs import hookimpl
+from xbench.params import Param
 
-FILLS = ("mean", "zero")
+#: ``fill`` -> the ``[1, C, 1, 1]`` fill of processed pixel values ``[1, C, H, W]``
+FILL_VALUES = {
+    "mean": lambda pixel_values: pixel_values.mean(dim=(2, 3), keepdim=True),
+    "zero": lambda pixel_values: pixel_values.new_zeros(pixel_values.shape[:2] + (1, 1)),
+}
+FILLS = tuple(FILL_VALUES)
 SCORES = ("answer", "first")
 
 
@@ -56,12 +61,8 @@ def patch_index(height: int, width: int, grid: tuple[int, int]) -> np.ndarray:
 
 
 def fill_value(pixel_values, fill: str):
-    """``[1, C, 1, 1]`` fill in the processed (normalised) pixel space."""
-    if fill == "mean":
-        return pixel_values.mean(dim=(2, 3), keepdim=True)
-    if fill == "zero":
-        return pixel_values.new_zeros(pixel_values.shape[:2] + (1, 1))
-    raise ParameterError(f"fill={fill!r} is not one of {FILLS}")
+    """``[1, C, 1, 1]`` fill (one of :data:`FILLS`) in the processed (normalised) pixel space."""
+    return FILL_VALUES[fill](pixel_values)
 
 
 def perturbed_images(pixel_values, masks: np.ndarray, grid, fill: str, mode: str):
@@ -77,11 +78,10 @@ def perturbed_images(pixel_values, masks: np.ndarray, grid, fill: str, mode: str
 
 
 def answer_probability(vlm, generation, images, score: str, chunk: int) -> np.ndarray:
-    """Probability of ``generation``'s answer under each image, teacher-forced, in batches."""
+    """Probability of ``generation``'s answer (``score="answer"``) or of its first token
+    (``"first"``) under each image, teacher-forced, in batches."""
     import torch
 
-    if score not in SCORES:
-        raise ParameterError(f"score={score!r} is not one of {SCORES}")
     targets = torch.tensor(generation.answer_ids, device=images.device)
     positions = generation.query_positions
     if score == "first":
@@ -115,17 +115,12 @@ class Perturbation(Metric):
     mode = "deletion"
     random_order = False
 
-    @classmethod
-    def default_params(cls):
-        return {"steps": 16, "fill": "mean", "score": "answer", "chunk": 32}
-
-    def __init__(self, **params) -> None:
-        super().__init__(**params)
-        p = self.params
-        if p["fill"] not in FILLS or p["score"] not in SCORES:
-            raise ParameterError(f"{self.name}: fill must be one of {FILLS} and score one of {SCORES}, got {p['fill']!r}, {p['score']!r}")
-        if int(p["steps"]) < 1 or int(p["chunk"]) < 1:
-            raise ParameterError(f"{self.name}: steps and chunk must be >= 1, got {p['steps']!r}, {p['chunk']!r}")
+    parameters = {
+        "steps": Param(16, min=1, doc="equal steps from no patch to every patch"),
+        "fill": Param("mean", choices=FILLS, doc="mean: the image's mean colour; zero: zero in normalised space"),
+        "score": Param("answer", choices=SCORES, doc="answer: the whole answer's probability; first: its first token's"),
+        "chunk": Param(32, min=1, doc="perturbed images per forward"),
+    }
 
     def order(self, sample, rmap, context) -> np.ndarray:
         if self.random_order:
@@ -134,7 +129,7 @@ class Perturbation(Metric):
 
     def curve(self, sample, generation, rmap, context) -> np.ndarray:
         p = self.params
-        steps, chunk = int(p["steps"]), int(p["chunk"])
+        steps, chunk = p["steps"], p["chunk"]
         order = self.order(sample, rmap, context)
         key = ("faithfulness", self.mode, steps, p["fill"], p["score"], order.tobytes())
         if key not in context.cache:

@@ -10,6 +10,7 @@ import numpy as np
 
 from xbench.api import MODEL, Metric
 from xbench.hookspecs import hookimpl
+from xbench.params import Param
 
 
 class MaskMetric(Metric):
@@ -65,18 +66,20 @@ class TopRegionIoU(MaskMetric):
 
     name = "top_region_iou"
     description = "IoU of the top-k% most relevant patches with the ground-truth patches"
-    @classmethod
-    def default_params(cls):
-        return {"top_percent": 10.0, "min_cover": 0.5}
+
+    parameters = {
+        "top_percent": Param(10.0, min=0.0, max=100.0, min_exclusive=True, doc="share of the patches in the top region, in %"),
+        "min_cover": Param(0.5, min=0.0, max=1.0, min_exclusive=True, doc="share of a patch the mask must cover to count"),
+    }
 
     def compute(self, sample, generation, rmap, context=None):
         if sample.gt_mask is None:
             return None
-        truth = (self.cover(sample, generation, context) >= float(self.params["min_cover"])).ravel()
+        truth = (self.cover(sample, generation, context) >= self.params["min_cover"]).ravel()
         if not truth.any():
             return None
         flat = np.asarray(rmap.grid).ravel()
-        k = max(1, int(np.ceil(float(self.params["top_percent"]) / 100 * flat.size - 1e-9)))
+        k = max(1, int(np.ceil(self.params["top_percent"] / 100 * flat.size - 1e-9)))
         top = np.zeros(flat.size, bool)
         top[np.argsort(-flat, kind="stable")[:k]] = True
         return float((top & truth).sum() / (top | truth).sum())
