@@ -481,6 +481,153 @@ def test_parameter_case_ids_are_unique_across_the_corpus():
     assert len({c.id for c in CASES + PARAM_CASES}) == len(CASES) + len(PARAM_CASES)
 
 
+# ---- outputs (issue 17) ----
+# Leaderboards, reports and `xbench show` print text that came from runs: every format escapes
+# it, and a summary or record file that is not what it should be is skipped with a warning
+# naming it (or refused with a clear error when nothing is left). Each case builds run folders
+# from summaries and records alone (no model), runs the command in-process and checks stdout,
+# stderr and the exit code: ``warn`` -> exit 0 with ``xbench: warning:`` naming the file;
+# ``escaped`` -> exit 0 and the output holds the escaped text, never the raw one; ``error`` ->
+# exit 2 with one ``xbench: error:`` line.
+
+
+def _out_summary(label: str = "rollout", **extra) -> dict:
+    metric = {"value": 0.5, "n": 1, "category": "agreement", "higher_is_better": True, "ci95": [0.4, 0.6]}
+    cost = {"value": 3.0, "n": 1, "category": "cost", "higher_is_better": False, "ci95": [2.0, 4.0]}
+    return {"run_id": "r", "method": {"name": "rollout", "label": label, "params": {}},
+            "task": {"name": "easyvqa", "split": "test", "data_hash": "h"}, "model": {"id": "tiny-random-llava"},
+            "n_ok": 1, "metrics": {"agreement_f1": metric, "explain_ms_p50": cost}, **extra}
+
+
+def _out_run(tmp: Path, name: str = "run", label: str = "rollout", records: bytes | None = None) -> Path:
+    folder = tmp / "runs" / name
+    folder.mkdir(parents=True)
+    (folder / "summary.json").write_text(json.dumps(_out_summary(label)))
+    if records is not None:
+        (folder / "samples.jsonl").write_bytes(records)
+    return folder
+
+
+_OUT_RECORD = json.dumps({"id": "s1", "question": "q", "gold": ["a"], "answer": "a", "map": [[0.0, 1.0], [0.5, 0.2]],
+                          "metrics": {"agreement_f1": 0.5}, "scores": {"accuracy": 1.0}, "explain_ms": 3.0}) + "\n"
+_OUT_FAILED = json.dumps({"id": "s2", "error": "boom", "stage": "explain"}) + "\n"
+
+
+@dataclass(frozen=True)
+class OutputCase:
+    """``make(tmp) -> argv``; ``kind``: warn | escaped | error; ``expect``: substrings of stderr
+    (warn, error, with ``{tmp}`` replaced) or of the output (escaped); ``absent``: never in the output."""
+
+    id: str
+    make: Callable[[Path], list[str]]
+    kind: str
+    expect: tuple[str, ...]
+    absent: tuple[str, ...] = ()
+
+
+def _lb_with(extra: Callable[[Path], None], *argv: str) -> Callable[[Path], list[str]]:
+    def make(tmp: Path) -> list[str]:
+        _out_run(tmp)
+        extra(tmp)
+        return ["leaderboard", str(tmp / "runs"), *argv]
+
+    return make
+
+
+def _file(rel: str, content: bytes) -> Callable[[Path], None]:
+    def write(tmp: Path) -> None:
+        (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp / rel).write_bytes(content)
+
+    return write
+
+
+def _labelled(label: str, *argv: str) -> Callable[[Path], list[str]]:
+    def make(tmp: Path) -> list[str]:
+        _out_run(tmp, label=label)
+        return [a.replace("{tmp}", str(tmp)) for a in argv]
+
+    return make
+
+
+def _show(sample: str, records: bytes = (_OUT_RECORD + _OUT_FAILED).encode()) -> Callable[[Path], list[str]]:
+    def make(tmp: Path) -> list[str]:
+        return ["show", str(_out_run(tmp, records=records)), sample, "--output", str(tmp / "s.png")]
+
+    return make
+
+
+OUTPUT_CASES = [
+    OutputCase("lb-foreign-summary", _lb_with(_file("runs/other/summary.json", b'{"loss": 0.1}')), "warn",
+               ("xbench: warning: skipped {tmp}/runs/other/summary.json: not an xbench run summary (no 'method.name')",)),
+    OutputCase("lb-summary-not-json", _lb_with(_file("runs/torn/summary.json", b'{"method": ')), "warn",
+               ("xbench: warning: skipped {tmp}/runs/torn/summary.json: unreadable (JSONDecodeError",)),
+    OutputCase("lb-summary-a-list", _lb_with(_file("runs/list/summary.json", b"[]")), "warn",
+               ("skipped {tmp}/runs/list/summary.json: not an xbench run summary (not a JSON object)",)),
+    OutputCase("lb-summary-metrics-not-a-table", _lb_with(_file("runs/m/summary.json",
+               json.dumps(_out_summary(metrics=[1])).encode())), "warn",
+               ("skipped {tmp}/runs/m/summary.json: not an xbench run summary (no 'metrics' table)",)),
+    OutputCase("lb-records-damaged", lambda tmp: ["leaderboard", str(_out_run(tmp, records=b'{"id": 1\n' + _OUT_RECORD.encode()))],
+               "warn", ("samples.jsonl: unreadable", "line 1", "the run is shown on its own samples")),
+    OutputCase("lb-only-foreign", lambda tmp: (_file("runs/x/summary.json", b"{}")(tmp), ["leaderboard", str(tmp / "runs")])[1],
+               "error", ("xbench: error: no run summaries found under", "skipped {tmp}/runs/x/summary.json")),
+    OutputCase("lb-markdown-pipe", _labelled("a|b", "leaderboard", "{tmp}/runs"), "escaped", (r"| a\|b ",), ("| a|b",)),
+    OutputCase("lb-markdown-tag-and-link", _labelled("<img src=x>[y](z)", "leaderboard", "{tmp}/runs"), "escaped",
+               (r"\<img src=x\>\[y\](z)",), ("| <img", "[y](z)")),
+    OutputCase("lb-latex-input", _labelled(r"\input{/etc/passwd}", "leaderboard", "{tmp}/runs", "--format", "latex"),
+               "escaped", (r"\textbackslash{}input\{/etc/passwd\}",), (r"\input{",)),
+    OutputCase("lb-latex-specials", _labelled("50% & $x$ #1 ~^_", "leaderboard", "{tmp}/runs", "--format", "latex"),
+               "escaped", (r"50\% \& \$x\$ \#1 \textasciitilde{}\textasciicircum{}\_",), ("50% &",)),
+    OutputCase("lb-csv-formula", _labelled("=HYPERLINK(1)", "leaderboard", "{tmp}/runs", "--format", "csv"), "escaped",
+               (",'=HYPERLINK(1),",), (",=HYPERLINK",)),
+    OutputCase("lb-csv-plus-at-minus", _labelled("@cmd", "leaderboard", "{tmp}/runs", "--format", "csv"), "escaped",
+               (",'@cmd,",), (",@cmd",)),
+    OutputCase("lb-html-script", _labelled("<script>x</script>", "leaderboard", "{tmp}/runs", "--format", "html"),
+               "escaped", ("&lt;script&gt;x&lt;/script&gt;",), ("<script>",)),
+    OutputCase("lb-columns-no-match", _labelled("m", "leaderboard", "{tmp}/runs", "--columns", "nope*"), "error",
+               ("xbench: error: no metric matches --columns 'nope*'",)),
+    OutputCase("lb-sort-unknown", _labelled("m", "leaderboard", "{tmp}/runs", "--sort-by", "speed"), "error",
+               ("xbench: error: cannot sort by 'speed'",)),
+    OutputCase("report-dollar-label", _labelled(r"$\frac{$ $\undefined$", "report", "{tmp}/runs", "-o", "{tmp}/r.html"),
+               "escaped", ("wrote",)),
+    OutputCase("report-only-foreign", lambda tmp: (_file("runs/x/summary.json", b"[]")(tmp),
+               ["report", str(tmp / "runs"), "-o", str(tmp / "r.html")])[1], "error",
+               ("xbench: error: no xbench run summary found under", "skipped {tmp}/runs/x/summary.json")),
+    OutputCase("show-unknown-sample", _show("s9"), "error",
+               ("xbench: error: sample 's9' is not in", "(first ids: ['s1', 's2'])")),
+    OutputCase("show-failed-sample", _show("s2"), "error",
+               ("xbench: error: sample 's2' failed in this run (explain: boom)",)),
+    OutputCase("show-not-a-run", lambda tmp: ["show", str(tmp), "s1", "-o", str(tmp / "s.png")], "error",
+               ("xbench: error:", "is not an xbench run folder (no readable run summary.json)")),
+]
+
+
+def test_the_output_corpus_covers_every_format():
+    assert len(OUTPUT_CASES) >= 20 and len({c.id for c in OUTPUT_CASES}) == len(OUTPUT_CASES)
+    assert {c.id.split("-")[0] for c in OUTPUT_CASES} == {"lb", "report", "show"}
+
+
+@pytest.mark.parametrize("case", OUTPUT_CASES, ids=[c.id for c in OUTPUT_CASES])
+def test_bad_output_input(case, tmp_path, monkeypatch, capsys):
+    from xbench.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    code = main(case.make(tmp_path))
+    captured = capsys.readouterr()
+    out, err = captured.out, captured.err
+    if case.id.startswith("report") and code == 0:
+        out += (tmp_path / "r.html").read_text()
+    assert "Traceback" not in err and "internal error" not in err, err
+    assert code == (2 if case.kind == "error" else 0), err
+    where = out if case.kind == "escaped" else err
+    for text in case.expect:
+        assert text.replace("{tmp}", str(tmp_path)) in where, f"{text!r} not in {where[-2000:]!r}"
+    for text in case.absent:
+        assert text not in out, f"{text!r} printed unescaped"
+    if case.kind == "warn":
+        assert err.startswith("xbench: warning: ") and "| rollout" in out  # the rest of the leaderboard is there
+
+
 # ---- contract: values that need the model, optional dependencies, prompt length (issue 17) ----
 # Values checked against the loaded model (Method.check, called once right after loading) are
 # refused before the first sample; a prompt that does not fit the context window is a per-sample
@@ -502,8 +649,6 @@ def long_question_case(words: int, *extra: str) -> Callable[[Path], list[str]]:
     return make
 
 
-GRADIENT_ALL = ("run", "--method", "gradient_relevancy", "--param", "scope=all", "--limit", "1", "--warmup", "0",
-                "--no-progress", "--device", "cpu", "--out", "{tmp}/o")  # fmt: skip
 CONTEXT = "does not fit the context window of model 'tiny-llava-easyvqa' (256 tokens)"  # the default model
 
 CONTRACT_CASES = [

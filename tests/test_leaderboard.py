@@ -41,7 +41,10 @@ def test_runs_of_one_method_are_averaged(results):
 def test_github_tables_grouped_by_task_and_model_with_arrows(results):
     text = render(results)
     assert text.count("### task: easyvqa") == 2
-    assert "accuracy ↑" in text and "explain_ms_p50 ↓" in text and "| rollout" in text
+    assert "accuracy ↑" in text and "ms p50 ↓" in text and "| rollout" in text  # the headline
+    full = render(results, columns_filter="all")
+    assert full.count("### task: easyvqa") == 2
+    assert "accuracy ↑" in full and "explain_ms_p50 ↓" in full and "| rollout" in full
 
 
 def test_sort_by_uses_direction(results):

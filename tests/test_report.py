@@ -1,5 +1,6 @@
 """`xbench report`: one static HTML file; rendered in headless Chromium with every image loaded."""
 
+import io
 import json
 import re
 import shutil
@@ -62,12 +63,15 @@ def test_report_is_one_self_contained_escaped_file(runs, tmp_path, capsys):
     assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in text and "raw&lt;b&gt;evil&lt;/b&gt;" in text
     srcs = re.findall(r"<img src='([^']*)'", text)
     assert srcs and all(s.startswith("data:image/png;base64,") for s in srcs)  # nothing fetched
-    # figure + 2 samples x (image + 3 runs' maps)
-    assert len(srcs) == 1 + 2 * (1 + 3)
-    for heading in ("Quality vs latency", "Leaderboard", "Samples × methods"):
+    # figure + colour bar + 2 samples x (image + 3 runs' maps)
+    assert len(srcs) == 1 + 1 + 2 * (1 + 3)
+    for heading in ("Quality vs latency", "Leaderboard", "Samples × runs", "Provenance"):
         assert heading in text
-    assert "agreement_f1[control]" in text and "deletion_auc ↓" in text
-    assert "gold: " in text and "answer: <b>" in text
+    assert "loc@control = energy_in_mask@control" in text and "agr F1 ↑" in text and "<th>del gain" in text  # the headline
+    assert "gold: " in text and "answer: <b>" in text and "alt='colour bar'" in text
+    summary = json.loads((runs / "rollout" / "summary.json").read_text())
+    for value in (summary["model"]["model_hash"], summary["task"]["data_hash"], summary["provenance"]["torch"]):
+        assert f"<td>{value}</td>" in text  # provenance of every run
 
 
 def _chromium(args, tmp_path):
@@ -99,7 +103,7 @@ def test_report_renders_in_headless_chromium_with_every_image_loaded(runs, tmp_p
 
     text = report.read_text()
     result = check(text)
-    assert result == {"n": text.count("<img "), "broken": []} and result["n"] == 9
+    assert result == {"n": text.count("<img "), "broken": []} and result["n"] == 10
     # the check itself notices a broken image
     broken = check(text.replace("<h2>Leaderboard</h2>", "<img src='data:image/png;base64,AAAA' alt='bad'><h2>Leaderboard</h2>"))
     assert broken["broken"] == ["bad"]
@@ -108,7 +112,7 @@ def test_report_renders_in_headless_chromium_with_every_image_loaded(runs, tmp_p
 def test_sidecar_maps_are_read(tmp_path):
     import numpy as np
 
-    from xbench.report import record_map
+    from xbench.overlays import record_map
 
     (tmp_path / "maps").mkdir()
     np.save(tmp_path / "maps" / "s1.npy", np.arange(4, dtype=np.float32).reshape(2, 2))
@@ -117,14 +121,105 @@ def test_sidecar_maps_are_read(tmp_path):
     assert record_map(tmp_path, {"map_file": "maps/missing.npy"}) is None
 
 
-def test_one_grid_column_per_method(runs, tmp_path):
-    from xbench.report import find_runs, one_run_per_method
+def test_every_run_appears_under_its_own_label(runs, tmp_path):
+    from xbench.report import find_runs, sample_grid
 
     shutil.copytree(runs / "rollout", tmp_path / "rollout-again")
-    summary = json.loads((tmp_path / "rollout-again" / "summary.json").read_text())
-    summary["metrics"] = {"accuracy": summary["metrics"]["accuracy"]}  # a second, smaller run of rollout
-    (tmp_path / "rollout-again" / "summary.json").write_text(json.dumps(summary))
     all_runs = find_runs([runs, tmp_path / "rollout-again"])
-    kept = one_run_per_method(all_runs)
-    assert len(all_runs) == 4 and len(kept) == 3
-    assert [r.path.name for r in kept if r.label == "rollout"] == ["rollout"]
+    labels = sorted(r.label for r in all_runs)
+    assert labels == ["raw<b>evil</b>", "raw_attention", f"rollout ({runs.name}/rollout)",
+                      f"rollout ({tmp_path.name}/rollout-again)"]
+    grid = sample_grid(all_runs, 1)
+    assert f"<th>rollout ({runs.name}/rollout)</th>" in grid and f"<th>rollout ({tmp_path.name}/rollout-again)</th>" in grid
+
+
+def test_runs_of_different_sizes_get_separate_figures(runs, tmp_path, plugins):
+    from xbench.report import figures, find_runs
+
+    run(RunConfig(method="rollout", model="tiny-random-llava", limit=2, warmup=0, progress=False, reference="rollout",
+                  metrics=["agreement_f1", "energy_in_mask"], out=tmp_path / "small"), plugins)
+    parts = figures(find_runs([runs, tmp_path / "small"]), ["agreement_f1", "energy_in_mask"], "explain_ms_p50")
+    assert len(parts) == 2
+    assert "3 samples per run" in parts[0] + parts[1] and "2 samples per run" in parts[0] + parts[1]
+
+
+def test_plot_labels_with_dollars_do_not_start_mathtext(runs, tmp_path):
+    from xbench.report import find_runs, pareto_figure
+
+    shutil.copytree(runs / "rollout", tmp_path / "dollar")
+    path = tmp_path / "dollar" / "summary.json"
+    summary = json.loads(path.read_text())
+    summary["method"]["label"] = r"$\frac{1}{$ and $\unknowncommand$"
+    path.write_text(json.dumps(summary))
+    uri, shown = pareto_figure(find_runs([tmp_path / "dollar"]), ["agreement_f1"], "explain_ms_p50", "$x$")
+    assert uri.startswith("data:image/png;base64,") and shown == ["agreement_f1"]
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure()  # the same label unescaped is what used to crash the report
+    fig.text(0, 0, summary["method"]["label"])
+    with pytest.raises(ValueError):
+        fig.savefig(io.BytesIO(), format="png")
+    plt.close(fig)
+
+
+def test_foreign_summary_is_skipped_with_a_warning(runs, tmp_path, capsys):
+    from xbench.report import find_runs
+
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "summary.json").write_text('{"accuracy": 0.9}')
+    assert len(find_runs([runs, tmp_path])) == 3
+    assert f"skipped {tmp_path / 'x' / 'summary.json'}: not an xbench run summary" in capsys.readouterr().err
+
+
+def test_overlay_is_one_hue_over_greyscale():
+    import numpy as np
+    from PIL import Image
+
+    from xbench.overlays import HUE, MAX_OPACITY, overlay
+
+    image = Image.new("RGB", (64, 64), (0, 200, 0))  # a green image
+    out = np.asarray(overlay(image, np.array([[0.0, 1.0], [0.0, 0.0]]), size=64)).astype(int)
+    grey = round(0.299 * 0 + 0.587 * 200 + 0.114 * 0)
+    assert (out[40, 10] == grey).all()  # least relevant: the image's grey, no colour of its own
+    expected = [round((1 - MAX_OPACITY) * grey + MAX_OPACITY * c) for c in HUE]
+    assert np.abs(out[10, 40] - expected).max() <= 1  # most relevant: the hue at full opacity
+
+
+def test_show_writes_one_png_of_a_samples_maps(runs, tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    from xbench.overlays import overlay, record_map, sample_images
+    from xbench.show import _panels
+
+    raw = runs / "raw"
+    record = read_records(raw / "samples.jsonl")[0]
+    out = tmp_path / "one.png"
+    assert main(["show", str(raw), record["id"], "--output", str(out)]) == 0
+    assert f"wrote {out}" in capsys.readouterr().out
+    with Image.open(out) as im:
+        assert im.format == "PNG" and im.size[0] > 600 and len(set(im.convert("L").getdata())) > 50
+    summary = json.loads((raw / "summary.json").read_text())
+    image = sample_images(summary, {record["id"]})[0][record["id"]]
+    panels = _panels(raw, summary, record, image)
+    assert [t for t, _ in panels] == ["image", "raw_attention",
+                                      "reference: rollout — computed in the run, map not recorded",
+                                      "control map (--control)"]
+    assert np.array_equal(np.asarray(panels[1][1]), np.asarray(overlay(image, record_map(raw, record))))
+    assert np.array_equal(np.asarray(panels[3][1]), np.asarray(overlay(image, np.asarray(record["control_map"]))))
+    # a reference read from another run (--reference-run): its map for the same sample id
+    summary["reference"] = {"method": "rollout", "params": None, "source": str(runs / "rollout")}
+    ref = next(r for r in read_records(runs / "rollout" / "samples.jsonl") if r["id"] == record["id"])
+    panels = _panels(raw, summary, record, image)
+    assert panels[2][0] == "reference: rollout"
+    assert np.array_equal(np.asarray(panels[2][1]), np.asarray(overlay(image, record_map(runs / "rollout", ref))))
+    own = _panels(runs / "rollout", json.loads((runs / "rollout" / "summary.json").read_text()), ref, image)
+    assert own[2][0] == "reference: rollout (this run)" and len(own) == 3  # no control recorded there
+
+
+def test_show_refuses_unknown_sample_and_folder(runs, tmp_path, capsys):
+    assert main(["show", str(runs / "raw"), "no-such-id", "-o", str(tmp_path / "x.png")]) == 2
+    assert "xbench: error: sample 'no-such-id' is not in" in capsys.readouterr().err
+    assert main(["show", str(tmp_path), "x", "-o", str(tmp_path / "x.png")]) == 2
+    assert "is not an xbench run folder" in capsys.readouterr().err
+    assert not (tmp_path / "x.png").exists()

@@ -241,16 +241,18 @@ def test_leaderboard_groups_by_task(pope_run, tmp_path):
     run(["--task", "vqa_v2", "--data-dir", str(data), "--limit", "2", "--out", str(base / "runs" / "vqa")])
     table = base / "board.md"
     assert main(["leaderboard", str(base / "runs"), "--output", str(table)]) == 0
+    assert " f1 ↑ |" in table.read_text().split("### ")[1]  # the headline shows POPE's F1 as its answer metric
+    assert main(["leaderboard", str(base / "runs"), "--columns", "all", "--output", str(table)]) == 0
     text = table.read_text()
     sections = text.split("### ")[1:]
     titles = [s.splitlines()[0] for s in sections]
-    assert [t.split(" · samples: ")[0] for t in titles] == [
+    assert [t.split(" · split: ")[0] for t in titles] == [
         "task: pope · model: tiny-random-llava",
         "task: vqa_v2 · model: tiny-random-llava",
     ]
     pope_section, vqa_section = sections
     assert "f1 ↑" in pope_section and "yes_ratio" in pope_section and "yes_ratio ↑" not in pope_section
-    assert "accuracy[number] ↑" in vqa_section and "| f1 ↑" not in vqa_section
+    assert "accuracy\\[number\\] ↑" in vqa_section and "| f1 ↑" not in vqa_section  # markdown-escaped brackets
     assert main(["leaderboard", str(base / "runs"), "--task", "vqa_v2", "--output", str(table)]) == 0
     assert "pope" not in table.read_text()
 

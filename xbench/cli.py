@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[a
 COMMAND_MODULES: tuple[str, ...] = (
     "xbench.cli_sweep",
     "xbench.report",
+    "xbench.show",
     "xbench.zoo.commands",
     "xbench.fastrm.cli",
 )
@@ -172,7 +173,9 @@ def _leaderboard_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", default="github", choices=FORMATS)
     p.add_argument("--task", help="only this task")
     p.add_argument("--sort-by", help="metric column to sort by (best first)")
-    p.add_argument("--columns", help="comma-separated metric patterns to show, e.g. 'accuracy,agreement_f1*,*_ms_p50'")
+    p.add_argument("--columns", help="'all', or comma-separated fnmatch patterns of the columns to show, e.g. "
+                   "'accuracy,agreement_f1*,*_ms_p50' ('[[]' matches a literal '['); default: the headline table "
+                   "(csv/json: every column)")
     p.add_argument("--output", type=Path, help="write to this file instead of stdout")
 
 

@@ -1,20 +1,24 @@
 """``xbench report RUN_DIR...``: one static HTML file, no server, every image embedded.
 
-Sections, top to bottom: what was run; a quality-vs-latency Pareto plot (matplotlib, one
-panel per quality metric, error bars = the runs' 95% bootstrap intervals, the Pareto front
-drawn through the methods no other method beats on both axes); the leaderboard (quality and
-cost columns, :mod:`xbench.leaderboard`); a grid of samples x methods with each map laid
-over the image (the image centre-cropped as the model saw it, the map min-max scaled for
-display), the question, gold answers and each method's answer. All text from runs and data
-is HTML-escaped. Images are base64 PNG ``data:`` URIs.
+Sections, top to bottom: what was run; quality-vs-latency Pareto plots (matplotlib), one panel
+set per task, model and sample count, one panel per quality metric, error bars = the runs' 95%
+bootstrap intervals, the Pareto front drawn through the runs no other run beats on both axes;
+the leaderboard (:mod:`xbench.leaderboard`: methods on the samples they share); a grid of
+samples x runs with each map over the image (:mod:`xbench.overlays`: the image in greyscale,
+the map in one hue whose opacity is the relevance, a colour bar beside), the question, gold
+answers and each run's answer; provenance (versions, device, dtype, model and data hashes,
+seed) of every run. Every run appears under its own label (two runs of one method are told
+apart by their folder names). All text from runs and data is HTML-escaped (and escaped for
+mathtext in plots). Images are base64 PNG ``data:`` URIs.
 """
 
 from __future__ import annotations
 
 import base64
-import html
 import io
 import math
+import os
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -22,24 +26,35 @@ from typing import Any, Sequence
 import numpy as np
 
 from xbench.errors import ParameterError
-from xbench.records import SAMPLES, SUMMARY, iter_summaries, load_map, method_label, read_records
+from xbench.escaping import html_text as esc
+from xbench.escaping import mathtext
+from xbench.overlays import CELL_PX, centre_square, colour_bar, overlay, png_data_uri, record_map, sample_images
+from xbench.records import SAMPLES, SUMMARY, method_label, read_records
+from xbench.shared_samples import read_summary
 
 DEFAULT_QUALITY = ("agreement_f1", "deletion_auc", "insertion_auc", "energy_in_mask")
 DEFAULT_LATENCY = "explain_ms_p50"
-CELL_PX = 128
+#: provenance table: header -> where in the summary
+PROVENANCE = (
+    ("xbench", ("provenance", "xbench")), ("git", ("provenance", "git_sha")), ("python", ("provenance", "python")),
+    ("torch", ("provenance", "torch")), ("transformers", ("provenance", "transformers")),
+    ("captum", ("provenance", "captum")), ("device", ("provenance", "device_name")), ("dtype", ("model", "dtype")),
+    ("model", ("model", "id")), ("model hash", ("model", "model_hash")), ("config hash", ("model", "config_hash")),
+    ("split", ("task", "split")), ("data hash", ("task", "data_hash")), ("seed", ("config", "seed")),
+    ("samples", ("n_ok",)), ("started", ("provenance", "started")),
+)
 
 
 @dataclass
 class RunData:
-    """One run's summary and records, from its folder."""
+    """One run's summary and records, from its folder; ``label`` names it in the report
+    (the method label, with the folder's name where two runs share a label)."""
 
     path: Path
     summary: dict
     records: list[dict] = field(default_factory=list)
-
-    @property
-    def label(self) -> str:
-        return method_label(self.summary)
+    label: str = ""
+    folder: str = ""  # the run's folder relative to the folder all the report's runs are under
 
     @property
     def group(self) -> tuple[str, str]:
@@ -50,68 +65,35 @@ class RunData:
 
 
 def find_runs(paths: Sequence[Path]) -> list[RunData]:
-    """Each argument is a run folder or a folder holding runs below it."""
+    """Each argument is a run folder or a folder holding runs below it; a summary that is not an
+    xbench run summary is skipped with a warning naming it."""
     runs = []
-    for p in paths:
-        found = list(iter_summaries(Path(p)))
+    for p in map(Path, paths):
+        found = [p] if p.is_file() else sorted(p.rglob(SUMMARY))
         if not found:
             raise ParameterError(f"no run ({SUMMARY}) found under {str(p)!r}")
-        for summary_path, summary in found:
-            runs.append(RunData(summary_path.parent, summary, read_records(summary_path.parent / SAMPLES)))
+        for summary_path in found:
+            summary = read_summary(summary_path)
+            if summary is not None:
+                records = read_records(summary_path.parent / SAMPLES)
+                runs.append(RunData(summary_path.parent, summary, records, method_label(summary)))
+    if not runs:
+        raise ParameterError(f"no xbench run summary found under {', '.join(repr(str(p)) for p in paths)}")
+    _distinguish(runs)
     runs.sort(key=lambda r: (r.group, r.label))
     return runs
 
 
-# --------------------------------------------------------------------------- images
-def png_data_uri(image) -> str:
-    """A PIL image as a ``data:image/png;base64,...`` URI."""
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
-
-
-def centre_square(image):
-    """The centre square of an image (CLIP's resize-shortest-edge + centre-crop view)."""
-    w, h = image.size
-    side = min(w, h)
-    left, top = (w - side) // 2, (h - side) // 2
-    return image.crop((left, top, left + side, top + side))
-
-
-def overlay(image, grid: np.ndarray, alpha: float = 0.55, size: int = CELL_PX, cmap: str = "inferno"):
-    """The map (min-max scaled, nearest-upsampled: one block per patch) over the image."""
-    from matplotlib import colormaps
-    from PIL import Image
-
-    g = np.asarray(grid, dtype=np.float64)
-    span = g.max() - g.min()
-    g = (g - g.min()) / span if span > 0 else np.zeros_like(g)
-    heat = (colormaps[cmap](g)[..., :3] * 255).astype(np.uint8)
-    heat = Image.fromarray(heat).resize((size, size), Image.Resampling.NEAREST)
-    if image is None:
-        return heat
-    base = centre_square(image.convert("RGB")).resize((size, size), Image.Resampling.BICUBIC)
-    return Image.blend(base, heat, alpha)
-
-
-def sample_images(run: RunData, ids: set[str]) -> tuple[dict[str, Any], str | None]:
-    """``({id: PIL image}, note)``: the run's task re-opened to find the images of ``ids``."""
-    from xbench.plugins import default
-
-    cfg = run.summary.get("config", {})
-    try:
-        task_cls = default().registries.tasks.get(run.summary["task"]["name"])
-        task = task_cls(cfg.get("split"), cfg.get("data_dir"), **(cfg.get("task_params") or {}))
-        images = {}
-        for s in task.samples(cfg.get("limit"), cfg.get("seed", 0)):
-            if s.id in ids and hasattr(s, "load_image"):
-                images[s.id] = s.load_image()
-                if len(images) == len(ids):
-                    break
-        missing = ids - set(images)
-        return images, (f"images not found for {len(missing)} sample(s)" if missing else None)
-    except Exception as exc:  # the data may not be on this machine: show maps alone
-        return {}, f"images unavailable ({type(exc).__name__}: {exc}); maps shown alone"
+def _distinguish(runs: list[RunData]) -> None:
+    """Set each run's ``folder``; two runs of one method with one task, model and sample count (so
+    in one plot) both appear: each gets its folder after its label."""
+    key = lambda r: (*r.group, r.summary.get("n_ok"), r.label)  # noqa: E731
+    counts = Counter(key(r) for r in runs)
+    common = Path(os.path.commonpath([str(r.path.resolve()) for r in runs]))
+    for r in runs:
+        r.folder = str(r.path.resolve().relative_to(common)) if r.path.resolve() != common else r.path.name
+        if counts[key(r)] > 1:
+            r.label = f"{r.label} ({r.folder})"
 
 
 # --------------------------------------------------------------------------- Pareto plot
@@ -132,10 +114,13 @@ def pareto_front(points: Sequence[tuple[float, float]], higher_is_better: bool) 
     return sorted(front, key=lambda i: points[i][0])
 
 
-def pareto_figure(runs: list[RunData], quality: Sequence[str], latency: str) -> tuple[str | None, list[str]]:
-    """``(data URI, metrics shown)`` of a figure with one panel per quality metric present.
+def pareto_figure(runs: list[RunData], quality: Sequence[str], latency: str, title: str = "") -> tuple[str | None, list[str]]:
+    """``(data URI, metrics shown)`` of a figure with one panel per quality metric present, for
+    runs of one task, model and sample count.
 
-    Each run keeps one colour and marker across panels (legend below); front points are labelled.
+    Each run keeps one colour and marker across panels (legend below: every run, two runs of one
+    method under their distinct labels); front points are labelled. Text from runs is escaped
+    for mathtext.
     """
     import matplotlib
 
@@ -145,12 +130,13 @@ def pareto_figure(runs: list[RunData], quality: Sequence[str], latency: str) -> 
     shown = [q for q in quality if any(q in r.summary["metrics"] and latency in r.summary["metrics"] for r in runs)]
     if not shown:
         return None, []
-    one_group = len({r.group for r in runs}) == 1
-    labels = [r.label if one_group else f"{r.label} ({r.group[1]})" for r in runs]
+    labels = [mathtext(r.label) for r in runs]  # a `$` in a label must not start mathtext
     colours = plt.get_cmap("tab20").colors
     markers = "osD^vP*Xh<>p"
     style = {lab: (colours[i % len(colours)], markers[i % len(markers)]) for i, lab in enumerate(labels)}
-    fig, axes = plt.subplots(1, len(shown), figsize=(4.0 * len(shown), 3.5), squeeze=False)
+    fig, axes = plt.subplots(1, len(shown), figsize=(4.0 * len(shown), 3.8), squeeze=False)
+    if title:
+        fig.suptitle(mathtext(title), fontsize=10)
     handles = {}
     for ax, metric in zip(axes[0], shown):
         pts, names, hib = [], [], True
@@ -184,9 +170,9 @@ def pareto_figure(runs: list[RunData], quality: Sequence[str], latency: str) -> 
 
             ax.set_xscale("log")
             ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.set_xlabel(f"{latency} (ms{', log scale' if log else ''})")
-        ax.set_ylabel(f"{metric} ({'higher' if hib else 'lower'} is better)")
-        ax.set_title(f"{metric} vs latency", fontsize=10)
+        ax.set_xlabel(mathtext(f"{latency} (ms{', log scale' if log else ''})"))
+        ax.set_ylabel(mathtext(f"{metric} ({'higher' if hib else 'lower'} is better)"))
+        ax.set_title(mathtext(f"{metric} vs latency"), fontsize=10)
         ax.grid(True, alpha=0.3)
     fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(7, len(handles)), fontsize=8,
                frameon=False)
@@ -204,6 +190,21 @@ def _err(value: float, ci) -> tuple[float, float]:
     return (max(value - ci[0], 0.0), max(ci[1] - value, 0.0))
 
 
+def figures(runs: list[RunData], quality: Sequence[str], latency: str) -> list[str]:
+    """HTML of one Pareto figure per task, model and sample count (runs of different sizes never share one)."""
+    sets: dict[tuple, list[RunData]] = {}
+    for r in runs:
+        sets.setdefault((*r.group, r.summary.get("n_ok")), []).append(r)
+    parts = []
+    for (task, model, n), group in sorted(sets.items(), key=lambda kv: tuple(str(k) for k in kv[0])):
+        title = f"task: {task} · model: {model} · {n} samples per run"
+        figure, shown = pareto_figure(group, quality, latency)
+        if figure:
+            parts.append(f"<h3>{esc(title)}</h3><img src='{figure}' alt='quality versus latency, {esc(title)}' "
+                         f"style='max-width:100%'><p class='note'>Panels: {esc(', '.join(shown))}.</p>")
+    return parts
+
+
 # --------------------------------------------------------------------------- HTML
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#222;max-width:1600px}
@@ -213,20 +214,9 @@ h1{font-size:22px;margin:0 0 4px} h2{font-size:17px;margin:28px 0 8px;border-bot
 table{border-collapse:collapse;font-size:12px} th,td{border:1px solid #ddd;padding:3px 6px;text-align:left;white-space:nowrap}
 th{background:#f5f5f5} .grid td{vertical-align:top;white-space:normal;width:140px}
 .grid img{width:128px;height:128px;image-rendering:pixelated;display:block}
+.bar{display:flex;align-items:center;gap:6px;font-size:12px;color:#444} .bar img{width:256px;height:14px}
 .ok{color:#1a7f37;font-weight:600} .bad{color:#cf222e;font-weight:600} .q{max-width:180px}
 """
-
-
-def esc(text: Any) -> str:
-    return html.escape(str(text), quote=True)
-
-
-def record_map(run_dir: Path, record: dict) -> np.ndarray | None:
-    """The record's map: inline, or from its ``maps/*.npy`` sidecar (None if unreadable)."""
-    try:
-        return load_map(run_dir, record)
-    except (KeyError, OSError, ValueError):
-        return None
 
 
 def _answer_cell(record: dict | None, run_dir: Path, image, sample_id: str) -> str:
@@ -244,29 +234,26 @@ def _answer_cell(record: dict | None, run_dir: Path, image, sample_id: str) -> s
             f"{mark}</td>")
 
 
-def one_run_per_method(runs: list[RunData]) -> list[RunData]:
-    """Per task, model and method label, the run with the most metrics (a method may have several runs)."""
-    best: dict[tuple, RunData] = {}
-    for r in runs:
-        key = (*r.group, r.label)
-        if key not in best or len(r.summary.get("metrics", {})) > len(best[key].summary.get("metrics", {})):
-            best[key] = r
-    return [r for r in runs if best[(*r.group, r.label)] is r]
+def colour_bar_html() -> str:
+    return (f"<div class='bar'>least relevant patch <img src='{png_data_uri(colour_bar())}' alt='colour bar'> "
+            "most relevant patch (the tint over a light and a dark image region)</div>")
 
 
 def sample_grid(runs: list[RunData], n_samples: int) -> str:
-    """Rows: samples every run explained (first run's order); columns: the image, then each run's map."""
+    """Per task and model, rows: samples every run explained (first run's order); columns: the
+    image, then every run's map."""
     tables = []
     groups: dict[tuple, list[RunData]] = {}
-    for r in one_run_per_method(runs):
-        groups.setdefault(r.group, []).append(r)
+    for r in runs:
+        if r.records:  # a run kept as a summary alone has no maps to show
+            groups.setdefault(r.group, []).append(r)
     for (task, model), group in groups.items():
         indexed = [r.by_id() for r in group]
         ids = [i for i, rec in indexed[0].items() if "error" not in rec and all(i in other for other in indexed)]
         ids = ids[:n_samples]
         if not ids:
             continue
-        images, note = sample_images(group[0], set(ids))
+        images, note = sample_images(group[0].summary, set(ids))
         head = "".join(f"<th>{esc(r.label)}</th>" for r in group)
         rows = []
         for sid in ids:
@@ -286,6 +273,23 @@ def sample_grid(runs: list[RunData], n_samples: int) -> str:
     return "\n".join(tables)
 
 
+def _lookup(summary: dict, path: tuple[str, ...]) -> Any:
+    value: Any = summary
+    for key in path:
+        value = value.get(key) if isinstance(value, dict) else None
+    return value
+
+
+def provenance_table(runs: list[RunData]) -> str:
+    """One row per run: what produced it, so that a figure can be traced and re-made."""
+    head = "".join(f"<th>{esc(h)}</th>" for h in ("run", "folder", *(h for h, _ in PROVENANCE)))
+    rows = []
+    for r in runs:
+        cells = [r.label, r.folder, *(_lookup(r.summary, path) for _, path in PROVENANCE)]
+        rows.append("<tr>" + "".join(f"<td>{esc('—' if c is None else c)}</td>" for c in cells) + "</tr>")
+    return f"<div class='scroll'><table><tr>{head}</tr>{''.join(rows)}</table></div>"
+
+
 def build_report(
     paths: Sequence[Path],
     n_samples: int = 6,
@@ -300,8 +304,8 @@ def build_report(
     groups = sorted({r.group for r in runs})
     n = sum(r.summary.get("n_ok", 0) for r in runs)
     sub = "; ".join(f"task {t} · model {m}" for t, m in groups)
-    figure, shown = pareto_figure(runs, quality, latency)
-    board = render([r.path for r in runs], "html", columns_filter=columns)
+    plots = figures(runs, quality, latency)
+    board = render([r.path / SUMMARY for r in runs], "html", columns_filter=columns)
     board = board.replace("<table>", "<div class='scroll'><table>").replace("</table>", "</table></div>")
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
@@ -311,13 +315,13 @@ def build_report(
         f"<p class='sub'>{len(runs)} run(s), {n} explained samples in all — {esc(sub)}</p>",
         "<h2>Quality vs latency</h2>",
     ]
-    if figure:
+    if plots:
+        parts += plots
         parts.append(
-            f"<img src='{figure}' alt='quality versus latency, one panel per metric' style='max-width:100%'>"
             f"<p class='note'>Each point is a run; bars: 95% bootstrap intervals over samples; the dashed line joins "
-            f"(and labels) the methods no other method beats on both latency ({esc(latency)}) and quality; a dotted "
-            f"line marks the same curve for a random patch order. "
-            f"Panels: {esc(', '.join(shown))}.</p>"
+            f"(and labels) the runs no other run beats on both latency ({esc(latency)}) and quality; a dotted "
+            f"line marks the same curve for a random patch order. One figure per sample count: runs of different "
+            f"sizes are not drawn together (the leaderboard compares them on their shared samples).</p>"
         )
     else:
         parts.append(f"<p class='note'>No run has {esc(latency)} with any of {esc(', '.join(quality))}.</p>")
@@ -325,10 +329,14 @@ def build_report(
         "<h2>Leaderboard</h2>",
         f"<p class='note'>{esc(NOTE)}</p>",
         board,
-        "<h2>Samples × methods</h2>",
-        "<p class='note'>Each map is min-max scaled for display (bright = most relevant), one block per image patch, "
-        "over the image as the model saw it (centre crop). ✓/✗: the run's answer scored against the gold answers.</p>",
+        "<h2>Samples × runs</h2>",
+        "<p class='note'>The image in greyscale, as the model saw it (centre crop); each map min-max scaled for "
+        "display and drawn in one red hue whose opacity is the patch's relevance (one block per image patch), so no "
+        "colour of the image can read as relevance. ✓/✗: the run's answer scored against the gold answers.</p>",
+        colour_bar_html(),
         sample_grid(runs, n_samples),
+        "<h2>Provenance</h2>",
+        provenance_table(runs),
         "</body></html>",
     ]
     return "\n".join(parts)
@@ -352,7 +360,7 @@ def _report_args(p) -> None:
 
 
 def _cmd_report(args) -> int:
-    """Write one static HTML report (leaderboard, Pareto plot, sample x method heatmaps) for runs."""
+    """Write one static HTML report (Pareto plots, leaderboard, sample x run maps, provenance) for runs."""
     if args.samples < 0:
         raise ParameterError("--samples must be >= 0")
     try:
