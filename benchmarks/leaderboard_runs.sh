@@ -2,8 +2,9 @@
 # Re-make the runs behind results/LEADERBOARD.md, then regenerate it.
 #
 # Every built-in method on the default model and task (xbench run's defaults), the same LIMIT
-# samples (seed 0) for each, every registered metric, the randomized-weights control
-# (`--control randomized`, each metric beside metric[control]); agreement is against
+# samples (seed 0) for each, every registered metric (`--metrics all`: a plain run uses the quick
+# `default` preset, without the faithfulness curves), the randomized-weights control
+# (`--control randomized`, each map metric beside metric@control, and sanity_spearman); agreement is against
 # gradient_relevancy, run first and then read from its run (`--reference-run`), so every other
 # method is loaded and timed exactly as it is alone. Runs go to results/runs/<model>/<method>/.
 # confidence_auroc needs wrong answers, and the default model answers about 0.3% of the test
@@ -45,7 +46,7 @@ run_one() {  # method, extra flags...
     local method=$1; shift
     rm -rf "${OUT:?}/$method"
     local start=$(date +%s.%N)
-    xbench run --method "$method" --limit "$LIMIT" --seed 0 --control randomized --out "$OUT/$method" --no-progress "$@"
+    xbench run --method "$method" --limit "$LIMIT" --seed 0 --control randomized --metrics all --out "$OUT/$method" --no-progress "$@"
     printf '%s %.1f\n' "$method" "$(echo "$(date +%s.%N) - $start" | bc)" | tee -a "$TIMES"
 }
 

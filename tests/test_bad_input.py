@@ -434,8 +434,8 @@ PARAM_CASES = [
     Case("param-list-with-nan", cli_case(*RUN, "--param", "token=[1, NaN]"), ("--param token: '[1, NaN]' holds a non-finite number (NaN and infinities are refused)",)),
     Case("metric-param-tau-nan", cli_case(*RUN, "--metric-param", "tau=NaN"), ("--metric-param tau: 'NaN' is not a finite number (NaN and infinities are refused)",)),
     Case("metric-param-tau-out-of-range", cli_case(*RUN, "--metric-param", "tau=1.5"), ("metric 'agreement_accuracy': tau=1.5 is not a finite number >= 0 and <= 1",)),
-    Case("metric-param-steps-zero", cli_case(*RUN, "--metric-param", "steps=0"), ("metric 'deletion_auc': steps=0 is not an integer >= 1",)),
-    Case("metric-param-fill-bogus", cli_case(*RUN, "--metric-param", "fill=blur"), ("metric 'deletion_auc': fill='blur' is not one of ['mean', 'zero']",)),
+    Case("metric-param-steps-zero", cli_case(*RUN, "--metrics", "faithfulness", "--metric-param", "steps=0"), ("metric 'deletion_auc': steps=0 is not an integer >= 1",)),
+    Case("metric-param-fill-bogus", cli_case(*RUN, "--metrics", "faithfulness", "--metric-param", "fill=blur"), ("metric 'deletion_auc': fill='blur' is not one of ['mean', 'zero']",)),
     Case("metric-param-typo", cli_case(*RUN, "--metric-param", "tua=0.3"), ("no selected metric takes parameter(s) ['tua'] (did you mean 'tau'?)",)),
     Case("param-typo", cli_case(*RUN, "--param", "tokn=first"), ("method 'raw_attention' has no parameter(s) ['tokn'] (did you mean 'token'?); it takes layer, token",)),
     Case("param-layer-wrong-type", cli_case(*RUN, "--param", "layer=top"), ("method 'raw_attention': layer='top' is not an integer",)),
@@ -626,6 +626,19 @@ def test_bad_output_input(case, tmp_path, monkeypatch, capsys):
         assert text not in out, f"{text!r} printed unescaped"
     if case.kind == "warn":
         assert err.startswith("xbench: warning: ") and "| rollout" in out  # the rest of the leaderboard is there
+
+
+# ---- runloop (issue 17) ----
+RUNLOOP_CASES = [
+    Case("cli-unknown-metric-preset", cli_case(*RUN, "--metrics", "defualt"), ("unknown metric 'defualt'. Did you mean 'default'?", "or a preset: ")),
+    Case("suite-unknown-metric-preset", suite_case(VALID + 'metrics = ["faithfulnes"]\n'), ("unknown metric 'faithfulnes'. Did you mean 'faithfulness'?",)),
+    Case("cli-preset-ok", cli_case(*RUN[:-1], "{tmp}/out", "--metrics", "localisation,sanity"), exit=0, record="ok"),
+]
+
+
+@pytest.mark.parametrize("case", RUNLOOP_CASES, ids=[c.id for c in RUNLOOP_CASES])
+def test_bad_input_run_loop(case, corpus_plugins, tmp_path, monkeypatch, capsys):
+    test_bad_input(case, corpus_plugins, tmp_path, monkeypatch, capsys)
 
 
 # ---- contract: values that need the model, optional dependencies, prompt length (issue 17) ----

@@ -586,5 +586,5 @@ def test_randomized_control_runs_the_proxy_on_the_random_copy(plugins, tmp_path)
     assert summary["n_errors"] == 0
     records = list(read_records(tmp_path / "r" / "samples.jsonl"))
     assert not [r["control_error"] for r in records if "control_error" in r]
-    assert all("energy_in_mask[control]" in r["metrics"] and "control_map" in r for r in records)
+    assert all("energy_in_mask@control" in r["metrics"] and "control_map" in r for r in records)
     assert any(r["control_map"] != r["map"] for r in records)  # the proxy saw other hidden states

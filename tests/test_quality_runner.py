@@ -12,7 +12,8 @@ from xbench.hookspecs import hookimpl
 from xbench.metrics.agreement import AgreementF1
 from xbench.plugins import build
 from xbench.records import read_records
-from xbench.runner import CONTROL, DEFAULT_MODEL, RunConfig, run
+from xbench.columns import control_column
+from xbench.runner import DEFAULT_MODEL, RunConfig, run
 
 LIMIT = 4
 AGREEMENT = ["agreement_f1", "agreement_spearman"]
@@ -139,13 +140,13 @@ def test_control_columns_beside_each_map_metric(control_run):
     records = read_records(out / "samples.jsonl")
     for r in records:
         cols = set(r["metrics"])
-        assert {"energy_in_mask" + CONTROL, "deletion_auc" + CONTROL, "agreement_f1" + CONTROL} <= cols
-        assert "deletion_auc_random" + CONTROL not in cols  # a random order does not depend on the map
+        assert {"energy_in_mask@control", "deletion_auc@control", "agreement_f1@control"} <= cols
+        assert "deletion_auc_random@control" not in cols  # a random order does not depend on the map
         assert not np.allclose(r["map"], r["control_map"])
     m = summary["metrics"]
-    entry = m["energy_in_mask" + CONTROL]
+    entry = m["energy_in_mask@control"]
     assert entry["control_of"] == "energy_in_mask" and entry["higher_is_better"] is None
-    assert entry["value"] == pytest.approx(np.mean([r["metrics"]["energy_in_mask" + CONTROL] for r in records]))
+    assert entry["value"] == pytest.approx(np.mean([r["metrics"]["energy_in_mask@control"] for r in records]))
     assert summary["control"]["kind"] == "randomized" and "randomized" in summary["control"]["model"]
     assert summary["metric_params"]["agreement_f1"] == {"tau": 0.5}
     assert summary["metric_params"]["deletion_auc"]["steps"] == 4
@@ -187,28 +188,29 @@ def test_random_order_deletion_is_worse_than_gradient_relevancy_on_the_default_m
     assert summary["model"]["id"] == DEFAULT_MODEL == "tiny-llava-easyvqa" and m["accuracy"]["value"] > 0.9
 
 
-CATEGORIES = {"answer", "agreement", "faithfulness", "localisation", "confidence", "cost"}
+CATEGORIES = {"answer", "agreement", "faithfulness", "localisation", "confidence", "sanity", "cost"}
 
 
-def test_every_registered_metric_keeps_the_contract_in_a_default_run(plugins, tmp_path):
-    """Every metric (built-in or not) declares what the leaderboard needs and lands in a default run."""
+def test_every_registered_metric_keeps_the_contract_in_an_all_metrics_run(plugins, tmp_path):
+    """Every metric (built-in or not) declares what the leaderboard needs and lands in a ``--metrics all`` run."""
     reg = plugins.registries.metrics
     for entry in reg:
         cls = entry.obj
         assert cls.category in CATEGORIES and cls.higher_is_better in (True, False, None), entry.name
-        assert cls.needs <= {"model", "reference"} and cls.description, entry.name
+        assert cls.needs <= {"model", "reference", "control"} and cls.description, entry.name
         cls()  # defaults construct
-    summary = run(_cfg(tmp_path / "r", method="rollout", limit=3, control="randomized",
+    summary = run(_cfg(tmp_path / "r", method="rollout", limit=3, control="randomized", metrics=["all"],
                        metric_params={"steps": 2}), plugins)
     records = read_records(tmp_path / "r" / "samples.jsonl")
     assert not [r["meta"]["metric_errors"] for r in records if "metric_errors" in r.get("meta", {})]
     for entry in reg:
-        cols = [entry.name] + ([entry.name + CONTROL] if entry.obj.uses_map else [])
+        on_control = entry.obj.uses_map and "control" not in entry.obj.needs
+        cols = [entry.name] + ([control_column(entry.name)] if on_control else [])
         for col in cols:
             assert all(col in r["metrics"] for r in records), col
             values = [r["metrics"][col] for r in records]
             assert all(v is None or np.isfinite(v) for v in values), col
-    assert {"agreement_f1", "deletion_auc", "energy_in_mask", "top_region_iou"} <= set(summary["metrics"])
+    assert {"agreement_f1", "deletion_auc", "energy_in_mask", "top_region_iou", "sanity_spearman"} <= set(summary["metrics"])
 
 
 def test_in_run_reference_keeps_the_methods_loading(plugins, tmp_path):

@@ -12,7 +12,8 @@ from xbench.runner import RunConfig, run
 
 RECORD_KEYS = {
     "id", "question", "gold", "answer", "answer_ids", "prompt_len", "meta", "scores", "metrics", "extras",
-    "generate_ms", "explain_ms", "generate_peak_gpu_mib", "explain_peak_gpu_mib", "grid", "map",
+    "generate_ms", "explain_ms", "generate_peak_gpu_mib", "explain_peak_gpu_mib", "generate_rss_peak_mib",
+    "explain_rss_peak_mib", "grid", "map",
 }
 
 

@@ -21,6 +21,7 @@ from typing import Any, ClassVar, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from xbench.columns import group_column
 from xbench.errors import BadImageError, MapValidationError
 from xbench.params import Param, resolve
 from xbench.vlm import VLM, ForwardOutput, Generation, ModelIdentity  # noqa: F401  (the model contract, re-exported)
@@ -34,7 +35,7 @@ METHOD_NEEDS = frozenset({ATTENTIONS, GRADIENTS, HIDDEN_STATES})
 #: what a :class:`Metric` may declare in ``needs`` (each names what the runner hands it in :class:`MetricContext`)
 MODEL = "model"  # the loaded VLM, to re-forward perturbed inputs
 REFERENCE = "reference"  # the reference method's map of the same generation
-CONTROL = "control"  # the method's map on the ``--control`` model
+CONTROL = "control"  # the method's map on the ``--control`` model (MetricContext.control)
 METRIC_NEEDS = frozenset({MODEL, REFERENCE, CONTROL})
 
 # --------------------------------------------------------------------------- samples
@@ -333,7 +334,7 @@ class Task(Parameterised):
                 if v is not None:
                     sums.setdefault(k, []).append(float(v))
                     if group is not None:
-                        groups.setdefault(f"{k}[{group}]", []).append(float(v))
+                        groups.setdefault(group_column(k, group), []).append(float(v))
         means = {k: float(np.mean(v)) for k, v in sums.items()}
         means.update({k: float(np.mean(v)) for k, v in sorted(groups.items())})
         return means
@@ -354,7 +355,9 @@ class MetricContext:
       unavailable, with ``reference_error`` saying why;
     * ``cache``: a dict shared by every metric of one sample (the main map and its control
       map alike), for work that does not depend on the map (e.g. a random-order curve);
-    * ``seed``: the run seed; :meth:`rng` gives map-independent randomness.
+    * ``seed``: the run seed; :meth:`rng` gives map-independent randomness;
+    * ``control``: the method's map on the ``--control`` model for the same generation
+      (``"control"`` in needs); None without a control or when it failed (``control_error``).
     """
 
     vlm: "VLM | None" = None
@@ -362,6 +365,8 @@ class MetricContext:
     reference_error: str | None = None
     seed: int = 0
     cache: dict[str, Any] = field(default_factory=dict)
+    control: RelevanceMap | None = None
+    control_error: str | None = None
 
     def rng(self, purpose: str, sample_id: str) -> np.random.Generator:
         """A generator fixed by the run seed, ``purpose`` and the sample id (the same for every method)."""
@@ -381,15 +386,22 @@ class Metric(Parameterised):
     mean); the runner also bootstraps it over samples for a 95% interval.
     Constructor keyword arguments are the metric's parameters (``--metric-param k=v``),
     declared in :attr:`parameters`. ``uses_map = False`` marks a
-    control value that ignores the map: the runner does not repeat it for ``--control``.
+    control value that ignores the map: the runner does not repeat it for ``--control``
+    (nor a metric that needs ``"control"``: it compares the map with the control map).
+    ``--metrics`` takes :mod:`xbench.presets` names too: ``all``, the metric's ``category``
+    and each name in :attr:`presets`.
     """
 
     kind = "metric"
     description: ClassVar[str] = ""
-    category: ClassVar[str] = ""  # answer | agreement | faithfulness | localisation | confidence | cost
+    category: ClassVar[str] = ""  # answer | agreement | faithfulness | localisation | confidence | sanity | cost
     higher_is_better: ClassVar[bool | None] = True
     needs: ClassVar[frozenset[str]] = frozenset()  # subset of METRIC_NEEDS
     uses_map: ClassVar[bool] = True
+    # presets (``--metrics NAME``) the metric belongs to besides ``all`` and its category's;
+    # ``default`` (the run's default set) unless a metric is too costly for a quick run
+    presets: ClassVar[frozenset[str]] = frozenset({"default"})
+    flag_above: ClassVar[float | None] = None  # the summary and leaderboard flag run values above it
 
     def compute(
         self, sample: Sample, generation: Generation, rmap: RelevanceMap, context: MetricContext | None = None

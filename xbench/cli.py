@@ -107,7 +107,9 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue a run, skipping recorded sample ids")
     p.add_argument("--param", action="append", metavar="KEY=VALUE", help="method parameter (repeatable)")
     p.add_argument("--task-param", action="append", metavar="KEY=VALUE", help="task parameter (repeatable)")
-    p.add_argument("--metrics", help="comma-separated metric names (default: all registered)")
+    p.add_argument("--metrics", help="comma-separated metric names or presets: default (the default: answer, "
+                   "agreement, localisation, confidence, sanity, cost; no faithfulness curves), all, or a category "
+                   "such as faithfulness")
     p.add_argument("--metric-param", action="append", metavar="KEY=VALUE",
                    help="metric parameter, given to every metric that declares KEY (e.g. tau=0.3, steps=16)")
     p.add_argument("--reference", default=DEFAULT_REFERENCE,
@@ -116,7 +118,7 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reference-run", type=Path,
                    help="read the reference maps from this earlier run of the same model, task and samples")
     p.add_argument("--control", choices=["randomized"],
-                   help="also explain on a seeded random-weight copy of the model; metrics get a [control] column")
+                   help="also explain on a seeded random-weight copy of the model; map metrics get a name@control column")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when present)")
     p.add_argument("--dtype", help="float32, bfloat16, float16 (default: bfloat16 on GPU, float32 on CPU)")
     p.add_argument("--max-new-tokens", type=positive_int)
@@ -162,6 +164,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     for name, m in summary["metrics"].items():
         if m["value"] is not None:
             print(f"  {name:28s} {m['value']:.4g}")
+    t = summary["timings"]
+    share = "" if t["harness_share_after_load"] is None else f", harness {100 * t['harness_share_after_load']:.0f}% after load"
+    print(f"time: {t['wall_s']:.1f} s wall, model load {t['model_load_s']:.1f} s, generate {t['generate_s']:.1f} s, "
+          f"explain {t['explain_s']:.1f} s, reference/control {t['companions_s']:.1f} s, metrics {t['metrics_s']:.1f} s"
+          + share)
     return 0
 
 

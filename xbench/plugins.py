@@ -27,6 +27,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "xbench.metrics.agreement",
     "xbench.metrics.faithfulness",
     "xbench.metrics.confidence",
+    "xbench.metrics.sanity",
     "xbench.methods.raw_attention",
     "xbench.methods.rollout",
     "xbench.methods.gradient_relevancy",

@@ -3,20 +3,109 @@
 Each record is one ``write`` of a complete line, in the kernel before the next
 sample starts; a line cut short by a crash is dropped (and truncated away) on resume.
 ``summary.json`` is replaced atomically.
-"""
 
-from __future__ import annotations
+The typed schema of both (:class:`Record`, :class:`ErrorRecord`, :class:`Summary`,
+:class:`MetricEntry`, :class:`Timings`) is what the run loop writes and what tests and the
+leaderboard read; on disk they are plain JSON objects with these keys.
+"""
 
 import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, NotRequired, TypedDict
 
 from xbench.errors import RunDirectoryError
 
 SAMPLES = "samples.jsonl"
 SUMMARY = "summary.json"
+
+
+class Record(TypedDict):
+    """One explained sample (a line of ``samples.jsonl``). Costs: see :mod:`xbench.cost`."""
+
+    id: str
+    question: str
+    gold: list[str]
+    answer: str
+    answer_ids: list[int]
+    prompt_len: int
+    meta: dict[str, Any]  # the sample's meta; also ``metric_errors`` {column: message}, ``mask_error``
+    scores: dict[str, float]  # the task's answer scores
+    metrics: dict[str, float | None]  # column (xbench.columns) -> value; None where it did not apply
+    extras: dict[str, float]  # scalars the method returned (e.g. a confidence)
+    generate_ms: float
+    explain_ms: float
+    generate_peak_gpu_mib: float | None
+    explain_peak_gpu_mib: float | None
+    generate_rss_peak_mib: float | None
+    explain_rss_peak_mib: float | None
+    grid: list[int]  # [h, w]
+    map: NotRequired[list[list[float]]]  # inline when h * w <= 1024 ...
+    map_file: NotRequired[str]  # ... else maps/<id>.npy, relative to the run folder
+    control_map: NotRequired[list[list[float]]]  # with --control, small grids only
+    control_error: NotRequired[str]  # with --control, when the control map failed
+
+
+#: The keys of a :class:`Record` that measure the machine rather than the method (they differ run to run).
+COST_FIELDS = frozenset({"generate_ms", "explain_ms", "generate_peak_gpu_mib", "explain_peak_gpu_mib",
+                         "generate_rss_peak_mib", "explain_rss_peak_mib"})  # fmt: skip
+
+
+class ErrorRecord(TypedDict):
+    """A sample that failed: the error and the stage (data, image, generate, explain, score)."""
+
+    id: str
+    error: str
+    stage: str
+    meta: dict[str, Any]
+
+
+class MetricEntry(TypedDict):
+    """One column of a summary: the run's value, the samples it covers, its interval."""
+
+    value: float | None
+    n: int
+    category: str  # answer | agreement | faithfulness | localisation | confidence | sanity | cost
+    higher_is_better: bool | None  # None: no direction (a control column, a random baseline)
+    ci95: list[float] | None  # [lo, hi] percentile bootstrap over samples
+    control_of: NotRequired[str]  # on ``name@control`` columns: ``name``
+    flag_above: NotRequired[float]  # values above it are flagged (Metric.flag_above)
+
+
+class Timings(TypedDict):
+    """Seconds of this invocation of the run (see :mod:`xbench.cost`)."""
+
+    wall_s: float
+    model_load_s: float
+    warmup_s: float
+    generate_s: float
+    explain_s: float
+    companions_s: float  # reference and control maps
+    metrics_s: float
+    harness_s: float  # wall minus the phases above
+    harness_share_after_load: float | None  # harness_s / (wall_s - model_load_s)
+
+
+class Summary(TypedDict):
+    """``summary.json``."""
+
+    run_id: str
+    method: dict[str, Any]  # name, label, params
+    task: dict[str, Any]  # name, split, params, data_hash
+    model: dict[str, Any]  # id, config_hash, model_hash, dtype, attn_implementation
+    n_records: int
+    n_ok: int
+    n_errors: int
+    errors_by_stage: dict[str, int]
+    metrics: dict[str, MetricEntry]
+    bootstrap: dict[str, Any]  # resamples, level, method, seed
+    metric_params: dict[str, dict[str, Any]]
+    reference: dict[str, Any] | None
+    control: dict[str, Any] | None
+    config: dict[str, Any]
+    provenance: dict[str, Any]
+    timings: NotRequired[Timings]
 
 
 def to_jsonable(obj: Any) -> Any:

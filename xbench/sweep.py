@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Sequence
 
-from xbench import provenance
+from xbench import presets, provenance
 from xbench.api import Parameterised
 from xbench.errors import UnknownNameError, XbenchError
 from xbench.records import SAMPLES, SUMMARY, iter_records, write_json_atomic
@@ -152,8 +152,8 @@ def plan(suite: dict, out: Path, registries: Registries) -> list[Cell]:
         raise SuiteError(f"suite: [run] must be a table, got {run_table!r}")
     _keys_check(run_table, list(RUN_OPTIONS), "suite [run]")
     options = {k: RUN_OPTIONS[k](v, f"suite [run] {k}") for k, v in run_table.items()}
-    for name in options.get("metrics", []):
-        registries.metrics.get(name)
+    if "metrics" in options:  # metric or preset names (xbench.presets), refused here before anything runs
+        presets.resolve(options["metrics"], registries.metrics)
     models = [(m, _model_label(m, registries)) for m in _str_list(suite.get("models", [DEFAULT_MODEL]), "suite models")]
     tasks = _tasks(suite.get("tasks", [DEFAULT_TASK]), registries)
     methods = _methods(suite.get("methods"), registries)

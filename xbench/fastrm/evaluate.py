@@ -111,20 +111,21 @@ def confidence_on_task(
     are rare."""
     from tqdm.auto import tqdm
 
-    from xbench.api import Sample
-    from xbench.runner import batched
+    from xbench.batching import batched
+    from xbench.pipeline import generate_explain
 
-    entropy, correct = [], []
-    keep = frozenset(method.needs)
+    entropy, correct, failed = [], [], 0
     bar = tqdm(total=n, desc="confidence", unit="sample", disable=not progress, leave=False)
-    for batch in batched((s for s in task.samples(limit=n, seed=seed) if isinstance(s, Sample)), batch_size):
-        gens = vlm.generate(batch, [task.prompt(s) for s in batch], task.max_new_tokens, keep)
-        for s, g, m in zip(batch, gens, method.explain(vlm, gens)):
-            accuracy = task.score(s, g.text).get("accuracy")
+    for batch in batched(task.samples(limit=n, seed=seed), batch_size):
+        for o in generate_explain(vlm, task, method, batch, task.max_new_tokens):
+            if not o.ok:  # counted, not scored: a failed sample is neither right nor wrong
+                failed += 1
+                continue
+            accuracy = task.score(o.sample, o.generation.text).get("accuracy")
             if accuracy is not None:  # an answer the task does not score is left out, not counted wrong
-                entropy.append(m.extras["entropy"])
+                entropy.append(o.rmap.extras["entropy"])
                 correct.append(accuracy)
-            s.image = None
+            o.sample.image = None
         bar.update(len(batch))
     bar.close()
-    return confidence_metrics(np.asarray(entropy), np.asarray(correct))
+    return {**confidence_metrics(np.asarray(entropy), np.asarray(correct)), "n_failed": failed}

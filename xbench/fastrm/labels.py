@@ -30,7 +30,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from xbench.api import Generation, Sample, SampleError
+from xbench.api import Generation, Sample
 from xbench.errors import DataError
 
 LABELS_VERSION = 1
@@ -311,8 +311,6 @@ def build_labels(
     """Labels of the first ``n`` samples of ``task`` (seeded order), from the cache when present."""
     from tqdm.auto import tqdm
 
-    from xbench.runner import call_splitting, describe
-
     max_new_tokens = max_new_tokens or task.max_new_tokens
     spec = label_spec(vlm, task, reference, seed, max_new_tokens, noise_std)
     cache = LabelCache(cache_root, spec)
@@ -332,7 +330,7 @@ def build_labels(
                 cache.mark_end(pos)  # the task has fewer samples than asked: later calls need not look again
                 break
             rows, skipped = _label_block(vlm, task, reference, block, pos, keep, max_new_tokens, batch_size,
-                                         noise_std, seed, image_std, call_splitting, describe, bar)  # fmt: skip
+                                         noise_std, seed, image_std, bar)  # fmt: skip
             cache.write(index, pos, pos + len(block), rows, skipped)
             index += 1
             pos += len(block)
@@ -347,52 +345,52 @@ def build_labels(
 
 
 def _label_block(vlm, task, reference, block, start, keep, max_new_tokens, batch_size, noise_std, seed,
-                 image_std, call_splitting, describe, bar):  # fmt: skip
+                 image_std, bar):  # fmt: skip
+    """Label rows of ``block`` (task positions from ``start``) through the one generate -> explain
+    path (:func:`xbench.pipeline.generate_explain`); a sample that fails anywhere is skipped with its error."""
+    from xbench.batching import call_splitting, describe
+    from xbench.pipeline import generate_explain
+
     rows: list[dict] = []
     skipped: list[dict] = []
     for b in range(0, len(block), batch_size):
-        batch = []
-        for offset, s in enumerate(block[b : b + batch_size], start=start + b):
-            if isinstance(s, SampleError):
-                skipped.append({"id": s.id, "error": s.error})
-                continue
-            try:
-                s.load_image()
-                batch.append((offset, s))
-            except Exception as exc:
-                skipped.append({"id": s.id, "error": describe(exc)})
+        chunk = block[b : b + batch_size]
+        outcomes = generate_explain(vlm, task, reference, chunk, max_new_tokens, keep)
+        explained = [o for o in outcomes if o.ok]
+        noisy: dict[int, Any] = {}
+        if noise_std:
 
-        def run(items):
-            samples = [s for _, s in items]
-            gens = vlm.generate(samples, [task.prompt(s) for s in samples], max_new_tokens, keep)
-            maps = reference.explain(vlm, gens)
-            noisy = (
-                reference.explain(vlm, [perturb(g, noise_std, seed, image_std) for g in gens]) if noise_std else None
-            )
-            return [(g, m, None if noisy is None else noisy[i]) for i, (g, m) in enumerate(zip(gens, maps))]
+            def explain_noisy(items):
+                return reference.explain(vlm, [perturb(o.generation, noise_std, seed, image_std) for o in items])
 
-        for (position, sample), result, _secs, _peak in call_splitting(run, batch, vlm.device):
-            bar.update(1)
-            if isinstance(result, Exception):
-                skipped.append({"id": sample.id, "error": describe(result)})
+            for o, result, _cost in call_splitting(explain_noisy, explained, vlm.device):
+                noisy[id(o)] = result
+        for position, o in enumerate(outcomes, start=start + b):
+            error = o.error if not o.ok else None
+            if error is None and isinstance(noisy.get(id(o)), Exception):
+                error = describe(noisy[id(o)])
+            if error is not None:
+                skipped.append({"id": o.sample.id, "error": error})
                 continue
-            gen, rmap, noisy = result
-            hs = gen.hidden_states.float().cpu()
-            rows.append(
-                {
-                    "id": sample.id,
-                    "position": position,
-                    "patches": hs[gen.image_positions].numpy(),
-                    "queries": hs[gen.query_positions].numpy(),
-                    "map": np.asarray(rmap.grid, dtype=np.float32),
-                    "perturbed": None if noisy is None else np.asarray(noisy.grid, dtype=np.float32),
-                    "correct": _answer_score(task, sample, gen.text),
-                    "meta": {
-                        **{k: v for k, v in sample.meta.items() if isinstance(v, (str, int, float, bool))},
-                        "answer": gen.text,
-                    },
-                }
-            )
-            sample.image = None  # free the decoded image
-        bar.update(len(block[b : b + batch_size]) - len(batch))
+            rows.append(_label_row(task, o, position, noisy.get(id(o))))
+            o.sample.image = None  # free the decoded image
+        bar.update(len(chunk))
     return rows, skipped
+
+
+def _label_row(task, o, position: int, noisy) -> dict:
+    gen, sample = o.generation, o.sample
+    hs = gen.hidden_states.float().cpu()
+    return {
+        "id": sample.id,
+        "position": position,
+        "patches": hs[gen.image_positions].numpy(),
+        "queries": hs[gen.query_positions].numpy(),
+        "map": np.asarray(o.rmap.grid, dtype=np.float32),
+        "perturbed": None if noisy is None else np.asarray(noisy.grid, dtype=np.float32),
+        "correct": _answer_score(task, sample, gen.text),
+        "meta": {
+            **{k: v for k, v in sample.meta.items() if isinstance(v, (str, int, float, bool))},
+            "answer": gen.text,
+        },
+    }

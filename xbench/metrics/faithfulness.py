@@ -112,6 +112,7 @@ class Perturbation(Metric):
 
     category = "faithfulness"
     needs = frozenset({"model"})
+    presets = frozenset()  # 17 model forwards per curve and sample: only with --metrics all / faithfulness
     mode = "deletion"
     random_order = False
 
