@@ -244,7 +244,7 @@ def main(argv=None) -> int:
     import torch
 
     from xbench import provenance
-    from xbench.fastrm.registry import DEFAULT_HEAD
+    from xbench.fastrm.proxy_store import DEFAULT_HEAD
     from xbench.runner import DEFAULT_MODEL
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

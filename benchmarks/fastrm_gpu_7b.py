@@ -54,7 +54,7 @@ def main(argv=None) -> int:
 
     from xbench import provenance
     from xbench.fastrm.proxy import model_identity
-    from xbench.fastrm.registry import DEFAULT_HEAD
+    from xbench.fastrm.proxy_store import DEFAULT_HEAD
     from xbench.fastrm.testing import random_proxy
     from xbench.plugins import default
 

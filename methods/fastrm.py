@@ -3,15 +3,16 @@
 Gradient-free and without an extra forward: the proxy reads the last-layer hidden states
 the generation already computed (``needs = {"hidden_states"}``): queries from the answer
 tokens' query positions, keys from the image tokens. The map is the sigmoid of one logit
-per patch; ``extras`` carry the entropy of the map normalised to a distribution and
-``confidence = 1 - entropy / log(patches)``.
+per patch; ``extras`` carry the entropy of the map normalised to a distribution,
+``confidence = 1 - entropy / log(patches)`` and the proxy's decision threshold
+(``decision_threshold``: a patch is relevant when its probability reaches it).
 
 Parameters: ``proxy`` a proxy directory (from ``xbench fastrm train``); without it, the
 default proxy for the model (installed or shipped, matched by model hash) with head
 ``head`` (default ``attention``, the paper's; ``mlp`` is the per-patch MLP).
 """
 
-from xbench.api import HIDDEN_STATES, Method, RelevanceMap
+from xbench.api import DECISION_THRESHOLD, HIDDEN_STATES, Method, RelevanceMap
 from xbench.errors import ParameterError
 from xbench.hookspecs import hookimpl
 from xbench.params import Param
@@ -21,7 +22,7 @@ def head_names() -> list[str]:
     """The FastRM heads registered (the ``head`` parameter's choices)."""
     from xbench.fastrm.heads import HEADS
 
-    return sorted(HEADS)
+    return HEADS.names()
 
 
 class FastRM(Method):
@@ -52,7 +53,7 @@ class FastRM(Method):
     def proxy_for(self, vlm):
         """The proxy for ``vlm``: the given one or the model's default, checked against it, on its device."""
         if self._proxy is None or self._vlm is not vlm:
-            from xbench.fastrm.registry import DEFAULT_HEAD, find_proxy
+            from xbench.fastrm.proxy_store import DEFAULT_HEAD, find_proxy
 
             proxy = self._given or self._load(find_proxy(vlm, self.params["head"] or DEFAULT_HEAD))
             proxy.check_compatible(vlm, where=proxy.source)
@@ -64,12 +65,17 @@ class FastRM(Method):
         self.proxy_for(vlm)
 
     def explain(self, vlm, generations):
-        out = self.proxy_for(vlm).predict(generations)
+        proxy = self.proxy_for(vlm)
+        out = proxy.predict(generations)
         return [
             RelevanceMap(
                 out["map"][i],
                 out["per_token"][i, : len(gen.answer_ids)],
-                {"entropy": float(out["entropy"][i]), "confidence": float(out["confidence"][i])},
+                {
+                    "entropy": float(out["entropy"][i]),
+                    "confidence": float(out["confidence"][i]),
+                    DECISION_THRESHOLD: proxy.decision_threshold,
+                },
             )
             for i, gen in enumerate(generations)
         ]

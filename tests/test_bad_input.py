@@ -327,7 +327,7 @@ def proxy_case(change: Callable[[Path], None] | None, model: str = "tiny-llava-e
     """``run --method fastrm --param proxy=DIR`` with a copy of the default model's shipped proxy altered by ``change``."""
 
     def make(tmp: Path) -> list[str]:
-        from xbench.fastrm.registry import shipped_root
+        from xbench.fastrm.proxy_store import shipped_root
 
         proxy = tmp / "proxy"
         shutil.copytree(shipped_root() / "tiny-llava-easyvqa-attention", proxy)
@@ -639,6 +639,31 @@ RUNLOOP_CASES = [
 @pytest.mark.parametrize("case", RUNLOOP_CASES, ids=[c.id for c in RUNLOOP_CASES])
 def test_bad_input_run_loop(case, corpus_plugins, tmp_path, monkeypatch, capsys):
     test_bad_input(case, corpus_plugins, tmp_path, monkeypatch, capsys)
+
+
+# ---- fastrm (issue 17) ----
+#: names looked up in the FastRM head, control and zoo tables: a did-you-mean, or what can be chosen
+
+FASTRM_TABLE_CASES: list[Case] = [
+    Case("fastrm-proxy-head-not-registered", proxy_case(edit_json("proxy.json", lambda c: c.update(head="atention"))), ("proxy.json: unknown FastRM head 'atention'. Did you mean 'attention'? Choices: attention, mlp.",)),
+    Case("zoo-train-unknown-model", cli_case("zoo", "train", "tiny-llava-easyvq", "--out", "{tmp}/m"), ("unknown model 'tiny-llava-easyvq'. Did you mean 'tiny-llava-easyvqa'?",)),
+    Case("zoo-train-model-without-trainer", cli_case("zoo", "train", "tiny-random-llava", "--out", "{tmp}/m"), ("zoo model 'tiny-random-llava' cannot be trained by xbench; trainable: ['tiny-llava-easyvqa']",)),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", FASTRM_TABLE_CASES, ids=[c.id for c in FASTRM_TABLE_CASES])
+def test_bad_fastrm_table_input(case, corpus_plugins, tmp_path, monkeypatch, capsys):
+    test_bad_input(case, corpus_plugins, tmp_path, monkeypatch, capsys)
+
+
+def test_an_unknown_control_gets_a_did_you_mean():
+    from types import SimpleNamespace
+
+    from xbench.companions import build_control
+    from xbench.errors import UnknownNameError
+
+    with pytest.raises(UnknownNameError, match=r"unknown control 'randomised'\. Did you mean 'randomized'\?"):
+        build_control(SimpleNamespace(control="randomised", seed=0), None, None)
 
 
 # ---- contract: values that need the model, optional dependencies, prompt length (issue 17) ----

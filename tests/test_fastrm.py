@@ -9,10 +9,11 @@ import torch
 
 from xbench.errors import DataError
 from xbench.fastrm.evaluate import best_threshold, confidence_metrics, map_metrics, noise_ceiling
-from xbench.fastrm.labels import LabelSet, binarise, build_labels, normalise
+from xbench.fastrm.labels import LABEL_DTYPE, LabelSet, build_labels
 from xbench.fastrm.proxy import FastRMProxy, ProxyError, model_identity
 from xbench.fastrm.testing import random_proxy
 from xbench.fastrm.train import TrainConfig, train_proxy
+from xbench.maps import binarise_each, normalise_each
 
 REFERENCE = "gradient_relevancy"  # the default reference
 SHORT = {"max_new_tokens": 2}  # the random model never stops: keep its answers short
@@ -164,8 +165,8 @@ def test_label_cache_key_follows_reference_params(plugins, tiny_vlm, label_root,
 
 def test_normalise_and_binarise():
     maps = np.array([[[0.0, 1.0], [2.0, 4.0]], [[3.0, 3.0], [3.0, 3.0]]], dtype=np.float32)
-    np.testing.assert_allclose(normalise(maps), [[0, 0.25, 0.5, 1], [0, 0, 0, 0]])
-    np.testing.assert_array_equal(binarise(maps, 0.3), [[False, False, True, True], [False] * 4])
+    np.testing.assert_allclose(normalise_each(maps, LABEL_DTYPE), [[0, 0.25, 0.5, 1], [0, 0, 0, 0]])
+    np.testing.assert_array_equal(binarise_each(maps, 0.3, LABEL_DTYPE), [[False, False, True, True], [False] * 4])
 
 
 # --------------------------------------------------------------------------- training and files
@@ -429,7 +430,8 @@ def test_runner_records_confidence(plugins, tmp_path):
     )
     assert summary["n_errors"] == 0 and summary["model"]["attn_implementation"] == "sdpa"
     for r in read_records(tmp_path / "r" / "samples.jsonl"):
-        assert set(r["extras"]) == {"entropy", "confidence"} and r["explain_ms"] > 0
+        assert set(r["extras"]) == {"entropy", "confidence", "decision_threshold"} and r["explain_ms"] > 0
+        assert r["extras"]["decision_threshold"] == 0.5  # the random proxy's (FastRMProxy's default)
 
 
 # --------------------------------------------------------------------------- metrics
@@ -462,8 +464,8 @@ def test_best_threshold_and_confidence_auroc():
 
 def test_noise_ceiling_by_hand(test_labels):
     ceiling = noise_ceiling(test_labels, 0.3)
-    a = binarise(test_labels.maps, 0.3).ravel()
-    b = binarise(test_labels.perturbed, 0.3).ravel()
+    a = binarise_each(test_labels.maps, 0.3, LABEL_DTYPE).ravel()
+    b = binarise_each(test_labels.perturbed, 0.3, LABEL_DTYPE).ravel()
     tp, fp, fn = np.sum(a & b), np.sum(~a & b), np.sum(a & ~b)
     assert ceiling["f1"] == pytest.approx(2 * tp / (2 * tp + fp + fn))
     assert not np.array_equal(test_labels.maps, test_labels.perturbed)  # the noise reached the maps
@@ -488,7 +490,7 @@ def test_heads_match_their_plain_formulas(head):
 
     torch.manual_seed(0)
     patches, queries = torch.randn(3, 16, 32), torch.randn(3, 2, 32)
-    h = HEADS[head](32, 16, normalise="none")
+    h = HEADS.get(head)(32, 16, normalise="none")
     for prm in h.parameters():
         torch.nn.init.normal_(prm, std=0.3)
     p, a = h.norm(patches), h.norm(queries)
@@ -511,7 +513,7 @@ def test_infer_equals_forward(head, params, normalise):
     from xbench.fastrm.heads import HEADS
 
     torch.manual_seed(0)
-    h = HEADS[head](32, 16, normalise=normalise, **params).eval()
+    h = HEADS.get(head)(32, 16, normalise=normalise, **params).eval()
     patches, queries = torch.randn(3, 16, 32), torch.randn(3, 2, 32)
     for _ in range(2):  # the second round after new weights: a cached folding must not go stale
         with torch.no_grad():
@@ -524,7 +526,7 @@ def test_max_normalisation_puts_each_maps_best_patch_at_the_bias():
     from xbench.fastrm.heads import HEADS
 
     torch.manual_seed(0)
-    h = HEADS["attention"](32, 16, normalise="max")
+    h = HEADS.get("attention")(32, 16, normalise="max")
     with torch.no_grad():
         h.bias.fill_(0.7)
         out = h(torch.randn(4, 16, 32), torch.randn(4, 3, 32))
@@ -536,10 +538,10 @@ def test_minmax_normalisation_is_the_labels_normalisation():
     normalisation, so ``minmax(s) >= tau`` is the reference's binarisation rule applied to ``s``."""
     from xbench.fastrm.heads import HEADS, NORMALISATIONS
 
-    assert HEADS["attention"](32, 16).params["normalise"] == "minmax"
+    assert HEADS.get("attention")(32, 16).params["normalise"] == "minmax"
     s = torch.randn(4, 3, 16, generator=torch.Generator().manual_seed(0)) * 5
     got = NORMALISATIONS["minmax"](s).numpy()
-    np.testing.assert_allclose(got, normalise(s.reshape(12, 16).numpy()).reshape(4, 3, 16), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got, normalise_each(s.reshape(12, 16).numpy(), LABEL_DTYPE).reshape(4, 3, 16), rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(NORMALISATIONS["minmax"](torch.full((2, 16), 3.0)).numpy(), np.zeros((2, 16)))
 
 

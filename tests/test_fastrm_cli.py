@@ -96,6 +96,8 @@ def test_train_seed_changes_the_weights_not_the_samples(cache, proxy_dir, tmp_pa
 
 
 def test_validation_is_held_out_on_other_images_than_the_test(cache):
+    from dataclasses import replace
+
     from xbench.cli import build_parser
     from xbench.fastrm.cli import _context
 
@@ -104,13 +106,13 @@ def test_validation_is_held_out_on_other_images_than_the_test(cache):
     train, val = ctx.train_val()
     test = ctx.test()
     assert len(train) == 12 and len(val) == 4 and len(test) == 6
-    assert "past the test samples" in ctx.val_from()
+    assert "past the test samples" in ctx.plan.val_from()
     assert not {m["image_id"] for m in val.meta} & {m["image_id"] for m in test.meta}
     assert not set(val.ids) & set(test.ids) and all(i.startswith("test-") for i in val.ids)
-    args.val_split = "train"  # the samples right after the training ones, as before
+    ctx.plan = replace(ctx.plan, val_split="train")  # the samples right after the training ones, as before
     train2, val2 = ctx.train_val()
     assert train2.ids == train.ids and all(i.startswith("train-") for i in val2.ids) and len(val2) == 4
-    assert "after the training ones" in ctx.val_from()
+    assert "after the training ones" in ctx.plan.val_from()
 
 
 def test_run_and_evaluate_with_the_proxy(proxy_dir, cache, tmp_path, capsys):
@@ -265,12 +267,11 @@ def _label_rows(ids, images):
 
 @pytest.mark.parametrize("images, expect", [([1, 2, 3, 1], ["test-2"]), ([1, 2, 2, 1], None)])
 def test_validation_skips_test_images_and_says_when_none_is_left(images, expect, capsys):
-    from xbench.cli import build_parser
     from xbench.errors import ParameterError
-    from xbench.fastrm.cli import Context
+    from xbench.fastrm.splits import FastRMData, SplitPlan
 
-    args = build_parser().parse_args(["fastrm", "train", "--test-samples", "2", "--val-samples", "3", "--out", "x"])
-    ctx = Context(None, None, None, args)
+    plan = SplitPlan("easyvqa", test_samples=2, samples=38000, val_samples=3)
+    ctx = FastRMData(plan, None, None, None)
     ctx.test = lambda: _label_rows(["test-0", "test-1"], [1, 2])
     asked = []
     ctx.labels = lambda split, n, noise, extra=None: asked.append(n) or _label_rows(
@@ -278,9 +279,9 @@ def test_validation_skips_test_images_and_says_when_none_is_left(images, expect,
     )  # the split holds 4 samples however many are asked for
     if expect is None:
         with pytest.raises(ParameterError, match="no validation samples in the test split.*--val-split train"):
-            ctx._heldout_val()
+            ctx.heldout_val()
     else:
-        assert ctx._heldout_val().ids == expect
+        assert ctx.heldout_val().ids == expect
         assert "only 1 validation samples" in capsys.readouterr().err
     assert asked == [8, 16]  # asked for more once, then saw the split was used up
 
@@ -323,7 +324,9 @@ def test_the_ablation_command_remakes_every_option_that_changes_a_table():
     import shlex
 
     from xbench.cli import build_parser
-    from xbench.fastrm.cli import ABLATE_OTHER_OPTIONS, ABLATE_RECIPE_OPTIONS, _ablate_command
+    from xbench.fastrm.ablate import OTHER_OPTIONS, RECIPE_OPTIONS, command_line
+
+    defaults = vars(build_parser().parse_args(["fastrm", "ablate"]))
 
     argv = ["fastrm", "ablate", "--model", "tiny-random-llava", "--task", "easyvqa", "--reference", "rollout",
             "--samples", "30", "--val-samples", "7", "--test-samples", "9", "--steps", "11", "--batch-size", "5",
@@ -337,12 +340,12 @@ def test_the_ablation_command_remakes_every_option_that_changes_a_table():
             "--label-batch-size", "2", "--eval-every", "3", "--confidence-samples", "5", "--threads", "1",
             "--device", "cpu", "--cache", "c", "--no-progress"]  # fmt: skip
     args = build_parser().parse_args(argv)
-    command = _ablate_command(args)
+    command = command_line(vars(args), defaults)
     assert command.startswith("xbench fastrm ablate --model tiny-random-llava ")
     again = build_parser().parse_args(shlex.split(command)[1:])
-    recorded = {dest for dest, _ in (*ABLATE_RECIPE_OPTIONS, *ABLATE_OTHER_OPTIONS)}
+    recorded = {dest for dest, _ in (*RECIPE_OPTIONS, *OTHER_OPTIONS)}
     unrecorded = {"label_batch_size", "eval_every", "confidence_samples", "threads", "device", "cache", "no_progress"}
     internal = {"func", "command", "fastrm_command", "fastrm_func", "head_param"}
     assert set(vars(args)) == recorded | unrecorded | internal
     assert {d: getattr(again, d) for d in recorded} == {d: getattr(args, d) for d in recorded}
-    assert "--ema" not in _ablate_command(build_parser().parse_args(["fastrm", "ablate"]))  # defaults left out
+    assert "--ema" not in command_line(defaults, defaults)  # defaults left out

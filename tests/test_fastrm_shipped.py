@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from xbench.fastrm.proxy import FastRMProxy
-from xbench.fastrm.registry import find_proxy, shipped_root
+from xbench.fastrm.proxy_store import find_proxy, shipped_root
 from xbench.runner import DEFAULT_MODEL
 
 HEADS = ("attention", "mlp")
@@ -51,3 +51,35 @@ def test_run_fastrm_with_no_other_flag(tmp_path, capsys, monkeypatch):
     records = read_records(run_dir / "samples.jsonl")
     assert all(0 <= r["extras"]["confidence"] <= 1 for r in records)
     assert np.mean([r["scores"]["accuracy"] for r in records]) > 0.5  # the default model answers
+
+
+def test_the_run_scores_fastrm_at_its_operating_point_as_fastrm_evaluate_does(tmp_path, capsys):
+    """``agreement_f1_operating`` of ``xbench run --method fastrm`` (in-run gradient_relevancy reference)
+    is the F1 ``xbench fastrm evaluate`` reports on the same samples, at the proxy's decision threshold."""
+    import json
+
+    from xbench.cli import main
+    from xbench.records import read_records
+
+    n = "24"
+    run = ["run", "--method", "fastrm", "--limit", n, "--metrics", "agreement_f1,agreement_f1_operating",
+           "--out", str(tmp_path / "run"), "--no-progress", "--warmup", "0"]  # fmt: skip
+    assert main(run) == 0
+    evaluate = ["fastrm", "evaluate", "--proxy", str(find_proxy_dir("attention")), "--test-samples", n,
+                "--noise-std", "0", "--cache", str(tmp_path / "cache"), "--output", str(tmp_path / "ev.json"),
+                "--no-progress"]  # fmt: skip
+    assert main(evaluate) == 0
+    capsys.readouterr()
+    scored = json.loads((tmp_path / "ev.json").read_text())
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())["metrics"]
+    records = read_records(tmp_path / "run" / "samples.jsonl")
+    assert scored["n_samples"] == len(records) == int(n) and scored["map"]["threshold"] == 0.7
+    assert all(r["extras"]["decision_threshold"] == 0.7 for r in records)
+    assert summary["agreement_f1_operating"]["value"] == pytest.approx(scored["map"]["f1"], abs=1e-6)
+    assert summary["agreement_f1"]["value"] != pytest.approx(scored["map"]["f1"], abs=1e-3)  # the tau rule differs
+    pooled = {k: sum(r["counts"]["agreement_f1_operating"][k] for r in records) for k in ("tp", "fp", "fn")}
+    assert pooled["tp"] + pooled["fn"] == round(scored["map"]["positive_rate"] * scored["map"]["n_patches"])
+
+
+def find_proxy_dir(head: str):
+    return shipped_root() / f"{DEFAULT_MODEL}-{head}"

@@ -28,8 +28,8 @@ def _plugins():
         out.append((f"metric-{e.name}", "metric", e.name, e.obj.declared_params(), e.obj))
     for e in reg.tasks:  # parameters are checked before any data is read
         out.append((f"task-{e.name}", "task", e.name, e.obj.declared_params(), lambda cls=e.obj, **kw: cls(None, None, **kw)))
-    for name, cls in HEADS.items():
-        out.append((f"head-{name}", "head", name, cls.hyperparameters, lambda cls=cls, **kw: cls(32, 16, **kw)))
+    for e in HEADS:
+        out.append((f"head-{e.name}", "head", e.name, e.obj.hyperparameters, lambda cls=e.obj, **kw: cls(32, 16, **kw)))
     for e in EXECUTORS:
         out.append((f"executor-{e.name}", "executor", e.name, e.obj.declared_params(), e.obj))
     return out

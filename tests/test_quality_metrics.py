@@ -16,10 +16,9 @@ from xbench.metrics.agreement import (
     AgreementPrecision,
     AgreementRecall,
     AgreementSpearman,
-    binarise,
-    normalise,
 )
-from xbench.metrics.confidence import ConfidenceAUROC, map_entropy
+from xbench.maps import binarise, map_entropy, normalise
+from xbench.metrics.confidence import ConfidenceAUROC
 from xbench.metrics.faithfulness import (
     DeletionAUC,
     DeletionAUCRandom,
@@ -60,6 +59,47 @@ def test_agreement_hand_computed(cls):
     assert cls.needs == {"reference"} and cls.category == "agreement"
 
 
+SKLEARN_SCORES = {
+    AgreementAccuracy: ("accuracy_score", {}),
+    AgreementPrecision: ("precision_score", {"zero_division": np.nan}),
+    AgreementRecall: ("recall_score", {"zero_division": np.nan}),
+    AgreementF1: ("f1_score", {"zero_division": np.nan}),
+    AgreementIoU: ("jaccard_score", {"zero_division": 0.0}),  # no NaN option: an empty union is undefined here
+}
+
+
+@pytest.mark.parametrize("cls", list(SKLEARN_SCORES), ids=lambda c: c.name)
+def test_binary_agreement_equals_scikit_learn_on_random_maps(cls):
+    """The counted scores are scikit-learn's, undefined cases (NaN there) being None here."""
+    import warnings
+
+    import sklearn.metrics
+
+    name, kw = SKLEARN_SCORES[cls]
+    rng = np.random.default_rng(0)
+    sample, checked = Sample("s", "q", ["a"]), 0
+    for trial in range(300):
+        shape = (int(rng.integers(1, 6)), int(rng.integers(1, 6)))
+        pred, ref = (rng.random(shape).astype(np.float32) ** rng.uniform(0.2, 5) for _ in range(2))
+        if trial % 10 == 0:
+            pred = np.full(shape, 2.0, np.float32)  # constant: no predicted positive
+        if trial % 15 == 0:
+            ref = np.zeros(shape, np.float32)  # constant: no reference positive
+        tau = float(rng.choice([0.0, 0.3, 0.5, 0.9, 1.0]))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            want = getattr(sklearn.metrics, name)(binarise(ref, tau).ravel(), binarise(pred, tau).ravel(), **kw)
+        got = cls(tau=tau).compute(sample, None, RelevanceMap(pred), _ctx(ref))
+        if cls is AgreementIoU and not (binarise(ref, tau) | binarise(pred, tau)).any():
+            want = np.nan
+        if np.isnan(want):
+            assert got is None
+        else:
+            assert got == pytest.approx(float(want), abs=1e-12)
+            checked += 1
+    assert checked > 150
+
+
 def test_normalise_and_binarise_edges():
     np.testing.assert_allclose(normalise(np.array([2.0, 4.0, 3.0])), [0, 1, 0.5])
     assert not binarise(np.full((2, 2), 5.0), 0.3).any()  # constant map: no positive patch
@@ -73,6 +113,36 @@ def test_agreement_tau_parameter_changes_binarisation():
     assert AgreementRecall(tau=0.8).compute(sample, None, RelevanceMap(PRED), _ctx(REF)) == pytest.approx(1 / 3)
     with pytest.raises(ParameterError, match="agreement_f1.*'threshold'"):
         AgreementF1(threshold=0.3)
+
+
+def test_agreement_f1_operating_pools_patches_at_the_methods_threshold():
+    from sklearn.metrics import f1_score
+
+    from xbench.api import DECISION_THRESHOLD, Pooled
+    from xbench.records import recorded_value, split_pooled
+    from xbench.metrics.agreement import AgreementF1Operating
+
+    metric = AgreementF1Operating()
+    sample = Sample("s", "q", ["a"])
+    # the map cut at its own 5.5 (not at tau of its normalised values): positives 6, 7, 8
+    first = metric.compute(sample, None, RelevanceMap(PRED, extras={DECISION_THRESHOLD: 5.5}), _ctx(REF))
+    assert isinstance(first, Pooled) and first.counts == {"tp": 2, "fp": 1, "fn": 2, "patches": 9}  # ref {0,4,6,8}
+    assert first.value == pytest.approx(2 * 2 / (2 * 2 + 1 + 2))
+    other = np.array([[0, 1, 1], [0, 0, 0], [0, 0, 0]], np.float32)  # ref positives {1, 2}
+    second = metric.compute(sample, None, RelevanceMap(other.T, extras={DECISION_THRESHOLD: 0.5}), _ctx(other))
+    assert second.counts == {"tp": 0, "fp": 2, "fn": 2, "patches": 9} and second.value == 0.0
+    preds = np.concatenate([PRED.ravel() >= 5.5, other.T.ravel() >= 0.5])
+    targets = np.concatenate([[1, 0, 0, 0, 1, 0, 1, 0, 1], other.ravel() > 0])
+    assert metric.aggregate([first, second, None], [{}] * 3) == pytest.approx(f1_score(targets, preds))  # pooled
+    assert metric.aggregate([first.value, second.value], [{}] * 2) is None  # counts lost: no pooled value
+    # a map without a decision threshold: the score does not apply (and needs no reference)
+    assert metric.compute(sample, None, RelevanceMap(PRED), None) is None
+    # the record keeps the value and the counts apart, and gives the Pooled back
+    values, counts = split_pooled({"agreement_f1_operating": first, "agreement_f1": 0.5})
+    assert values == {"agreement_f1_operating": first.value, "agreement_f1": 0.5}
+    record = {"metrics": values, "counts": counts}
+    assert recorded_value(record, "agreement_f1_operating") == first
+    assert recorded_value(record, "agreement_f1") == 0.5
 
 
 def test_agreement_undefined_is_none_not_zero():

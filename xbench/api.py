@@ -122,13 +122,19 @@ class SampleError:
 # --------------------------------------------------------------------------- maps
 
 
+#: ``RelevanceMap.extras`` key of a method's own decision threshold on its map
+DECISION_THRESHOLD = "decision_threshold"
+
+
 @dataclass
 class RelevanceMap:
     """A method's answer: relevance over the image-patch grid.
 
     ``grid`` is float32 ``[h, w]`` (the common currency of all metrics);
     ``per_token`` optionally ``[T, h, w]`` for each answer token; ``extras`` holds
-    scalars such as a confidence. Validation happens in :meth:`validate`.
+    scalars such as a confidence. A method whose map comes with its own calibrated cut
+    (a patch is relevant when ``grid >= t``) puts ``t`` in ``extras[DECISION_THRESHOLD]``.
+    Validation happens in :meth:`validate`.
     """
 
     grid: np.ndarray
@@ -373,6 +379,18 @@ class MetricContext:
         return seeded_rng(self.seed, purpose, sample_id)
 
 
+@dataclass(frozen=True)
+class Pooled:
+    """A per-sample metric value with the counts behind it, for a metric whose run value pools counts
+    over samples (an F1 over every patch of every sample) instead of averaging values. The record keeps
+    ``value`` as the sample's value and ``counts`` under ``record["counts"][column]``
+    (:func:`xbench.records.split_pooled`); :meth:`Metric.aggregate` gets the ``Pooled`` back, rebuilt
+    from the record (:func:`xbench.records.recorded_value`)."""
+
+    value: float | None
+    counts: Mapping[str, float]
+
+
 class Metric(Parameterised):
     """A per-sample map metric, summarised per run.
 
@@ -383,7 +401,8 @@ class Metric(Parameterised):
     with empty ``needs`` are called with three arguments, as before.
 
     :meth:`aggregate` turns the per-sample values into the run's value (default: their
-    mean); the runner also bootstraps it over samples for a 95% interval.
+    mean); the runner also bootstraps it over samples for a 95% interval. A metric whose
+    run value pools counts over samples returns :class:`Pooled` values from ``compute``.
     Constructor keyword arguments are the metric's parameters (``--metric-param k=v``),
     declared in :attr:`parameters`. ``uses_map = False`` marks a
     control value that ignores the map: the runner does not repeat it for ``--control``
@@ -415,7 +434,7 @@ class Metric(Parameterised):
         and ``meta``), for run-level metrics such as an AUROC over samples. Default: the
         mean of the floats, None if there is none.
         """
-        floats = [float(v) for v in values if v is not None]
+        floats = [float(v) for v in (getattr(v, "value", v) for v in values) if v is not None]
         return float(np.mean(floats)) if floats else None
 
 

@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from xbench.api import ATTENTIONS, HIDDEN_STATES, Generation, Method, RelevanceMap
-from xbench.errors import ParameterError, RunDirectoryError, XbenchError
+from xbench.errors import RunDirectoryError, XbenchError
 from xbench.records import SAMPLES, SUMMARY, load_map, method_label, read_records
+from xbench.registry import Registry
 
 
 class InRunReference:
@@ -141,7 +142,10 @@ class RandomizedControl:
         return {"kind": self.kind, "seed": self.seed, "model": None if self.vlm is None else self.vlm.name}
 
 
-CONTROLS = {"randomized": RandomizedControl}
+#: ``--control`` name -> control class (``cls(method, seed)``, with ``bind``/``maps``/``describe``)
+CONTROLS: Registry[type] = Registry("control")
+CONTROLS.origin = __name__
+CONTROLS.register(RandomizedControl, RandomizedControl.kind)
 
 
 def derived_seed(purpose: str, seed: int) -> int:
@@ -163,8 +167,7 @@ def build_control(config, registries, run_method: Method):
     """The control a run's config asks for (``--control``), or None."""
     if not config.control:
         return None
-    if config.control not in CONTROLS:
-        raise ParameterError(f"unknown control {config.control!r}; choose from {sorted(CONTROLS)}")
+    control = CONTROLS.get(config.control)  # an unknown name: UnknownNameError with did-you-mean
     method = type(run_method)(**run_method.params)
     method.seed = run_method.seed
-    return CONTROLS[config.control](method, config.seed)
+    return control(method, config.seed)

@@ -13,8 +13,9 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Iterator, NotRequired, TypedDict
+from typing import Any, Iterator, Mapping, NotRequired, TypedDict
 
+from xbench.api import Pooled
 from xbench.errors import RunDirectoryError
 
 SAMPLES = "samples.jsonl"
@@ -45,6 +46,7 @@ class Record(TypedDict):
     map_file: NotRequired[str]  # ... else maps/<id>.npy, relative to the run folder
     control_map: NotRequired[list[list[float]]]  # with --control, small grids only
     control_error: NotRequired[str]  # with --control, when the control map failed
+    counts: NotRequired[dict[str, dict[str, float]]]  # per pooled metric column: the counts its run value pools
 
 
 #: The keys of a :class:`Record` that measure the machine rather than the method (they differ run to run).
@@ -238,3 +240,15 @@ def iter_summaries(root: Path) -> Iterator[tuple[Path, dict]]:
             yield p, json.loads(p.read_text())
         except (OSError, ValueError):
             continue
+
+
+def split_pooled(values: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, dict[str, float]]]:
+    """``(values, counts)``: each :class:`Pooled` value replaced by its ``value``, its counts by column."""
+    plain = {k: v.value if isinstance(v, Pooled) else v for k, v in values.items()}
+    return plain, {k: dict(v.counts) for k, v in values.items() if isinstance(v, Pooled)}
+
+
+def recorded_value(record: Mapping[str, Any], column: str) -> Any:
+    """A record's value of metric ``column``: a :class:`Pooled` where the record kept its counts."""
+    value, counts = record.get("metrics", {}).get(column), record.get("counts", {}).get(column)
+    return value if counts is None else Pooled(value, counts)

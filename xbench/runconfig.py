@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from xbench import provenance
+from xbench.maps import DEFAULT_REFERENCE
 
 DEFAULT_TASK = "easyvqa"
 DEFAULT_MODEL = "tiny-llava-easyvqa"
-DEFAULT_REFERENCE = "gradient_relevancy"
 
 
 @dataclass

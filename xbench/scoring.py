@@ -22,7 +22,7 @@ from xbench.cost import PhaseTimes
 from xbench.errors import XbenchError
 from xbench.params import shared
 from xbench.pipeline import Outcome
-from xbench.records import ErrorRecord, Record
+from xbench.records import ErrorRecord, Record, split_pooled
 
 INLINE_MAP_LIMIT = 1024  # grids with more cells go to maps/<id>.npy
 
@@ -100,6 +100,9 @@ class Scorer:
                 record["control_map"] = compact_map(o.control.grid)
             if o.control_error:
                 record["control_error"] = o.control_error
+        record["metrics"], counts = split_pooled(record["metrics"])
+        if counts:
+            record["counts"] = counts
         return record
 
     def _metrics(self, s: Sample, gen: Generation, o: Outcome, context: MetricContext) -> dict[str, float | None]:

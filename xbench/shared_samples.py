@@ -243,6 +243,7 @@ class Recomputer:
     def metric(self, run: Run, column: str, entry: dict, records: list[dict]) -> tuple[bool, float | None]:
         """``(recomputed, value)`` of one metric column with the metric's own ``aggregate``."""
         from xbench.api import Metric
+        from xbench.records import recorded_value
 
         base = entry.get("control_of") or column
         if base not in self.registries.metrics:
@@ -253,6 +254,7 @@ class Recomputer:
             floats = [float(v) for v in values if v is not None]
             return True, float(np.mean(floats)) if floats else None
         params = (run.summary.get("metric_params") or {}).get(base, {})
+        values = [recorded_value(r, column) for r in records]  # with the counts a pooled metric kept
         try:
             return True, cls(**params).aggregate(values, records)
         except Exception as exc:  # as for answers: the run's own value, said so

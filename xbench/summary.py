@@ -9,9 +9,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from xbench import cost, provenance, stats
-from xbench.api import Metric, Task
+from xbench.api import Metric, Pooled, Task
 from xbench.columns import control_column, group_column, parse_column
-from xbench.records import MetricEntry, Record, Summary
+from xbench.records import MetricEntry, Record, Summary, recorded_value
 
 TIMED_PHASES = ("model_load", "warmup", "generate", "explain", "companions", "metrics")
 
@@ -64,11 +64,12 @@ def map_metric_entries(metrics: Sequence[Metric], ok: Sequence[Record], seed: in
 
 def _column_entry(metric: Metric, column: str, ok: Sequence[Record], seed: int) -> MetricEntry | None:
     """The run's value of one metric column with its bootstrap interval (None: never applied)."""
-    vals = [r["metrics"].get(column) for r in ok]
+    vals = [recorded_value(r, column) for r in ok]
     value = metric.aggregate(vals, ok)
     if value is None:
         return None
-    if type(metric).aggregate is Metric.aggregate:  # the mean: the vectorised bootstrap
+    pooled = any(isinstance(v, Pooled) for v in vals)
+    if type(metric).aggregate is Metric.aggregate and not pooled:  # the mean: the vectorised bootstrap
         col = np.array([np.nan if v is None else float(v) for v in vals], dtype=np.float64)
         ci = stats.bootstrap_means({"v": col}, len(ok), seed=seed)["v"]
     else:

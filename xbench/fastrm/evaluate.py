@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from xbench.fastrm.labels import DEFAULT_TAU, LabelSet, binarise, normalise
+from xbench.fastrm.labels import LABEL_DTYPE, LabelSet
+from xbench.maps import DEFAULT_TAU, binarise_each, normalise_each
 
 
 def predict(proxy, labels: LabelSet, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
@@ -82,9 +83,9 @@ def noise_ceiling(labels: LabelSet, tau: float = DEFAULT_TAU) -> dict[str, Any] 
     if labels.perturbed is None:
         return None
     targets = labels.targets(tau)
-    scores = normalise(labels.perturbed)
+    scores = normalise_each(labels.perturbed, LABEL_DTYPE)
     out = map_metrics(scores, targets, threshold=tau)
-    out["predicted_rate"] = float(binarise(labels.perturbed, tau).mean())
+    out["predicted_rate"] = float(binarise_each(labels.perturbed, tau, LABEL_DTYPE).mean())
     return out
 
 
@@ -100,6 +101,23 @@ def evaluate(proxy, labels: LabelSet, tau: float = DEFAULT_TAU, threshold: float
         "noise_ceiling": noise_ceiling(labels, tau),
         "answer_accuracy": float(np.mean(labels.correct)) if len(labels) else None,
     }
+
+
+def score_report(title: str, res: dict[str, Any]) -> str:
+    """:func:`evaluate`'s scores as the lines ``xbench fastrm train|evaluate`` print."""
+    m, nc = res["map"], res["noise_ceiling"]
+    lines = [f"{title} ({res['n_samples']} samples, tau={res['tau']}, decision threshold {m['threshold']}):"]
+    keys = ("accuracy", "precision", "recall", "f1", "iou", "auroc")
+    lines.append("  " + "  ".join(f"{k}={m[k]:.4f}" for k in keys if m[k] is not None))
+    if nc:
+        lines.append(f"  noise ceiling (reference vs itself under pixel noise): f1={nc['f1']:.4f} iou={nc['iou']:.4f} "
+                     f"accuracy={nc['accuracy']:.4f}")  # fmt: skip
+    for label, c in (("labelled samples", res["confidence"]), ("held-out answers", res.get("confidence_task"))):
+        if c is not None:
+            auc = c["auroc_entropy_wrong"]
+            lines.append(f"  confidence on {label}: AUROC of map entropy for wrong answers = "
+                         f"{'n/a' if auc is None else f'{auc:.4f}'} ({c['n_wrong']} wrong of {c['n']})")  # fmt: skip
+    return "\n".join(lines)
 
 
 def confidence_on_task(

@@ -14,8 +14,8 @@ scalars ``a, b`` and ``norm`` one of :data:`NORMALISATIONS` over the patches of 
   ``a * minmax(s) + b`` the proxy thresholds its scores the same way (attention default);
 * ``softmax``: ``log_softmax(s)`` (the log attention weights of a single-head attention).
 
-Heads register by name in :data:`HEADS`; the proxy builds them from
-``HEADS[name](hidden_size, n_patches, **params)``.
+Heads register by name in :data:`HEADS` (an :class:`xbench.registry.Registry`); the proxy
+builds them from ``HEADS.get(name)(hidden_size, n_patches, **params)``.
 """
 
 from __future__ import annotations
@@ -29,9 +29,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from xbench.params import Param, resolve
+from xbench.registry import Registry
 
-#: head name -> head class (filled by :func:`register_head`)
-HEADS: dict[str, type["Head"]] = {}
+#: head name -> head class; a head class registers with ``@HEADS.register``
+HEADS: Registry[type["Head"]] = Registry("FastRM head")
+HEADS.origin = __name__
 
 
 def _minmax(s: torch.Tensor) -> torch.Tensor:
@@ -48,14 +50,6 @@ NORMALISATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "minmax": _minmax,
     "softmax": lambda s: torch.log_softmax(s, dim=-1),
 }
-
-
-def register_head(cls: type["Head"]) -> type["Head"]:
-    """Class decorator adding a head to :data:`HEADS` under ``cls.name``."""
-    if cls.name in HEADS:
-        raise ValueError(f"FastRM head {cls.name!r} is registered twice")
-    HEADS[cls.name] = cls
-    return cls
 
 
 #: the ``normalise`` parameter every head takes (see :data:`NORMALISATIONS`)
@@ -101,15 +95,14 @@ class Head(nn.Module):
         return self(patches, queries)
 
 
-@register_head
+@HEADS.register
 class AttentionHead(Head):
     """The paper's proxy: LayerNorm, then single-head scaled dot-product attention.
 
     ``s[k, n] = <W_q LN(query_k), W_k LN(patch_n) + p_n> / sqrt(dim)`` where ``p_n`` is a
     learned position embedding of patch ``n`` (``pos=True``, default; the language model
     sees image tokens through rotary positions the states do not carry). Scores are min-max
-    normalised per map by default (``normalise="minmax"``, the labels' own normalisation; it
-    beat ``max`` on validation scores on easy-vqa).
+    normalised per map by default (``normalise="minmax"``, the labels' own normalisation).
     """
 
     name = "attention"
@@ -167,7 +160,7 @@ class AttentionHead(Head):
         return self._folded_cache
 
 
-@register_head
+@HEADS.register
 class MLPHead(Head):
     """Per-patch MLP over ``[patch, answer, patch * answer]`` (LayerNormed) plus a learned
     position embedding of the patch."""

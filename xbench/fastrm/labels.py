@@ -32,23 +32,10 @@ import torch
 
 from xbench.api import Generation, Sample
 from xbench.errors import DataError
+from xbench.maps import DEFAULT_TAU, LABEL_DTYPE, binarise_each
 
 LABELS_VERSION = 1
-DEFAULT_TAU = 0.3
 DEFAULT_NOISE = 2 / 255  # image intensity units ([0, 1] scale): about two grey levels
-
-
-def normalise(maps: np.ndarray) -> np.ndarray:
-    """Min-max normalise each map of ``[n, ...]`` to [0, 1]; a constant map becomes all zeros."""
-    flat = np.asarray(maps, dtype=np.float32).reshape(len(maps), -1)
-    lo = flat.min(axis=1, keepdims=True)
-    span = flat.max(axis=1, keepdims=True) - lo
-    return np.where(span > 0, (flat - lo) / np.where(span > 0, span, 1), 0.0).astype(np.float32)
-
-
-def binarise(maps: np.ndarray, tau: float = DEFAULT_TAU) -> np.ndarray:
-    """``[n, N]`` booleans: patches whose min-max normalised relevance is at least ``tau``."""
-    return normalise(maps) >= tau
 
 
 @dataclass
@@ -74,7 +61,8 @@ class LabelSet:
         return tuple(self.maps.shape[1:])
 
     def targets(self, tau: float = DEFAULT_TAU) -> np.ndarray:
-        return binarise(self.maps, tau)
+        """``[n, N]`` booleans: the reference maps binarised at ``tau`` (:func:`xbench.maps.binarise_each`)."""
+        return binarise_each(self.maps, tau, LABEL_DTYPE)
 
     def batch(self, idx: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(patches [B, N, d], queries [B, K, d], mask [B, K])`` for rows ``idx``."""

@@ -20,6 +20,7 @@ from torch import nn
 
 from xbench.errors import ParameterError, XbenchError
 from xbench.fastrm.heads import HEADS
+from xbench.maps import entropy_each
 
 FORMAT = "xbench-fastrm-proxy"
 FORMAT_VERSION = 1
@@ -93,8 +94,7 @@ def single_cpu_thread(device):
     """On CPU, run the block on one intra-op thread (restored after).
 
     The proxy is a few small matrix products: on a busy machine, waking a second OpenMP
-    thread for each of them costs far more than the work (measured: 0.3 ms on one thread,
-    40-140 ms median on two with other processes sharing the cores).
+    thread for each of them can cost far more than the work (results/fastrm/README.md, Cost on CPU).
     """
     before = torch.get_num_threads()
     if device.type != "cpu" or before == 1:
@@ -108,15 +108,11 @@ def single_cpu_thread(device):
 
 
 def entropy_confidence(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Entropy of each map ``[..., N]`` normalised to a distribution over patches, and
-    ``confidence = 1 - entropy / log(N)`` (1: all mass on one patch, 0: uniform).
-
-    With ``q = p / S``, ``S = sum(p)``: ``H = -sum(q log q) = log S - sum(p log p) / S``.
-    """
-    p = np.maximum(np.asarray(probs, dtype=np.float64), 1e-12)
-    total = p.sum(axis=-1)
-    entropy = np.log(total) - (p * np.log(p)).sum(axis=-1) / total
-    return entropy, 1.0 - entropy / np.log(p.shape[-1])
+    """``(entropy [n], confidence [n])`` of maps ``[n, N]``: the entropy in nats of each map
+    normalised to a distribution over its patches (:func:`xbench.maps.entropy_each` times
+    ``log(N)``) and ``confidence = 1 - entropy / log(N)`` (1: all mass on one patch, 0: uniform)."""
+    normalised = entropy_each(probs)
+    return normalised * np.log(np.asarray(probs).shape[-1]), 1.0 - normalised
 
 
 class FastRMProxy(nn.Module):
@@ -134,10 +130,10 @@ class FastRMProxy(nn.Module):
     ) -> None:
         super().__init__()
         if head not in HEADS:
-            raise ProxyError(f"unknown FastRM head {head!r}; choose from {sorted(HEADS)}")
+            raise ProxyError(HEADS.unknown_message(head))
         self.grid = (int(grid[0]), int(grid[1]))
         try:
-            self.head = HEADS[head](int(hidden_size), self.grid[0] * self.grid[1], **(head_params or {}))
+            self.head = HEADS.get(head)(int(hidden_size), self.grid[0] * self.grid[1], **(head_params or {}))
         except ParameterError as exc:
             raise ProxyError(f"FastRM {head!r} head: {exc}") from None
         self.head_name = head
@@ -278,6 +274,8 @@ class FastRMProxy(nn.Module):
         missing = [k for k in ("head", "hidden_size", "grid", "model") if k not in cfg]
         if missing:
             raise ProxyError(f"FastRM proxy config {path / CONFIG} lacks {missing}")
+        if cfg["head"] not in HEADS:
+            raise ProxyError(f"FastRM proxy config {path / CONFIG}: {HEADS.unknown_message(cfg['head'])}")
         try:
             proxy = cls(
                 cfg["head"],

@@ -9,7 +9,7 @@ import torch
 
 from xbench.fastrm.heads import HEADS
 from xbench.fastrm.proxy import FastRMProxy
-from xbench.fastrm.registry import DEFAULT_HEAD
+from xbench.fastrm.proxy_store import DEFAULT_HEAD
 
 
 def llava_dir_identity(model_id: str, path: Path) -> tuple[dict, tuple[int, int]]:
@@ -37,11 +37,11 @@ def random_proxy(identity: dict, grid: tuple[int, int], head: str = DEFAULT_HEAD
     return proxy.eval().requires_grad_(False)
 
 
-def install_random_proxies(model_id: str, path: Path, heads=tuple(HEADS), seed: int = 0) -> list[Path]:
+def install_random_proxies(model_id: str, path: Path, heads=tuple(HEADS.names()), seed: int = 0) -> list[Path]:
     """Install random-weight proxies of ``heads`` as the defaults of the model at ``path``."""
     import tempfile
 
-    from xbench.fastrm.registry import install
+    from xbench.fastrm.proxy_store import install
 
     identity, grid = llava_dir_identity(model_id, path)
     out = []

@@ -13,23 +13,10 @@ default 0.5); None when the run has only right or only wrong answers.
 
 from __future__ import annotations
 
-import numpy as np
-
 from xbench.api import Metric
 from xbench.hookspecs import hookimpl
+from xbench.maps import map_entropy
 from xbench.params import Param
-
-
-def map_entropy(grid: np.ndarray) -> float:
-    """Normalised entropy in [0, 1] of the positive part of a map."""
-    p = np.clip(np.asarray(grid, dtype=np.float64).ravel(), 0, None)
-    if p.size < 2:
-        return 0.0
-    if p.sum() <= 0:
-        return 1.0
-    p = p / p.sum()
-    nz = p[p > 0]
-    return float(-(nz * np.log(nz)).sum() / np.log(p.size))
 
 
 class ConfidenceAUROC(Metric):

@@ -29,7 +29,9 @@ class ModelSpec:
 
     Either ``shipped`` (a directory inside an installed package) or ``build`` (a
     function writing the model into an empty directory, offline and deterministically;
-    the result is cached under ``$XBENCH_HOME/zoo``).
+    the result is cached under ``$XBENCH_HOME/zoo``). ``trainer`` names the module that
+    trains it from scratch (``xbench zoo train NAME``: it has ``recipe_from_args`` and
+    ``train_and_save``), when xbench can.
     """
 
     name: str
@@ -37,6 +39,7 @@ class ModelSpec:
     shipped: Callable[[], Path] | None = None
     build: Callable[[Path], None] | None = None
     version: str = "1"
+    trainer: str | None = None
 
     def locate(self) -> Path:
         if self.shipped is not None:

@@ -39,6 +39,7 @@ TINY_LLAVA_EASYVQA = ModelSpec(
     description="LLaVA (CLIP 64px/patch 8 2x128, Llama 2x128, 0.67M parameters) trained by xbench on easy-vqa; "
     "the default model",
     shipped=_shipped_easyvqa,
+    trainer="xbench.zoo.train_easyvqa",
 )
 
 TINY_LLAVA_EASYVQA_RANDOM = ModelSpec(

@@ -8,17 +8,13 @@ import sys
 from pathlib import Path
 
 from xbench.cli import command, positive_int
-from xbench.errors import RunDirectoryError
-
-#: models xbench can train: name -> module with ``recipe_from_args`` and ``train_and_save``
-TRAINABLE = {"tiny-llava-easyvqa": "xbench.zoo.train_easyvqa"}
-
+from xbench.errors import ParameterError, RunDirectoryError
 
 def _zoo_args(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="zoo_command", required=True)
     sub.add_parser("list", help="named models: shipped, built offline, or trainable")
     t = sub.add_parser("train", help="train a zoo model from scratch into --out")
-    t.add_argument("name", choices=sorted(TRAINABLE))
+    t.add_argument("name", help="a zoo model that names a trainer (see `xbench zoo list`)")
     t.add_argument("--out", type=Path, required=True, help="new directory for the model (Hugging Face layout)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--warmup-steps", type=int, help="steps of the auxiliary shape/colour warm-up (default 800)")
@@ -45,7 +41,7 @@ def _list() -> int:
     for e in default().registries.models:
         spec = e.obj
         how = "shipped" if getattr(spec, "shipped", None) else "built offline" if getattr(spec, "build", None) else "?"
-        trainable = "yes" if e.name in TRAINABLE else ""
+        trainable = "yes" if spec.trainer else ""
         rows.append([e.name, how, trainable, e.origin, spec.description])
     print(tabulate(rows, headers=["name", "weights", "trainable", "from", "description"], tablefmt="github"))
     return 0
@@ -54,10 +50,16 @@ def _list() -> int:
 def _train(args: argparse.Namespace) -> int:
     import importlib
 
+    from xbench.plugins import default
+
+    spec = default().registries.models.get(args.name)  # an unknown name: did-you-mean
+    if not spec.trainer:
+        trainable = [e.name for e in default().registries.models if e.obj.trainer]
+        raise ParameterError(f"zoo model {args.name!r} cannot be trained by xbench; trainable: {trainable}")
     out: Path = args.out
     if out.exists() and any(out.iterdir()):
         raise RunDirectoryError(f"--out {out} is not empty; choose a new directory")
-    module = importlib.import_module(TRAINABLE[args.name])
+    module = importlib.import_module(spec.trainer)
     recipe = module.recipe_from_args(
         args.seed, args.warmup_steps, args.qa_steps, threads=args.threads, eval_limit=args.eval_limit
     )
