@@ -69,3 +69,39 @@ def test_param_recorded_in_summary(tmp_path, capsys):
                  "--out", str(out), "--no-progress", "--warmup", "0"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["method"]["params"]["token"] == "first" and summary["method"]["label"] == "rollout token=first"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--help"], ["run", "--help"], ["sweep", "--help"], ["leaderboard", "--help"], ["run", "--method", "rollout", "--limit", "0"],
+     ["run"], ["rnu"]],
+    ids=["help", "run-help", "sweep-help", "leaderboard-help", "run-bad-limit", "run-no-method", "unknown-command"],
+)
+def test_help_and_argparse_errors_start_without_importing_torch(argv):
+    """Parsing alone must not import torch (it costs seconds): only the chosen command's options are built."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\nfrom xbench.cli import main\n"
+        "try:\n    main(sys.argv[1:])\nexcept SystemExit as exc:\n    code = exc.code\n"
+        "print('TORCH-IMPORTED' if 'torch' in sys.modules else 'no torch', code, file=sys.stderr)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120)
+    last = done.stderr.strip().splitlines()[-1]
+    assert last == f"no torch {0 if '--help' in argv else 2}", done.stderr
+    if "--help" in argv:
+        assert "usage: xbench" in done.stdout
+
+
+def test_each_command_still_gets_its_options_when_chosen(capsys):
+    from xbench.cli import COMMANDS, build_parser
+
+    full = build_parser()
+    for name in COMMANDS:
+        with pytest.raises(SystemExit):
+            build_parser(only={name}).parse_args([name, "--help"])
+        alone = capsys.readouterr().out
+        with pytest.raises(SystemExit):
+            full.parse_args([name, "--help"])
+        assert alone == capsys.readouterr().out, name

@@ -107,12 +107,24 @@ def test_a_torn_last_line_is_cut_away_on_resume_and_its_sample_redone(tmp_path, 
     assert summary["n_records"] == 3
 
 
-@pytest.mark.parametrize(
-    "damage",
-    [b"{not json}\n", b"[1, 2]\n", b'{"no_id": 1}\n', b"\x00\x00\x00\n"],
-    ids=["not-json", "not-an-object", "no-id", "nul-bytes"],
-)
-def test_a_damaged_line_before_other_records_is_an_error_naming_it(tmp_path, damage):
+DAMAGES = [
+    (b"{not json}\n", "not JSON (Expecting property name enclosed in double quotes"),
+    (b"[1, 2]\n", "a JSON list, not a record object"),
+    (b'{"no_id": 1}\n', "no 'id'"),
+    (b'{"id": 7}\n', "'id' is 7, not a string"),
+    (b'{"id": null}\n', "'id' is None, not a string"),
+    (b"\x00\x00\x00\n", "not JSON"),
+    (b'{"id": "c", "metrics": [0.5]}\n', "field 'metrics' is a list, expected dict"),
+    (b'{"id": "c", "explain_ms": "fast"}\n', "field 'explain_ms' is a string, expected int or float"),
+    (b'{"id": "c", "error": true}\n', "field 'error' is a boolean, expected str"),
+    (b'{"id": "c", "explain_ms": NaN}\n', "not JSON (non-finite number NaN"),
+    (b'{"id": "c", "scores": {"accuracy": Infinity}}\n', "not JSON (non-finite number Infinity"),
+    (b'{"id": "a"}\n', "id 'a' was recorded on an earlier line"),
+]
+
+
+@pytest.mark.parametrize("damage, reason", DAMAGES, ids=[d[1].split(" (")[0] for d in DAMAGES])
+def test_a_malformed_line_is_reported_with_its_number_and_set_aside(tmp_path, capsys, damage, reason):
     path = tmp_path / "samples.jsonl"
     with RecordWriter(path) as writer:
         writer.append({"id": "a"})
@@ -120,9 +132,42 @@ def test_a_damaged_line_before_other_records_is_an_error_naming_it(tmp_path, dam
         fh.write(damage)
     with RecordWriter(path) as writer:
         writer.append({"id": "b"})
-    with pytest.raises(RunDirectoryError, match=rf"{path} line 2 is not a complete JSON record"):
-        read_records(path, repair=True)
+    assert [r["id"] for r in read_records(path, repair=True)] == ["a", "b"]
+    err = capsys.readouterr().err
+    assert err.startswith(f"xbench: warning: {path} line 2: {reason}"), err
+    assert err.rstrip().endswith("; set aside (a resumed run explains that sample again)") and err.count("\n") == 1
     assert path.read_bytes().count(b"\n") == 3  # nothing truncated
+    read_records(path)
+    assert capsys.readouterr().err == ""  # reported once per process
+
+
+def test_many_bad_lines_are_reported_up_to_a_count(tmp_path, capsys):
+    path = tmp_path / "samples.jsonl"
+    path.write_bytes(b"garbage\n" * 9 + b'{"id": "z"}\n')
+    assert [r["id"] for r in read_records(path)] == ["z"]
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 6 and err[-1] == f"xbench: warning: {path}: 4 more lines set aside"
+
+
+def test_a_run_with_bad_record_lines_resumes_and_redoes_those_samples(tmp_path, plugins, tiny_model_dir, capsys):
+    out = tmp_path / "run"
+    config = RunConfig(method="raw_attention", limit=4, batch_size=1, warmup=0, device="cpu", out=out, progress=False)
+    run(config)
+    path = out / "samples.jsonl"
+    lines = path.read_bytes().splitlines(keepends=True)
+    ids = [json.loads(x)["id"] for x in lines]
+    spoiled = json.loads(lines[1])
+    spoiled["metrics"] = "lost"
+    path.write_bytes(lines[0] + json.dumps(spoiled).encode() + b"\n" + b"{cut\n" + lines[3])
+    (out / "summary.json").unlink()
+    capsys.readouterr()
+    config.resume = True
+    summary = run(config)
+    err = capsys.readouterr().err
+    assert f"{path} line 2: field 'metrics' is a string, expected dict" in err and f"{path} line 3: not JSON" in err
+    kept = read_records(path)
+    assert sorted(r["id"] for r in kept) == sorted(ids) and len(kept) == 4
+    assert summary["n_records"] == summary["n_ok"] == 4
 
 
 def test_summary_is_replaced_atomically(tmp_path, monkeypatch):

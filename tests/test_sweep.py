@@ -214,7 +214,7 @@ def test_suite_out_defaults_to_runs_and_suite_name(plugins, tmp_path, monkeypatc
         prepare(tmp_path / "missing.toml", plugins=plugins)
 
 
-def test_an_unreachable_ray_cluster_is_a_clear_error(monkeypatch):
+def test_a_ray_init_failure_is_a_clear_error(monkeypatch):
     import types
 
     fake = types.SimpleNamespace(is_initialized=lambda: False)
@@ -224,8 +224,86 @@ def test_an_unreachable_ray_cluster_is_a_clear_error(monkeypatch):
 
     fake.init = init
     monkeypatch.setitem(sys.modules, "ray", fake)
-    with pytest.raises(ExecutorError, match=r"cannot start or reach Ray at '10.0.0.9:6379': ConnectionError: could not"):
-        RayExecutor(address="10.0.0.9:6379").run([], lambda r: None)
+    with pytest.raises(ExecutorError, match=r"cannot start or reach Ray at 'auto': ConnectionError: could not"):
+        RayExecutor(address="auto").run([], lambda r: None)
+
+
+def _closed_local_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # nothing listens there once closed
+
+
+@pytest.mark.parametrize("form", ["127.0.0.1:{port}", "ray://127.0.0.1:{port}"])
+def test_an_unreachable_ray_address_fails_at_once_naming_it(monkeypatch, form):
+    import time
+    import types
+
+    def init(**kwargs):
+        pytest.fail("ray.init was called for an address nothing listens on")
+
+    monkeypatch.setitem(sys.modules, "ray", types.SimpleNamespace(is_initialized=lambda: False, init=init))
+    address = form.format(port=_closed_local_port())
+    start = time.monotonic()
+    with pytest.raises(ExecutorError, match=rf"^cannot reach Ray at '{address}': Connection refused \(within 10 s\)$"):
+        RayExecutor(address=address).run([], lambda r: None)
+    assert time.monotonic() - start < 30
+
+
+def test_suites_with_non_finite_numbers_or_dates_are_refused_with_the_key_path(plugins, tmp_path):
+    for text, message in [
+        ("[methods]\nrollout = {residual = inf}\n", "suite.methods.rollout.residual is inf: a suite takes finite numbers only"),
+        ("[methods]\nrollout = [{}, {residual = nan}]\n", "suite.methods.rollout[1].residual is nan"),
+        ("seeds = [0]\nwhen = 2024-01-01\n[methods]\nrollout = {}\n", "suite: unknown key 'when'"),
+        ("[methods]\nrollout = {token = 2024-01-01T10:00:00}\n", "suite.methods.rollout.token is the TOML date/time 2024-01-01T10:00:00"),
+        ("[methods]\nrollout = {}\n[tasks.easyvqa]\nparams = {mask_tolerance = 07:30:00}\n", "suite.tasks.easyvqa.params.mask_tolerance is the TOML date/time 07:30:00"),
+    ]:
+        with pytest.raises(SuiteError) as exc:
+            plan(load_suite(write_suite(tmp_path, text)), tmp_path / "out", plugins.registries)
+        assert message in str(exc.value), str(exc.value)
+
+
+def test_a_huge_grid_is_refused_with_its_count_before_building_anything(plugins, tmp_path, monkeypatch):
+    monkeypatch.setattr(plugins.registries.methods.get("rollout"), "__init__", lambda *a, **k: pytest.fail("a method was built"))
+    seeds = ", ".join(str(i) for i in range(1000))
+    variants = ", ".join(["{}"] * 1000)
+    suite = f"seeds = [{seeds}]\n[methods]\nrollout = [{variants}]\n"
+    with pytest.raises(SuiteError, match=r"^suite expands to 1000000 cells, more than the limit of 10000: split it"):
+        plan(load_suite(write_suite(tmp_path, suite)), tmp_path / "out", plugins.registries)
+
+
+def test_the_sweep_index_is_appended_per_cell_not_rewritten(plugins, tmp_path, monkeypatch):
+    from xbench import sweep as sweep_module
+
+    writes = []
+    real = sweep_module.write_json_atomic
+    monkeypatch.setattr(sweep_module, "write_json_atomic", lambda path, obj: (writes.append(Path(path).name), real(path, obj)))
+    suite = write_suite(tmp_path, SUITE.replace("seeds = [0, 3]", "seeds = [0, 1, 2]").replace("limit = 2", "limit = 1"))
+    assert sweep(suite, tmp_path / "out", plugins=plugins) == {"ok": 3}
+    assert writes.count("sweep.json") == 2  # at the start and at the end, whatever the number of cells
+    log = [json.loads(line) for line in (tmp_path / "out" / "sweep.jsonl").read_text().splitlines()]
+    assert [e["event"] for e in log] == ["started", "cell", "cell", "cell"]
+    assert [e["key"] for e in log[1:]] == [f"easyvqa/tiny-random-llava/raw_attention/seed{s}" for s in (0, 1, 2)]
+    assert all(e["status"] == "ok" and e["n_ok"] == 1 for e in log[1:])
+
+
+def test_a_cell_folder_with_records_but_no_summary_goes_through_the_identity_check(plugins, tmp_path):
+    suite = write_suite(tmp_path)
+    sweep(suite, tmp_path / "out", plugins=plugins)
+    cell = tmp_path / "out/easyvqa/tiny-random-llava/raw_attention/seed0"
+    (cell / "summary.json").unlink()
+    other = write_suite(tmp_path, SUITE.replace("raw_attention = {}", "raw_attention = {layer = 0}"))
+    # the relabelled cell is a new folder; point it at the old one to see the refusal
+    (cell.parent.parent / "raw_attention_layer=0").mkdir()
+    shutil.copytree(cell, cell.parent.parent / "raw_attention_layer=0" / "seed0")
+    counts = sweep(other, tmp_path / "out", plugins=plugins)
+    assert counts == {"failed": 1, "ok": 1}
+    index = json.loads((tmp_path / "out" / "sweep.json").read_text())
+    failed = [c for c in index["cells"] if c["status"] == "failed"]
+    assert failed[0]["key"] == "easyvqa/tiny-random-llava/raw_attention_layer=0/seed0"
+    assert "was run with method params {'layer': -1, 'token': 'mean'}, this run asks for {'layer': 0, 'token': 'mean'}" in failed[0]["error"]
 
 
 SHIPPED_SUITES = sorted((Path(__file__).parent.parent / "benchmarks" / "suites").glob("*.toml"))

@@ -159,7 +159,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         control=args.control,
     )
     summary = run(config)
-    print(f"run {summary['run_id']}: {summary['n_ok']} samples explained, {summary['n_errors']} errors")
+    digest = summary["error_digest"]
+    common = "" if digest is None else f" (most common, {digest['most_common_count']}x: {digest['most_common']})"
+    print(f"run {summary['run_id']}: {summary['n_ok']} samples explained, {summary['n_errors']} errors{common}")
     print(f"records: {Path(summary['config']['out']) / 'samples.jsonl'}")
     for name, m in summary["metrics"].items():
         if m["value"] is not None:
@@ -169,6 +171,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"time: {t['wall_s']:.1f} s wall, model load {t['model_load_s']:.1f} s, generate {t['generate_s']:.1f} s, "
           f"explain {t['explain_s']:.1f} s, reference/control {t['companions_s']:.1f} s, metrics {t['metrics_s']:.1f} s"
           + share)
+    if summary["n_records"] and not summary["n_ok"]:
+        print(f"xbench: error: every sample failed; the first, {digest['first_id']!r}: {digest['first']}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -221,7 +226,12 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------- main
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: set[str | None] | None = None) -> argparse.ArgumentParser:
+    """The ``xbench`` parser; ``only``: the subcommands whose options are added (default all).
+
+    The others get their one-line help but no options, since a command's options may import
+    heavy modules (torch): ``main`` adds only the command being run, so ``xbench --help``,
+    ``xbench run --help`` and argparse's errors start without importing torch."""
     import importlib
 
     for module in COMMAND_MODULES:
@@ -230,13 +240,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (add_arguments, fn) in COMMANDS.items():
         p = sub.add_parser(name, help=(fn.__doc__ or "").strip().splitlines()[0], description=fn.__doc__)
-        add_arguments(p)
+        if only is None or name in only:
+            add_arguments(p)
         p.set_defaults(func=fn)
     return parser
 
 
+def requested_command(argv: list[str]) -> str | None:
+    """The subcommand ``argv`` names: its first word that is not an option (the top level has only -h)."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(only={requested_command(argv)})
     args = parser.parse_args(argv)
     try:
         return args.func(args)

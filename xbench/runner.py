@@ -28,15 +28,15 @@ from typing import Sequence
 
 import numpy as np
 
-from xbench import companions, presets, provenance
+from xbench import companions, presets, provenance, rundir
 from xbench.api import Sample, SampleError
 from xbench.batching import batched, call_splitting, describe
 from xbench.cost import PhaseTimes
-from xbench.errors import ParameterError, RunDirectoryError
+from xbench.errors import ParameterError
 from xbench.models import load_vlm
 from xbench.pipeline import Outcome, generate_explain
 from xbench.plugins import XbenchPlugins, default
-from xbench.records import SAMPLES, SUMMARY, RecordWriter, Summary, iter_records, write_json_atomic
+from xbench.records import SUMMARY, RecordWriter, Summary, iter_records, write_json_atomic
 from xbench.runconfig import DEFAULT_MODEL, DEFAULT_REFERENCE, DEFAULT_TASK, RunConfig
 from xbench.scoring import FailPolicy, SampleFailedError, Scorer, build_metrics
 from xbench.summary import summarise, timings
@@ -113,16 +113,10 @@ class Run:
         return summary
 
     def _prepare_out_dir(self) -> Path:
-        path = self.out_dir / SAMPLES
-        if path.exists() and path.stat().st_size > 0 and not self.config.resume:
-            raise RunDirectoryError(
-                f"{self.out_dir} already holds records; pass --resume to continue it or choose another --out"
-            )
-        try:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise RunDirectoryError(f"cannot create the run directory {self.out_dir}: {exc}") from None
-        return path
+        """Check, create, lock and identify the run folder before any work (:mod:`xbench.rundir`);
+        returns the records path. The lock is held by ``self.run_folder``."""
+        self.run_folder = rundir.prepare(self)
+        return self.run_folder.records
 
     def _load_model(self) -> None:
         cfg = self.config
@@ -198,4 +192,5 @@ def _progress(enabled: bool, total: int | None, desc: str):
 
 def run(config: RunConfig, plugins: XbenchPlugins | None = None) -> Summary:
     """Execute one run and return its summary (also written to ``<out>/summary.json``)."""
-    return Run(config, plugins).execute()
+    with rundir.held(Run(config, plugins)) as one_run:
+        return one_run.execute()

@@ -127,6 +127,18 @@ def errors_by_stage(errors: Sequence[dict]) -> dict[str, int]:
     return stages
 
 
+def error_digest(errors: Sequence[dict]) -> dict[str, Any] | None:
+    """The first error record's id and message, and the most common message with its count (None: no error)."""
+    if not errors:
+        return None
+    counts: dict[str, int] = {}
+    for r in errors:
+        counts[r["error"]] = counts.get(r["error"], 0) + 1
+    common = max(counts, key=counts.__getitem__)  # ties: the one met first
+    return {"first_id": errors[0]["id"], "first": errors[0]["error"], "most_common": common,
+            "most_common_count": counts[common]}
+
+
 def identity(run_id: str, method, task, vlm) -> dict[str, Any]:
     """What was run: method, task with its data hash, model with its hashes."""
     return {
@@ -157,6 +169,7 @@ def summarise(records: Sequence[dict], *, run_id: str, task, method, metrics: Se
         "n_ok": len(ok),
         "n_errors": len(errors),
         "errors_by_stage": errors_by_stage(errors),
+        "error_digest": error_digest(errors),
         "metrics": entries,
         "bootstrap": {"resamples": stats.N_RESAMPLES, "level": stats.LEVEL, "method": "percentile", "seed": seed},
         "metric_params": {m.name: m.params for m in metrics if m.params},

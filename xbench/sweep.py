@@ -16,20 +16,30 @@ A suite file (TOML)::
 
 Every name is checked against the registries before anything runs. Cell ``k`` writes
 to ``<out>/<task>/<model>/<method label>/seed<k>``; a cell whose ``summary.json`` is
-complete for its settings is skipped, an unfinished one is resumed, and a cell that fails
-leaves an ``error.json`` in its folder while the sweep goes on. ``<out>/sweep.json``
-lists every cell's status and is rewritten (atomically) as cells finish.
+complete for its settings is skipped, an unfinished one is resumed (the run checks the
+folder's identity, :mod:`xbench.rundir`, so a folder of other settings is refused naming
+each difference), and a cell that fails leaves an ``error.json`` in its folder while the
+sweep goes on. ``<out>/sweep.json`` lists every cell's status; it is written when the
+sweep starts and when it ends, and ``<out>/sweep.jsonl`` gets one line per cell as it
+finishes (append-only: the cost is linear in the number of cells).
+
+A suite is checked before anything runs: names against the registries, values by type
+(a non-finite number or a TOML date/time anywhere is refused with its key path) and the
+grid's size (more than :data:`MAX_CELLS` cells is refused with the count).
 
 Executors (:data:`EXECUTORS`) run the cells: ``local`` one after another in this
-process, ``ray`` as Ray tasks (one GPU each when the cluster has GPUs). Cells write into
-``<out>`` themselves, so on a multi-node Ray cluster ``<out>`` must be a shared path.
+process, ``ray`` as Ray tasks (one GPU each when the cluster has GPUs; a ``host:port``
+address is probed first, so an unreachable one fails within seconds), see
+:mod:`xbench.executors`. Cells write into ``<out>`` themselves, so on a multi-node Ray
+cluster ``<out>`` must be a shared path.
 """
 
 from __future__ import annotations
 
+import datetime
 import difflib
 import json
-import logging
+import math
 import os
 import re
 import time
@@ -37,26 +47,25 @@ import tomllib
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Sequence
+from typing import Any, Callable, Sequence
 
 from xbench import presets, provenance
-from xbench.api import Parameterised
 from xbench.errors import UnknownNameError, XbenchError
-from xbench.records import SAMPLES, SUMMARY, iter_records, write_json_atomic
-from xbench.params import Param
-from xbench.registry import Registries, Registry
+from xbench.executors import (  # noqa: F401 (re-exported: the sweep's public names)
+    EXECUTORS, Executor, ExecutorError, LocalExecutor, RayExecutor, import_ray, make_executor, probe,
+)
+from xbench.records import SAMPLES, SUMMARY, dumps_finite, iter_records, write_json_atomic
+from xbench.registry import Registries
 from xbench.runner import DEFAULT_MODEL, DEFAULT_TASK, RunConfig, describe
 
 INDEX = "sweep.json"
+PROGRESS = "sweep.jsonl"  # one line per finished cell, appended as cells end
 ERROR = "error.json"
+MAX_CELLS = 10_000  # a larger grid is refused with its count (split the suite)
 
 
 class SuiteError(XbenchError):
     """A suite file that is missing, not TOML, or names something that does not exist."""
-
-
-class ExecutorError(XbenchError):
-    """An executor that cannot start (Ray missing, cluster unreachable...)."""
 
 
 # --------------------------------------------------------------------------- suite
@@ -144,9 +153,45 @@ def load_suite(path: Path) -> dict:
         raise SuiteError(f"suite file {str(path)!r} is not UTF-8 text: {exc}") from None
 
 
+def check_values(value, where: str = "suite") -> None:
+    """Refuse non-finite numbers and TOML dates/times anywhere in ``value``, naming the key path."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise SuiteError(f"{where} is {value}: a suite takes finite numbers only")
+    if isinstance(value, (datetime.date, datetime.time)):  # datetime is a date
+        raise SuiteError(f"{where} is the TOML date/time {value.isoformat()}; a suite takes numbers, strings, "
+                         "booleans, lists and tables (quote it to pass text)")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            check_values(item, f"{where}.{key}")
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            check_values(item, f"{where}[{i}]")
+
+
+def grid_size(suite: dict) -> int:
+    """The number of cells ``suite`` expands to, counted without building anything."""
+
+    def count(key, default) -> int:
+        value = suite.get(key, default)
+        return len(value) if isinstance(value, (list, dict)) else 1
+
+    methods = suite.get("methods")
+    if isinstance(methods, dict):
+        n_methods = sum(len(v) if isinstance(v, list) else 1 for v in methods.values())
+    else:
+        n_methods = count("methods", [])
+    return count("models", [DEFAULT_MODEL]) * count("tasks", [DEFAULT_TASK]) * n_methods * count("seeds", [0])
+
+
 def plan(suite: dict, out: Path, registries: Registries) -> list[Cell]:
     """Validate ``suite`` against the registries and expand it into cells (nothing runs)."""
     _keys_check(suite, SUITE_KEYS, "suite")
+    check_values(suite)
+    n_cells = grid_size(suite)
+    if n_cells > MAX_CELLS:
+        raise SuiteError(
+            f"suite expands to {n_cells} cells, more than the limit of {MAX_CELLS}: split it into smaller suites"
+        )
     run_table = suite.get("run", {})
     if not isinstance(run_table, dict):
         raise SuiteError(f"suite: [run] must be a table, got {run_table!r}")
@@ -349,98 +394,6 @@ def record_failure(cell: Cell, exc: BaseException, wall_s: float = 0.0, tb: str 
     return {"key": cell.key, "status": "failed", "n_ok": None, "n_errors": None, "wall_s": round(wall_s, 3), "error": message}
 
 
-# --------------------------------------------------------------------------- executors
-
-
-class Executor(Parameterised):
-    """Runs cells and calls ``report(result)`` as each one ends (in any order).
-
-    Subclasses set ``name`` and implement :meth:`run`; constructor keywords are the
-    executor's options, declared in :attr:`parameters` (``address`` for Ray).
-    """
-
-    kind = "executor"
-    description: ClassVar[str] = ""
-
-    def run(self, cells: Sequence[Cell], report: Callable[[dict], None], plugins=None) -> None:
-        raise NotImplementedError
-
-
-class LocalExecutor(Executor):
-    name = "local"
-    description = "one cell after another in this process"
-
-    def run(self, cells, report, plugins=None):
-        for cell in cells:
-            report(run_cell(cell, plugins))
-
-
-class RayExecutor(Executor):
-    """Each cell a Ray task: one GPU when the cluster has GPUs, else one CPU.
-
-    Connects to ``address`` (``auto``, ``ray://host:10001``...) or starts a local Ray
-    instance, unless Ray is already initialised in this process; shuts down only what it
-    started. Workers use the installed plugins (entry points), not in-process extras.
-    """
-
-    name = "ray"
-    description = "cells as Ray tasks (pip install 'xbench[ray]')"
-    parameters = {"address": Param(None, type=str, doc="the cluster to reach (auto, ray://host:10001...); default: start one")}
-
-    @property
-    def address(self) -> str | None:
-        return self.params["address"]
-
-    def run(self, cells, report, plugins=None):
-        ray = import_ray()
-        started = not ray.is_initialized()
-        if started:
-            try:
-                ray.init(address=self.address, include_dashboard=False, logging_level=logging.WARNING)
-            except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ValueError... by case
-                where = f"Ray at {self.address!r}" if self.address else "a local Ray instance"
-                raise ExecutorError(f"cannot start or reach {where}: {type(exc).__name__}: {exc}") from None
-        try:
-            remote = ray.remote(run_cell).options(**self.resources(ray))
-            pending = {remote.remote(cell): cell for cell in cells}
-            while pending:
-                done, _ = ray.wait(list(pending), num_returns=1)
-                for ref in done:
-                    cell = pending.pop(ref)
-                    try:
-                        result = ray.get(ref)
-                    except Exception as exc:  # the worker died (killed, out of host memory...)
-                        result = record_failure(cell, exc)
-                    report(result)
-        finally:
-            if started:
-                ray.shutdown()
-
-    @staticmethod
-    def resources(ray) -> dict:
-        """What each cell asks for: one GPU when the cluster has any, else one CPU."""
-        return {"num_gpus": 1} if ray.cluster_resources().get("GPU", 0) >= 1 else {"num_cpus": 1}
-
-
-def import_ray():
-    try:
-        import ray
-    except ImportError:
-        raise ExecutorError("the ray executor needs Ray: pip install 'xbench[ray]' (or 'ray>=2.40')") from None
-    return ray
-
-
-EXECUTORS: Registry[type[Executor]] = Registry("executor")
-EXECUTORS.origin = "xbench.sweep"
-for _cls in (LocalExecutor, RayExecutor):
-    EXECUTORS.register(_cls)
-
-
-def make_executor(name: str, address: str | None = None) -> Executor:
-    """The executor ``name`` built with the options given (``address`` only when set)."""
-    return EXECUTORS.get(name)(**({} if address is None else {"address": address}))
-
-
 # --------------------------------------------------------------------------- sweep
 
 
@@ -453,12 +406,18 @@ class Sweep:
     suite_path: str = ""
     results: dict[str, dict] = field(default_factory=dict)
 
+    def rows(self) -> list[dict]:
+        return [self.row(cell) for cell in self.cells]
+
+    def row(self, cell: Cell) -> dict:
+        result = self.results.get(cell.key, {"status": "pending"})
+        return {"key": cell.key, **cell.labels, **{k: v for k, v in result.items() if k != "key"}}
+
     def write_index(self, executor: str, started: str, finished: str | None = None) -> dict[str, int]:
-        """Write ``index.json`` (every cell with its status so far); returns ``{status: number of cells}``."""
-        rows = []
-        for cell in self.cells:
-            result = self.results.get(cell.key, {"status": "pending"})
-            rows.append({**{"key": cell.key}, **cell.labels, **{k: v for k, v in result.items() if k != "key"}})
+        """Write ``sweep.json`` (every cell with its status so far); returns ``{status: number of cells}``.
+
+        Called when the sweep starts and when it ends; in between, :meth:`log` appends to ``sweep.jsonl``."""
+        rows = self.rows()
         counts: dict[str, int] = {}
         for row in rows:
             counts[row["status"]] = counts.get(row["status"], 0) + 1
@@ -468,14 +427,27 @@ class Sweep:
             "started": started,
             "finished": finished,
             "counts": counts,
+            "progress": PROGRESS,
             "cells": rows,
         }
         write_json_atomic(self.out / INDEX, index)
         return counts
 
+    def log(self, entry: dict) -> None:
+        """Append one line to ``sweep.jsonl`` (a cell's result, or the start of a sweep)."""
+        line = dumps_finite(entry, self.out / PROGRESS) + "\n"
+        try:
+            with open(self.out / PROGRESS, "a") as fh:
+                fh.write(line)
+        except OSError as exc:
+            raise SuiteError(f"cannot write the sweep progress log {self.out / PROGRESS}: {exc.strerror or exc}") from None
+
     def execute(self, executor: Executor, plugins=None, echo: Callable[[str], None] | None = None) -> dict:
         """Skip complete cells, run the others on ``executor``; returns the final index counts."""
-        self.out.mkdir(parents=True, exist_ok=True)
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SuiteError(f"cannot create the sweep folder {self.out}: {exc.strerror or exc}") from None
         started = provenance.now()
         todo = []
         for cell in self.cells:
@@ -491,21 +463,26 @@ class Sweep:
             else:
                 todo.append(cell)
         self.write_index(executor.name, started)
+        self.log({"event": "started", "time": started, "executor": executor.name,
+                  "cells": len(self.cells), "to_run": len(todo)})
         n_done = len(self.cells) - len(todo)
 
         def report(result: dict) -> None:
             nonlocal n_done
             n_done += 1
             self.results[result["key"]] = result
-            self.write_index(executor.name, started)
+            self.log({"event": "cell", **result})
             if echo:
                 what = f"{result['n_ok']} ok, {result['n_errors']} errors" if result["status"] == "ok" else result["error"]
                 echo(f"[{n_done}/{len(self.cells)}] {result['status']:6s} {result['key']} ({what}; {result['wall_s']:.1f} s)")
 
         if echo and n_done:
             echo(f"{n_done} of {len(self.cells)} cells already complete: skipped")
-        executor.run(todo, report, plugins)
-        return self.write_index(executor.name, started, provenance.now())
+        try:
+            executor.run(todo, report, plugins)
+        finally:  # also when interrupted: the index says which cells ended
+            counts = self.write_index(executor.name, started, provenance.now())
+        return counts
 
 
 def prepare(suite_path: Path, out: Path | None = None, plugins=None) -> Sweep:
@@ -544,11 +521,14 @@ __all__ = [
     "SuiteError",
     "Sweep",
     "check_reusable",
+    "check_values",
+    "grid_size",
     "is_complete",
     "load_suite",
     "make_executor",
     "plan",
     "prepare",
+    "probe",
     "run_cell",
     "sweep",
 ]
