@@ -55,7 +55,7 @@ CONFIDENCE = ("yes", "maybe", "no")
 def generate(folder: Path, n: int, seed: int = 0) -> dict[str, int]:
     """Write the two official-format files for ``n`` questions (5 per image); returns file sizes."""
     rng = random.Random(seed)
-    folder.mkdir(parents=True, exist_ok=True)
+    (folder / SPLIT).mkdir(parents=True, exist_ok=True)  # the image folder: the task checks it exists, opens no image
     questions, annotations = [], []
     for i in range(n):
         image_id = 100000 + i // 5

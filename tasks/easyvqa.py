@@ -10,11 +10,19 @@ question asks about the shape's colour or kind, which a mirror image keeps, so t
 answers stay right: a flipped copy of the training split is more data for training a
 proxy on (``xbench fastrm train --augment flip=horizontal``). Flipped samples' ids end in
 ``-flip-<flip>``.
+
+The package's files (``data/<split>/questions.json``: ``[question, answer, image id]`` triples;
+``data/<split>/images/<id>.png``) are read strictly, as the other tasks' files are: a triple whose
+question or answer is not a text or whose image id is not a JSON integer (``1.9``, ``1.0``,
+``"1"``, ``true``) is a per-sample error naming the file and index, never another image; two
+image files naming one id (``01.png`` and ``1.png``) are refused.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -22,6 +30,8 @@ from typing import Iterator
 import numpy as np
 
 from xbench.api import Sample, SampleError, Task
+from xbench.datafiles import describe, integer, load_json, text
+from xbench.errors import DataError
 from xbench.hookspecs import hookimpl
 from xbench.params import Param
 from xbench.taskdata import PROMPTS, fill_prompt, pick
@@ -30,6 +40,43 @@ FLIPS = ("none", "horizontal", "vertical", "both")
 COLOURS = ("black", "blue", "brown", "gray", "green", "red", "teal", "yellow")
 SHAPES = ("circle", "rectangle", "triangle")
 PROMPT = PROMPTS["llava15"]  # LLaVA-1.5's short-answer instruction after the question
+_IMAGE_NAME = re.compile(r"^(\d+)\.png$")
+
+
+def package_folder() -> Path:
+    """The ``data/`` folder of the installed ``easy-vqa`` package."""
+    import easy_vqa
+
+    return Path(easy_vqa.__file__).parent / "data"
+
+
+def read_questions(path: Path) -> tuple[list, list, list]:
+    """``(texts, answers, image_ids)`` of an easy-vqa questions file, as ``easy_vqa`` returns them,
+    read strictly (:func:`xbench.datafiles.load_json`); an entry that is not a triple leaves None in
+    all three lists (the sample built from it reports it)."""
+    entries = load_json(path, "a list of [question, answer, image id] triples")
+    if not isinstance(entries, list):
+        raise DataError(f"{str(path)!r} holds {describe(entries)[:60]}, not a list of [question, answer, image id] triples")
+    triples = [e if isinstance(e, list) and len(e) == 3 else (None, None, None) for e in entries]
+    return [t[0] for t in triples], [t[1] for t in triples], [t[2] for t in triples]
+
+
+def read_image_paths(folder: Path) -> dict[int, Path]:
+    """Image id -> path of each ``<id>.png`` in ``folder``; two files naming one id are refused."""
+    images: dict[int, Path] = {}
+    try:
+        names = sorted(entry.name for entry in os.scandir(folder))
+    except OSError as exc:
+        raise DataError(f"cannot list easy-vqa images in {str(folder)!r}: {exc.strerror or exc}") from None
+    for name in names:
+        m = _IMAGE_NAME.match(name)
+        if m is None:
+            continue
+        image_id = int(m.group(1))
+        if image_id in images:
+            raise DataError(f"easy-vqa images {images[image_id].name!r} and {name!r} in {str(folder)!r} are both image {image_id}")
+        images[image_id] = folder / name
+    return images
 
 
 def question_kind(question: str, answer: str) -> str:
@@ -86,14 +133,10 @@ class EasyVQA(Task):
     def __init__(self, split=None, data_dir=None, **params) -> None:
         """``data_dir`` is not used: the data ships with the ``easy-vqa`` package."""
         super().__init__(split, None, **params)
-        import easy_vqa
-
-        if self.split == "train":
-            self._questions = easy_vqa.get_train_questions()
-            self._paths = easy_vqa.get_train_image_paths()
-        else:
-            self._questions = easy_vqa.get_test_questions()
-            self._paths = easy_vqa.get_test_image_paths()
+        folder = package_folder() / self.split
+        self._questions_path = folder / "questions.json"
+        self._questions = read_questions(self._questions_path)
+        self._paths = read_image_paths(folder / "images")
 
     def samples(self, limit=None, seed=0) -> Iterator[Sample | SampleError]:
         """Questions in a seeded shuffled order (the same ids for the same seed), first ``limit``."""
@@ -102,16 +145,25 @@ class EasyVQA(Task):
         suffix = "" if flip == "none" else f"-flip-{flip}"
         for idx in pick(texts, limit, seed):
             sid = f"{self.split}-{idx}{suffix}"
-            path = self._paths.get(image_ids[idx])
-            if path is None:
-                yield SampleError(sid, f"easy-vqa {self.split} question {idx} names image {image_ids[idx]}, not found")
+            where = f"easy-vqa {self.split} {self._questions_path.name} [{idx}]"
+            question, answer, image_id = texts[idx], answers[idx], image_ids[idx]
+            problem = (
+                "is not a [question, answer, image id] triple" if question is answer is image_id is None
+                else f"question {describe(question)} is not a text" if text(question) is None
+                else f"answer {describe(answer)} is not a text" if text(answer) is None
+                else f"image id {describe(image_id)} is not an integer" if integer(image_id) is None
+                else f"names image {image_id}, not found" if image_id not in self._paths
+                else None
+            )  # fmt: skip
+            if problem is not None:
+                yield SampleError(sid, f"{where}: {problem}")
                 continue
             yield FlippedSample(
                 id=sid,
-                question=texts[idx],
-                answers=[answers[idx]],
-                image_path=Path(path),
-                meta={"image_id": image_ids[idx], "kind": question_kind(texts[idx], answers[idx])},
+                question=question,
+                answers=[answer],
+                image_path=self._paths[image_id],
+                meta={"image_id": image_id, "kind": question_kind(question, answer)},
                 flip=flip,
             )
 

@@ -1,16 +1,24 @@
 """GQA balanced questions from a local copy of the official files; exact-match accuracy.
 
-Reads ``<split>_balanced_questions.json`` (an object keyed by question id) from the data folder
-(or its ``gqa/`` subfolder) and images ``images/<imageId>.jpg``. Scoring follows GQA's
-``eval.py`` after LLaVA-1.5's processing (:func:`xbench.answers.gqa_correct`); only balanced
-questions are scored, as ``eval.py`` does (``isBalanced: false`` entries are skipped). The run
-summary adds ``accuracy[binary]`` and ``accuracy[open]`` (open = structural type ``query``).
+Reads ``<split>_balanced_questions.json`` (an object keyed by question id) and images
+``images/<imageId>.jpg`` from the data folder (or its ``gqa/`` subfolder), laid out as the
+downloads unpack (``questions1.2/``, ``sceneGraphs/``, ``images/``) or flat; no task parameter is
+needed. Scoring follows GQA's ``eval.py`` after LLaVA-1.5's processing
+(:func:`xbench.answers.gqa_correct`); only balanced questions are scored, as ``eval.py`` does
+(``isBalanced: false`` entries are skipped). The run summary adds ``accuracy[binary]`` and
+``accuracy[open]`` (open = structural type ``query``).
 
-With ``scene_graphs=FILE`` (e.g. ``val_sceneGraphs.json``), the objects a question's
-``annotations`` point at (in the question, answer and full answer) become the ground-truth mask:
+Scene graphs (``<split>_sceneGraphs.json``, flat or in ``sceneGraphs/``; official for train and
+val only) are used when found (``scene_graphs=auto``, the default), or read from the file given as
+``scene_graphs=FILE``, or not at all with ``scene_graphs=none``: the objects a question's
+``annotations`` point at (in the question, answer and full answer) become the ground-truth mask,
 the union of their boxes ``(x, y, w, h)``, scaled to the image when it is stored at another size.
 
-Task parameters: ``prompt``, ``image_dir``, ``questions_file``, ``scene_graphs``.
+Ids are read as the file means them: a question id repeated in the file is refused naming it,
+image and object ids must be strings, image paths stay inside the data folder.
+
+Task parameters: ``prompt``, ``questions_file``, ``image_dir``, ``scene_graphs``,
+``allow_outside_data_dir``.
 """
 
 from __future__ import annotations
@@ -22,21 +30,27 @@ import numpy as np
 
 from xbench.answers import gqa_correct
 from xbench.api import Sample, SampleError, Task
+from xbench.datafiles import describe, integer, load_json, text
 from xbench.errors import DataError
 from xbench.hookspecs import hookimpl
 from xbench.params import Param
 from xbench.taskdata import (
+    ALLOW_OUTSIDE_PARAM,
     PROMPT_PARAM,
+    Candidate,
     LocalFiles,
     box_mask,
-    data_file,
-    data_root,
+    data_folder,
     fit_mask,
-    load_json,
     pick,
     resolve_prompt,
+    task_bases,
 )
 
+QUESTIONS = (Candidate("flat", "{split}_balanced_questions.json"),
+             Candidate("questions1.2 download", "questions1.2/{split}_balanced_questions.json"))
+SCENE_GRAPHS = (Candidate("flat", "{split}_sceneGraphs.json"), Candidate("sceneGraphs download", "sceneGraphs/{split}_sceneGraphs.json"))
+IMAGES = (Candidate("images download", "images"),)
 _ANNOTATED_PARTS = ("question", "answer", "fullAnswer")
 
 
@@ -45,8 +59,8 @@ class _Question(NamedTuple):
     question: Any
     answer: Any
     structural: Any
-    objects: tuple  # scene-graph object ids annotated in the question / answer / full answer
-    balanced: bool
+    objects: tuple  # scene-graph object ids annotated in the question / answer / full answer (as read)
+    balanced: Any
 
 
 def _compact_question(obj: dict) -> Any:
@@ -58,12 +72,18 @@ def _compact_question(obj: dict) -> Any:
         for part in _ANNOTATED_PARTS:
             pointers = ann.get(part)
             if isinstance(pointers, dict):
-                objects.extend(str(v) for v in pointers.values())
+                objects.extend(pointers.values())
         return _Question(
             obj["imageId"], obj["question"], obj.get("answer"), types.get("structural"),
-            tuple(dict.fromkeys(objects)), obj.get("isBalanced", True) is not False,
+            tuple(dict.fromkeys(o if isinstance(o, str) else _Bad(describe(o)) for o in objects)), obj.get("isBalanced", True),
         )
     return obj
+
+
+class _Bad(NamedTuple):
+    """An annotation pointer that is not an object id string (kept to be reported)."""
+
+    value: Any
 
 
 def _compact_scene(obj: dict) -> Any:
@@ -71,6 +91,10 @@ def _compact_scene(obj: dict) -> Any:
     if all(k in obj for k in ("x", "y", "w", "h")) and "name" in obj:
         return (obj["x"], obj["y"], obj["w"], obj["h"])
     return obj
+
+
+def _number(value: Any) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool))
 
 
 class GQA(LocalFiles, Task):
@@ -82,54 +106,69 @@ class GQA(LocalFiles, Task):
     answer_metrics = {"accuracy": True}
     parameters = {
         "prompt": PROMPT_PARAM,
-        "image_dir": Param("images", doc="the images' folder, relative to the data folder"),
-        "questions_file": Param("{split}_balanced_questions.json", doc="the questions file ({split} is filled in)"),
-        "scene_graphs": Param(None, type=str, doc="a scene-graph file giving ground-truth masks (e.g. val_sceneGraphs.json)"),
+        "image_dir": Param(None, type=str, doc="the images' folder, relative to the data folder; default: images/"),
+        "questions_file": Param(None, type=str, doc="the questions file ({split} is filled in); default: found by layout"),
+        "scene_graphs": Param("auto", nullable=True, doc="a scene-graph file giving ground-truth masks; auto: the split's file when found; none: no masks"),
+        "allow_outside_data_dir": ALLOW_OUTSIDE_PARAM,
     }
 
     def __init__(self, split=None, data_dir=None, **params) -> None:
         super().__init__(split, data_dir, **params)
         params = self.params
         self.template = resolve_prompt(params["prompt"])
-        questions_name = self.split_name("questions_file", params["questions_file"])
-        self.root = data_root(self.name, data_dir, questions_name)
-        self.questions_path = data_file(self.root, questions_name, "GQA questions")
+        self.folder = data_folder(self.name, data_dir, "the GQA balanced questions and images")
+        hit = self.find("questions file", "questions_file", QUESTIONS, task_bases(self.name, self.folder))
+        self.root, self.questions_path = hit.base, hit.path
+        self.image_folder = self.find("image folder", "image_dir", IMAGES, [self.root]).path
         data = load_json(self.questions_path, "an object keyed by question id", object_hook=_compact_question)
         if not isinstance(data, dict):
             raise DataError(f"{str(self.questions_path)!r} is not an object keyed by question id; is it a GQA questions file?")
-        self._ids = [qid for qid, q in data.items() if not (isinstance(q, _Question) and not q.balanced)]
+        self._ids = [qid for qid, q in data.items() if not (isinstance(q, _Question) and q.balanced is False)]
         self._questions = data
-        self.scene_graphs_path = None
+        self.scene_graphs_path = self._find_scene_graphs(params["scene_graphs"])
         self._scenes: dict | None = None
-        if params["scene_graphs"]:
-            self.scene_graphs_path = data_file(self.root, params["scene_graphs"], "GQA scene graphs")
+        if self.scene_graphs_path is not None:
             scenes = load_json(self.scene_graphs_path, "an object keyed by image id", object_hook=_compact_scene)
             if not isinstance(scenes, dict):
                 raise DataError(f"{str(self.scene_graphs_path)!r} is not an object keyed by image id; is it a GQA scene-graph file?")
             self._scenes = scenes
 
+    def _find_scene_graphs(self, value: Any) -> Path | None:
+        """``scene_graphs``: ``auto`` finds the split's file when there is one; None or ``none``: none."""
+        if value is None or value == "none":
+            return None
+        hit = self.find("scene-graph file", "scene_graphs", SCENE_GRAPHS, [self.root], required=value != "auto")
+        return None if hit is None else hit.path
+
     # ------------------------------------------------------------------ samples
     def samples(self, limit=None, seed=0) -> Iterator[Sample | SampleError]:
         """Balanced questions in a seeded shuffled order, first ``limit``; a question without an
-        image id, text or answer is a :class:`SampleError` naming the file and question id."""
+        image id, text or answer, or with one of the wrong type, is a :class:`SampleError` naming
+        the file and question id."""
         for idx in pick(self._ids, limit, seed):
-            qid = self._ids[idx]
-            q = self._questions[qid]
-            where = f"{self.questions_path.name}: question {qid}"
-            if not isinstance(q, _Question):
-                yield SampleError(str(qid), f"{where} lacks imageId or question")
-                continue
-            if not isinstance(q.answer, str) or not q.answer:
-                yield SampleError(str(qid), f"{where} has no answer", {"image_id": q.image_id})
-                continue
-            kind = "open" if q.structural == "query" else "binary"
-            yield Sample(
-                id=str(qid),
-                question=str(q.question),
-                answers=[q.answer],
-                image_path=self.root / self.params["image_dir"] / f"{q.image_id}.jpg",
-                meta={"image_id": q.image_id, "kind": kind, "objects": list(q.objects)},
-            )
+            yield self._sample(self._ids[idx])
+
+    def _sample(self, qid: str) -> Sample | SampleError:
+        q = self._questions[qid]
+        where = f"{self.questions_path.name}: question {qid}"
+        if not isinstance(q, _Question):
+            return SampleError(qid, f"{where} lacks imageId or question")
+        meta = {"image_id": q.image_id} if text(q.image_id) is not None else {}
+        problem = (
+            f"imageId {describe(q.image_id)} is not a string" if text(q.image_id) is None
+            else f"question {describe(q.question)} is not a text" if text(q.question) is None
+            else f"has no answer ({describe(q.answer)})" if text(q.answer) is None
+            else f"isBalanced {describe(q.balanced)} is not true or false" if not isinstance(q.balanced, bool)
+            else next((f"annotations point at {o.value}, not an object id string" for o in q.objects if isinstance(o, _Bad)), None)
+        )  # fmt: skip
+        if problem is not None:
+            return SampleError(qid, f"{where}{'' if problem.startswith('has') else ':'} {problem}", meta)
+        path = self.member(self.image_folder, f"{q.image_id}.jpg")
+        if isinstance(path, str):
+            return SampleError(qid, f"{where}: {path}", meta)
+        kind = "open" if q.structural == "query" else "binary"
+        meta.update(kind=kind, objects=list(q.objects))
+        return Sample(id=qid, question=q.question, answers=[q.answer], image_path=path, meta=meta)
 
     # ------------------------------------------------------------------ scoring
     def score(self, sample: Sample, answer: str) -> dict[str, float]:
@@ -138,23 +177,31 @@ class GQA(LocalFiles, Task):
 
     def ground_truth_mask(self, sample: Sample) -> np.ndarray | None:
         """Union of the annotated objects' boxes on the image's pixels; None without scene graphs
-        or when nothing is annotated. An image or object missing from the scene graphs is a
-        :class:`DataError` (the runner notes it in the record's meta)."""
+        or when nothing is annotated. An image or object missing from the scene graphs, a box that
+        is not four finite numbers, or a size that is not positive integers is a :class:`DataError`
+        (the runner notes it in the record's meta)."""
         if self._scenes is None or not sample.meta["objects"]:
             return None
-        image_id = sample.meta["image_id"]
+        name, image_id = self.scene_graphs_path.name, sample.meta["image_id"]
         scene = self._scenes.get(image_id)
         if not isinstance(scene, dict) or not isinstance(scene.get("objects"), dict):
-            raise DataError(f"{self.scene_graphs_path.name} has no scene graph for image {image_id}")
+            raise DataError(f"{name} has no scene graph for image {image_id}")
         boxes = []
         for oid in sample.meta["objects"]:
             box = scene["objects"].get(oid)
             if not isinstance(box, tuple):
-                raise DataError(f"{self.scene_graphs_path.name}: image {image_id} has no object {oid} with a box")
+                raise DataError(f"{name}: image {image_id} has no object {oid} with a box")
+            if not all(_number(v) for v in box):
+                raise DataError(f"{name}: image {image_id} object {oid} has box {box!r}, not four finite numbers")
             boxes.append(box)
         size = sample.load_image().size
-        stored = (int(scene.get("width") or size[0]), int(scene.get("height") or size[1]))
-        return fit_mask(box_mask(stored, boxes), size)
+        stored = []
+        for key, default in (("width", size[0]), ("height", size[1])):
+            value = scene.get(key, default)
+            if integer(value) is None or value < 1:
+                raise DataError(f"{name}: image {image_id} has {key} {describe(value)}, not a positive integer")
+            stored.append(value)
+        return fit_mask(box_mask(tuple(stored), boxes), size)
 
     def data_files(self) -> list[Path]:
         return [self.questions_path, self.scene_graphs_path]

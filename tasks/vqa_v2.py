@@ -1,15 +1,22 @@
 """VQA v2 from a local copy of the official files; the official 10-human-answer accuracy.
 
-Reads ``v2_OpenEnded_mscoco_<split>_questions.json`` and ``v2_mscoco_<split>_annotations.json``
-from the data folder (or its ``vqa_v2/`` subfolder) and COCO images
-``<image_dir>/COCO_<split>_<image_id:012d>.jpg`` (both parts are templates: task parameters
-``image_dir`` and ``image_name``). Scoring is :func:`xbench.answers.vqa_accuracy`; the run
-summary adds ``accuracy[yes/no]``, ``accuracy[number]`` and ``accuracy[other]`` by the
-annotation's answer type. There is no localisation ground truth.
+Reads ``v2_OpenEnded_mscoco_<split>_questions.json``, ``v2_mscoco_<split>_annotations.json`` and
+COCO images ``COCO_<split>_<image_id:012d>.jpg`` from the data folder (or its ``vqa_v2/``
+subfolder), laid out either as the official VQA API prescribes (``Questions/``, ``Annotations/``,
+``Images/mscoco/<split>/``) or flat (both JSON files beside a ``<split>/`` image folder); no task
+parameter is needed for either. Scoring is :func:`xbench.answers.vqa_accuracy`; the run summary
+adds ``accuracy[yes/no]``, ``accuracy[number]`` and ``accuracy[other]`` by the annotation's answer
+type. There is no localisation ground truth.
+
+Ids are read as the files mean them: question and image ids must be JSON integers (``1.9``,
+``1.0``, ``"1"`` are per-sample errors, never image 1), a question id used twice or annotated
+twice is a per-sample error, and image paths stay inside the data folder.
 
 Task parameters: ``prompt`` (``llava15`` | ``plain`` | a template with ``{question}``),
-``normalise_prediction`` (LLaVA-1.5's answer processing first, default true), ``image_dir``,
-``image_name``, ``questions_file``, ``annotations_file``.
+``normalise_prediction`` (LLaVA-1.5's answer processing first, default true), ``questions_file``,
+``annotations_file``, ``image_dir`` (paths relative to the data folder, ``{split}`` filled in;
+default: found by layout), ``image_name`` (with ``{split}`` and ``{image_id}``), and
+``allow_outside_data_dir`` (default false).
 """
 
 from __future__ import annotations
@@ -17,14 +24,30 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterator, NamedTuple
 
-
 from xbench.answers import vqa_accuracy
 from xbench.api import Sample, SampleError, Task
+from xbench.datafiles import describe, integer, load_json, text
 from xbench.errors import DataError, ParameterError
 from xbench.hookspecs import hookimpl
 from xbench.params import Param
-from xbench.taskdata import PROMPT_PARAM, LocalFiles, data_file, data_root, load_json, pick, resolve_prompt
+from xbench.taskdata import (
+    ALLOW_OUTSIDE_PARAM,
+    PROMPT_PARAM,
+    Candidate,
+    LocalFiles,
+    data_folder,
+    pick,
+    resolve_prompt,
+    task_bases,
+)
 
+_API = "official VQA API"
+QUESTIONS = (Candidate("flat", "v2_OpenEnded_mscoco_{split}_questions.json"),
+             Candidate(_API, "Questions/v2_OpenEnded_mscoco_{split}_questions.json"))
+ANNOTATIONS = (Candidate("flat", "v2_mscoco_{split}_annotations.json"),
+               Candidate(_API, "Annotations/v2_mscoco_{split}_annotations.json"))
+IMAGES = (Candidate("flat", "{split}"), Candidate(_API, "Images/mscoco/{split}"))
+_QUESTION_FIELDS = ("question_id", "image_id", "question")
 
 
 class _Question(NamedTuple):
@@ -35,7 +58,7 @@ class _Question(NamedTuple):
 
 def _compact_question(obj: dict) -> Any:
     """``json.load`` hook turning each complete question object into a small tuple."""
-    if "question_id" in obj and "image_id" in obj and "question" in obj and "answers" not in obj:
+    if all(k in obj for k in _QUESTION_FIELDS) and "answers" not in obj:
         return _Question(obj["question_id"], obj["image_id"], obj["question"])
     return obj
 
@@ -77,29 +100,28 @@ class VQAv2(LocalFiles, Task):
     parameters = {
         "prompt": PROMPT_PARAM,
         "normalise_prediction": Param(True, doc="apply LLaVA-1.5's answer processing before scoring"),
-        "image_dir": Param("{split}", doc="the images' folder, relative to the data folder ({split} is filled in)"),
+        "image_dir": Param(None, type=str, doc="the images' folder, relative to the data folder ({split} is filled in); default: found by layout"),
         "image_name": Param("COCO_{split}_{image_id:012d}.jpg", doc="an image's file name ({split}, {image_id})"),
-        "questions_file": Param("v2_OpenEnded_mscoco_{split}_questions.json", doc="the questions file"),
-        "annotations_file": Param("v2_mscoco_{split}_annotations.json", doc="the annotations file"),
+        "questions_file": Param(None, type=str, doc="the questions file ({split} is filled in); default: found by layout"),
+        "annotations_file": Param(None, type=str, doc="the annotations file ({split} is filled in); default: found by layout"),
+        "allow_outside_data_dir": ALLOW_OUTSIDE_PARAM,
     }
 
     def __init__(self, split=None, data_dir=None, **params) -> None:
         super().__init__(split, data_dir, **params)
         params = self.params
         self.template = resolve_prompt(params["prompt"])
-        fmt = {"split": self.split}
         try:
-            params["image_name"].format(image_id=0, **fmt)
-            image_dir = params["image_dir"].format(**fmt)
-        except (KeyError, IndexError, ValueError) as exc:
-            raise ParameterError(f"vqa_v2 image_dir/image_name templates may use {{split}} and {{image_id}} only: {exc}") from None
-        questions_name = self.split_name("questions_file", params["questions_file"])
-        self.root = data_root(self.name, data_dir, questions_name)
-        self.image_folder = self.root / image_dir
-        self.questions_path = data_file(self.root, questions_name, "VQA v2 questions")
-        annotations_name = self.split_name("annotations_file", params["annotations_file"])
-        self.annotations_path = data_file(self.root, annotations_name, "VQA v2 annotations")
+            params["image_name"].format(image_id=0, split=self.split)
+        except (KeyError, IndexError, ValueError, AttributeError) as exc:
+            raise ParameterError(f"vqa_v2 image_name template may use {{split}} and {{image_id}} only: {exc}") from None
+        self.folder = data_folder(self.name, data_dir, "the VQA v2 questions, annotations and images")
+        hit = self.find("questions file", "questions_file", QUESTIONS, task_bases(self.name, self.folder))
+        self.root, self.questions_path = hit.base, hit.path
+        self.annotations_path = self.find("annotations file", "annotations_file", ANNOTATIONS, [self.root]).path
+        self.image_folder = self.find("image folder", "image_dir", IMAGES, [self.root]).path
         self._questions = self._load_questions()
+        self._first = self._first_index()
         self._annotations = self._load_annotations()
 
     # ------------------------------------------------------------------ loading
@@ -110,53 +132,82 @@ class VQAv2(LocalFiles, Task):
             raise DataError(f"{str(self.questions_path)!r} has no 'questions' list; is it a VQA v2 questions file?")
         return questions
 
+    def _first_index(self) -> dict[int, int]:
+        """Integer question id -> index of the first question carrying it."""
+        first: dict[int, int] = {}
+        for idx, q in enumerate(self._questions):
+            if isinstance(q, _Question) and integer(q.question_id) is not None:
+                first.setdefault(q.question_id, idx)
+        return first
+
     def _load_annotations(self) -> dict:
+        """Integer question id -> its annotation; ``self._repeated``: ids annotated more than once."""
         data = load_json(self.annotations_path, "an object with an 'annotations' list", object_hook=_Loader())
         annotations = data.get("annotations") if isinstance(data, dict) else None
         if not isinstance(annotations, list):
             raise DataError(f"{str(self.annotations_path)!r} has no 'annotations' list; is it a VQA v2 annotations file?")
-        table = {}
+        table: dict[int, _Annotation] = {}
+        self._repeated: dict[int, int] = {}
         for entry in annotations:
-            if isinstance(entry, tuple):
-                table.setdefault(entry[0], entry[1])
+            if isinstance(entry, tuple) and integer(entry[0]) is not None:
+                if entry[0] in table:
+                    self._repeated[entry[0]] = self._repeated.get(entry[0], 1) + 1
+                else:
+                    table[entry[0]] = entry[1]
         return table
 
     # ------------------------------------------------------------------ samples
     def samples(self, limit=None, seed=0) -> Iterator[Sample | SampleError]:
         """Questions in a seeded shuffled order, first ``limit``; a question that cannot be scored
-        (no annotation, no answers, missing fields, repeated id) is a :class:`SampleError`."""
-        seen: set = set()
+        (no annotation or several, no answers, missing or wrongly typed fields, a repeated id) is a
+        :class:`SampleError` naming the file and the question's index."""
         for idx in pick(self._questions, limit, seed):
-            yield self._sample(idx, seen)
+            yield self._sample(idx)
 
-    def _sample(self, idx: int, seen: set) -> Sample | SampleError:
+    def _sample(self, idx: int) -> Sample | SampleError:
         where = f"{self.questions_path.name}: questions[{idx}]"
         q = self._questions[idx]
         if not isinstance(q, _Question):
-            return SampleError(f"questions[{idx}]", f"{where} lacks question_id, image_id or question")
-        qid = q.question_id
-        if qid in seen:
-            return SampleError(f"questions[{idx}]", f"{where} repeats question_id {qid}")
-        seen.add(qid)
+            missing = [k for k in _QUESTION_FIELDS if not isinstance(q, dict) or k not in q]
+            return SampleError(f"questions[{idx}]", f"{where} lacks {', '.join(missing) or 'question_id, image_id or question'}")
+        qid = integer(q.question_id)
+        if qid is None:
+            return SampleError(f"questions[{idx}]", f"{where}: question_id {describe(q.question_id)} is not an integer")
+        if self._first[qid] != idx:
+            return SampleError(f"questions[{idx}]", f"{where} repeats question_id {qid} of questions[{self._first[qid]}]")
+        if integer(q.image_id) is None:
+            return SampleError(str(qid), f"{where}: image_id {describe(q.image_id)} is not an integer", {"question_id": qid})
         sid, meta = str(qid), {"question_id": qid, "image_id": q.image_id}
+        if text(q.question) is None:
+            return SampleError(sid, f"{where}: question {describe(q.question)} is not a text", meta)
+        ann = self._annotation(qid, meta)
+        if isinstance(ann, SampleError):
+            return ann
+        path = self.member(self.image_folder, self.params["image_name"].format(split=self.split, image_id=q.image_id))
+        if isinstance(path, str):
+            return SampleError(sid, f"{where}: {path}", meta)
+        meta.update(answer_type=ann.answer_type, question_type=ann.question_type)
+        return Sample(id=sid, question=q.question, answers=list(ann.answers), image_path=path, meta=meta)
+
+    def _annotation(self, qid: int, meta: dict) -> _Annotation | SampleError:
+        name = self.annotations_path.name
         ann = self._annotations.get(qid)
         if ann is None:
-            return SampleError(sid, f"{where}: question_id {qid} has no entry in {self.annotations_path.name}", meta)
+            return SampleError(str(qid), f"{self.questions_path.name}: question_id {qid} has no entry in {name}", meta)
+        if qid in self._repeated:
+            return SampleError(str(qid), f"{name}: question_id {qid} is annotated {self._repeated[qid]} times; xbench will not choose one", meta)
         answers = ann.answers
-        if not isinstance(answers, tuple) or not answers or not all(isinstance(a, str) for a in answers):
-            return SampleError(sid, f"{self.annotations_path.name}: question_id {qid} has no usable human answers", meta)
-        try:
-            image_name = self.params["image_name"].format(split=self.split, image_id=int(q.image_id))
-        except (TypeError, ValueError):
-            return SampleError(sid, f"{where} has a non-integer image_id {q.image_id!r}", meta)
-        meta.update(answer_type=ann.answer_type, question_type=ann.question_type)
-        return Sample(
-            id=sid,
-            question=str(q.question),
-            answers=list(answers),
-            image_path=self.image_folder / image_name,
-            meta=meta,
-        )
+        if not isinstance(answers, tuple) or not answers:
+            return SampleError(str(qid), f"{name}: question_id {qid} has no usable human answers", meta)
+        bad = next((k for k, a in enumerate(answers) if not isinstance(a, str)), None)
+        if bad is not None:
+            return SampleError(str(qid), f"{name}: question_id {qid} has no usable human answers (answers[{bad}] "
+                                         f"is {describe(answers[bad])}, not an object with an 'answer' string)", meta)  # fmt: skip
+        for key in ("answer_type", "question_type"):
+            value = getattr(ann, key)
+            if value is not None and not isinstance(value, str):
+                return SampleError(str(qid), f"{name}: question_id {qid} has {key} {describe(value)}, not a string", meta)
+        return ann
 
     # ------------------------------------------------------------------ scoring
     def score(self, sample: Sample, answer: str) -> dict[str, float]:

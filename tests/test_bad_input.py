@@ -11,9 +11,10 @@ outcomes are allowed, all without a traceback and without "internal error":
 
 Images and data files come through ``imagefiles``, a minimal file-based task defined here
 (``data_dir/questions.jsonl``: one ``{"id", "image", "question", "answer"}`` per line).
-Huge images: files over PIL's decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``,
-about 89 Mpx) are refused before decoding, as a per-sample error naming the file; larger-
-than-usual images under the limit are resized by the processor like any other.
+Huge images: files over xbench's pixel budget (``xbench.datafiles.MAX_IMAGE_PIXELS``, 40 Mpx,
+and ``MAX_ASPECT_RATIO``, 50:1; PIL's decompression-bomb limit of about 89 Mpx is kept too) are
+refused from their header before decoding, as a per-sample error naming the file; larger-
+than-usual images under the budget are resized by the processor like any other.
 """
 
 from __future__ import annotations
@@ -33,8 +34,10 @@ import pytest
 from PIL import Image
 
 from xbench.api import Sample, SampleError, Task
+from xbench.datafiles import parse_json
 from xbench.errors import DataError
 from xbench.hookspecs import hookimpl
+from xbench.taskdata import member_path
 
 # --------------------------------------------------------------------------- a file-based test task
 
@@ -55,8 +58,11 @@ class ImageFiles(Task):
             raise DataError(f"task 'imagefiles': {path} not found") from None
         for n, line in enumerate(lines[:limit], 1):
             try:
-                q = json.loads(line)
-                yield Sample(q["id"], q["question"], [q["answer"]], image_path=self.data_dir / q["image"])
+                q = parse_json(line)
+                path = member_path(self.data_dir, q["image"], self.data_dir, allowed=False)
+                if isinstance(path, str):
+                    raise ValueError(path)
+                yield Sample(q["id"], q["question"], [q["answer"]], image_path=path)
             except (ValueError, KeyError, TypeError) as exc:
                 yield SampleError(f"line-{n}", f"{path} line {n} is not a question record: {type(exc).__name__}: {exc}")
 
@@ -298,7 +304,7 @@ IMAGE_CASES = [
     Case("image-palette", image_case(lambda: png_bytes(shape_image("P"))), exit=0, record="ok"),
     Case("image-cmyk-jpeg", image_case(lambda: png_bytes(shape_image("CMYK"), "JPEG"), "img.jpg"), exit=0, record="ok"),
     Case("image-1x1", image_case(lambda: png_bytes(Image.new("RGB", (1, 1), "red"))), exit=0, record="ok"),
-    Case("image-very-wide", image_case(lambda: png_bytes(shape_image(size=(2000, 3)))), exit=0, record="ok"),
+    Case("image-very-wide", image_case(lambda: png_bytes(shape_image(size=(2000, 40)))), exit=0, record="ok"),
     Case("image-large-under-limit", image_case(lambda: png_bytes(shape_image(size=(4000, 3000)))), exit=0, record="ok"),
     Case("image-jpeg-named-png", image_case(lambda: png_bytes(shape_image(), "JPEG")), exit=0, record="ok"),
 ]
@@ -849,6 +855,307 @@ def test_a_partly_failed_run_exits_0_and_names_its_most_common_error(corpus_plug
     assert "1 samples explained, 2 errors (most common, 2x: image file not found: " in out and "missing.png" in out
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["error_digest"]["first_id"] == "q1" and summary["error_digest"]["most_common_count"] == 2
+
+
+# ---- tasks: data read strictly, official layouts (issue 17, issue 19) ----
+#
+# Official-format fixtures of VQA v2, GQA, POPE and easy-vqa are written to a temporary folder and
+# run through ``xbench run`` with each task. A case with ``record="error"`` expects exactly one
+# error record holding every ``expect`` text (the other records, if any, are normal); "ok" expects
+# only normal records; "mask_error" expects normal records, one noting the mask error in its meta.
+
+import signal  # noqa: E402
+
+from xbench.datafiles import MAX_ASPECT_RATIO, MAX_IMAGE_PIXELS  # noqa: E402
+
+
+def task_args(task: str, data: Path, out: Path, limit: int, *extra: str) -> list[str]:
+    return ["run", "--method", "raw_attention", "--task", task, "--data-dir", str(data), "--out", str(out),
+            "--limit", str(limit), "--warmup", "0", "--no-progress", "--device", "cpu", *extra]  # fmt: skip
+
+
+def write_text(path: Path, content: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(content)
+
+
+def write_image(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(png_bytes(shape_image()))
+
+
+VQA_LAYOUTS = {  # (questions, annotations, image folder) of each layout, for split val2014
+    "flat": ("v2_OpenEnded_mscoco_val2014_questions.json", "v2_mscoco_val2014_annotations.json", "val2014"),
+    "official": ("Questions/v2_OpenEnded_mscoco_val2014_questions.json", "Annotations/v2_mscoco_val2014_annotations.json",
+                 "Images/mscoco/val2014"),
+}  # fmt: skip
+
+
+def vqa_case(edit=None, raw=None, layout="flat", extra=(), images=(1,)) -> Callable[[Path], list[str]]:
+    """VQA v2 files for one question (id 1001 on image 1); ``edit(questions, annotations)`` changes
+    the entries, ``raw(text)`` the questions file's text."""
+
+    def make(tmp: Path) -> list[str]:
+        data = tmp / "data"
+        questions = [{"image_id": 1, "question": "What colour is the shape?", "question_id": 1001}]
+        answers = [{"answer": "red", "answer_confidence": "yes", "answer_id": k + 1} for k in range(10)]
+        annotations = [{"question_type": "what color", "answers": answers, "image_id": 1, "answer_type": "other", "question_id": 1001}]
+        if edit:
+            edit(questions, annotations)
+        qname, aname, folder = VQA_LAYOUTS[layout]
+        text = json.dumps({"info": {}, "data_subtype": "val2014", "questions": questions})
+        write_text(data / qname, raw(text) if raw else text)
+        write_text(data / aname, json.dumps({"info": {}, "data_subtype": "val2014", "annotations": annotations}))
+        for image_id in images:
+            write_image(data / folder / f"COCO_val2014_{image_id:012d}.jpg")
+        return task_args("vqa_v2", data, tmp / "out", len(questions), *extra)
+
+    return make
+
+
+def gqa_question(image_id="img1", text="What colour is the shape?", answer="red") -> dict:
+    return {"imageId": image_id, "question": text, "answer": answer, "isBalanced": True, "types": {"structural": "query"},
+            "annotations": {"question": {"3": "o1"}, "answer": {}, "fullAnswer": {}}}  # fmt: skip
+
+
+def gqa_case(questions=None, raw=None, scenes=None, layout="", extra=(), outside_image=False) -> Callable[[Path], list[str]]:
+    """GQA balanced questions (default: one question q1 on img1) under ``layout`` (``questions1.2/``
+    or flat), images in ``images/``, optionally scene graphs in ``sceneGraphs/``."""
+
+    def make(tmp: Path) -> list[str]:
+        data = tmp / "data"
+        qs = questions if questions is not None else {"q1": gqa_question()}
+        text = json.dumps(qs)
+        write_text(data / layout / "testdev_balanced_questions.json", raw(text) if raw else text)
+        write_image(data / "images" / "img1.jpg")
+        if outside_image:
+            write_image(tmp / "elsewhere.jpg")
+        if scenes is not None:
+            write_text(data / "sceneGraphs" / "testdev_sceneGraphs.json", scenes)
+        return task_args("gqa", data, tmp / "out", len(qs), *extra)
+
+    return make
+
+
+POPE_LINE = {"question_id": 1, "image": "COCO_val2014_000000000001.jpg", "text": "Is there a shape in the image?", "label": "yes"}
+
+
+def pope_case(lines=(POPE_LINE,), raw=None, files=("coco_pope_random.json",), images="val2014", extra=()) -> Callable[[Path], list[str]]:
+    """POPE question files ``files`` (relative to the data folder) holding ``lines`` as JSON lines
+    (or ``raw`` text), and their images in ``images/``."""
+
+    def make(tmp: Path) -> list[str]:
+        data = tmp / "data"
+        text = raw if raw is not None else "".join(json.dumps(line) + "\n" for line in lines)
+        for name in files:
+            write_text(data / name, text)
+        (data / images).mkdir(parents=True, exist_ok=True)
+        for line in lines:
+            if isinstance(line.get("image"), str) and not line["image"].startswith(("/", "..")):
+                write_image(data / images / line["image"])
+        return task_args("pope", data, tmp / "out", max(len(lines), 1), *extra)
+
+    return make
+
+
+def fifo_case(make_args: Callable[[Path], list[str]], name: str) -> Callable[[Path], list[str]]:
+    """``make_args``'s files with ``data/name`` replaced by a named pipe that nothing ever writes to."""
+
+    def make(tmp: Path) -> list[str]:
+        argv = make_args(tmp)
+        path = tmp / "data" / name
+        path.unlink()
+        os.mkfifo(path)
+        return argv
+
+    return make
+
+
+def image_path_case(name: str, extra_file: str | None = None) -> Callable[[Path], list[str]]:
+    """The test task asked about the image path ``name`` (optionally writing ``extra_file`` first)."""
+
+    def make(tmp: Path) -> list[str]:
+        data = tmp / "data"
+        data.mkdir()
+        if extra_file:
+            write_image(tmp / extra_file)
+        (data / "questions.jsonl").write_text(json.dumps({"id": "q1", "image": name, "question": "what colour?", "answer": "red"}) + "\n")
+        return run_args(data, tmp / "out", "--limit", "1")
+
+    return make
+
+
+def real_strip_png(width: int, height: int) -> bytes:
+    """A real (fully decodable) ``width x height`` PNG: a few hundred bytes for a 30000x1 strip."""
+    return png_bytes(Image.new("RGB", (width, height), (200, 30, 30)))
+
+
+def replaced(old: str, new: str) -> Callable[[str], str]:
+    """A ``raw`` edit: the first ``old`` in the file's text becomes ``new`` (JSON that json.dumps cannot write)."""
+    return lambda t: t.replace(old, new, 1)
+
+
+def set_field(index: int, key: str, value) -> Callable[[list, list], None]:
+    return lambda qs, anns: qs[index].__setitem__(key, value)
+
+
+TWO_POPE = (POPE_LINE, {**POPE_LINE, "question_id": "1", "text": "Is there a cat in the image?", "label": "no"})
+SEEM = "output/seem/aokvqa/aokvqa_pope_seem_random.json"
+
+TASK_DATA_CASES = [
+    # VQA v2: ids and values as the file means them
+    Case("vqa-image-id-float", vqa_case(set_field(0, "image_id", 1.9)), ("questions[0]: image_id 1.9 (a float) is not an integer",), exit=0, record="error"),
+    Case("vqa-image-id-integral-float", vqa_case(set_field(0, "image_id", 1.0)), ("image_id 1.0 (a float) is not an integer",), exit=0, record="error"),
+    Case("vqa-image-id-1e999", vqa_case(raw=replaced('"image_id": 1,', '"image_id": 1e999,')), ("image_id 1e999 (not a finite number) is not an integer",), exit=0, record="error"),
+    Case("vqa-image-id-nan", vqa_case(raw=replaced('"image_id": 1,', '"image_id": NaN,')), ("image_id NaN (not a finite number) is not an integer",), exit=0, record="error"),
+    Case("vqa-question-null", vqa_case(set_field(0, "question", None)), ("v2_OpenEnded_mscoco_val2014_questions.json: questions[0]: question null is not a text",), exit=0, record="error"),
+    Case("vqa-question-id-string", vqa_case(set_field(0, "question_id", "1001")), ("question_id '1001' (a string) is not an integer",), exit=0, record="error"),
+    Case("vqa-question-missing-field", vqa_case(lambda qs, anns: qs[0].pop("image_id")), ("questions[0] lacks image_id",), exit=0, record="error"),
+    Case("vqa-question-id-repeated", vqa_case(lambda qs, anns: qs.append(dict(qs[0]))), ("questions[1] repeats question_id 1001 of questions[0]",), exit=0, record="error"),
+    Case("vqa-annotated-twice", vqa_case(lambda qs, anns: anns.append({**anns[0], "answers": anns[0]["answers"][:1]})), ("question_id 1001 is annotated 2 times",), exit=0, record="error"),
+    Case("vqa-answer-not-text", vqa_case(lambda qs, anns: anns[0]["answers"][3].__setitem__("answer", None)), ("question_id 1001 has no usable human answers (answers[3] is",), exit=0, record="error"),
+    Case("vqa-repeated-key", vqa_case(raw=replaced('"question": ', '"question": "Which?", "question": ')), ("v2_OpenEnded_mscoco_val2014_questions.json' repeats the key 'question' in one object",)),
+    Case("vqa-questions-named-pipe", fifo_case(vqa_case(), "v2_OpenEnded_mscoco_val2014_questions.json"), ("not a regular file (a named pipe)",)),
+    # VQA v2 layouts (issue 19)
+    Case("vqa-official-api-layout", vqa_case(layout="official"), exit=0, record="ok"),
+    Case("vqa-missing-lists-layouts", cli_case(*RUN, "--task", "vqa_v2", "--data-dir", "{tmp}"),
+         ("no questions file for split 'val2014' in", "/vqa_v2'; searched v2_OpenEnded_mscoco_val2014_questions.json (flat), "
+          "Questions/v2_OpenEnded_mscoco_val2014_questions.json (official VQA API) (xbench never downloads")),  # fmt: skip
+    Case("vqa-two-layouts-ambiguous", lambda tmp: [vqa_case(layout="official")(tmp), vqa_case()(tmp)][1],
+         ("found 2 questions files for split 'val2014'", "choose one with --task-param questions_file=PATH")),  # fmt: skip
+    Case("vqa-image-dir-outside", vqa_case(extra=("--task-param", "image_dir=../elsewhere")), ("image_dir", "lies outside the data folder", "allow_outside_data_dir=true")),
+    Case("vqa-image-dir-outside-allowed", lambda tmp: [write_image(tmp / "elsewhere" / "COCO_val2014_000000000001.jpg"),
+         vqa_case(extra=("--task-param", "image_dir=../elsewhere", "--task-param", "allow_outside_data_dir=true"))(tmp)][1], exit=0, record="ok"),  # fmt: skip
+    # GQA
+    Case("gqa-repeated-question-key", gqa_case(raw=lambda t: t[:-1] + ', "q1": ' + json.dumps(gqa_question(answer="blue")) + "}"), ("testdev_balanced_questions.json' repeats the key 'q1' in one object",)),
+    Case("gqa-image-id-climbs-out", gqa_case({"q1": gqa_question(image_id="../../elsewhere")}), ("question q1: image path '../../elsewhere.jpg' climbs out of the data folder", "allow_outside_data_dir=true"), exit=0, record="error"),
+    Case("gqa-image-id-climbs-out-allowed", gqa_case({"q1": gqa_question(image_id="../../elsewhere")}, outside_image=True, extra=("--task-param", "allow_outside_data_dir=true")), exit=0, record="ok"),
+    Case("gqa-image-id-absolute", gqa_case({"q1": gqa_question(image_id="/etc/hostname")}), ("image path '/etc/hostname.jpg' is an absolute path, outside the data folder",), exit=0, record="error"),
+    Case("gqa-image-id-number", gqa_case({"q1": gqa_question(image_id=7)}), ("question q1: imageId 7 (an integer) is not a string",), exit=0, record="error"),
+    Case("gqa-question-null", gqa_case({"q1": gqa_question(text=None)}), ("question q1: question null is not a text",), exit=0, record="error"),
+    Case("gqa-answer-nan", gqa_case(raw=replaced('"answer": "red"', '"answer": NaN')), ("question q1 has no answer (NaN (not a finite number))",), exit=0, record="error"),
+    Case("gqa-questions12-layout-with-scene-graphs", gqa_case(layout="questions1.2", scenes=json.dumps({"img1": {"width": 64, "height": 64, "objects": {"o1": {"name": "shape", "x": 16, "y": 16, "w": 32, "h": 32}}}})), exit=0, record="ok"),
+    Case("gqa-scene-box-nan", gqa_case(scenes='{"img1": {"width": 64, "height": 64, "objects": {"o1": {"name": "shape", "x": NaN, "y": 1, "w": 2, "h": 3}}}}'), ("testdev_sceneGraphs.json: image img1 object o1 has box (NaN, 1, 2, 3), not four finite numbers",), exit=0, record="mask_error"),
+    Case("gqa-missing-lists-layouts", cli_case(*RUN, "--task", "gqa", "--data-dir", "{tmp}"),
+         ("no questions file for split 'testdev' in", "/gqa'; searched testdev_balanced_questions.json (flat), questions1.2/testdev_balanced_questions.json (questions1.2 download)")),  # fmt: skip
+    # POPE
+    Case("pope-ids-1-and-string-1-collide", pope_case(TWO_POPE), ("coco_pope_random.json:2: question_id '1' (a string) and 1 (an integer) on line 1 would both be sample '1'; refused",), exit=0, record="error"),
+    Case("pope-question-id-float", pope_case([{**POPE_LINE, "question_id": 1.5}]), ("coco_pope_random.json:1: question_id 1.5 (a float) is neither an integer nor a non-empty string",), exit=0, record="error"),
+    Case("pope-question-id-nan", pope_case(raw=json.dumps(POPE_LINE).replace('"question_id": 1', '"question_id": NaN') + "\n"), ("question_id NaN (not a finite number) is neither an integer",), exit=0, record="error"),
+    Case("pope-text-null", pope_case([{**POPE_LINE, "text": None}]), ("coco_pope_random.json:1: text null is not a text",), exit=0, record="error"),
+    Case("pope-field-missing", pope_case([{k: v for k, v in POPE_LINE.items() if k != "label"}]), ("expected an object with question_id, image, text, label (missing label)",), exit=0, record="error"),
+    Case("pope-repeated-key-in-line", pope_case([POPE_LINE, {**POPE_LINE, "question_id": 2}], raw=json.dumps(POPE_LINE)[:-1] + ', "label": "no"}\n' + json.dumps({**POPE_LINE, "question_id": 2})), ("coco_pope_random.json:1: repeats the key 'label' in one object",), exit=0, record="error"),
+    Case("pope-image-absolute", pope_case([{**POPE_LINE, "image": "/etc/hostname"}]), ("image path '/etc/hostname' is an absolute path, outside the data folder",), exit=0, record="error"),
+    Case("pope-image-climbs-out", pope_case([{**POPE_LINE, "image": "../../x.jpg"}]), ("image path '../../x.jpg' climbs out of the data folder",), exit=0, record="error"),
+    Case("pope-aokvqa-seem-array", pope_case(raw=json.dumps([POPE_LINE]), files=(SEEM,)), exit=0, record="ok"),
+    Case("pope-gqa-source-images", pope_case([{**POPE_LINE, "image": "2354786.jpg"}], files=("gqa/gqa_pope_random.json",), images="images"), exit=0, record="ok"),
+    Case("pope-two-sources-ambiguous", pope_case(files=("coco_pope_random.json", "output/gqa/gqa_pope_random.json")),
+         ("question files for split 'random' of 2 source datasets were found", "(coco, flat)", "(gqa, POPE repository)", "choose one with --task-param source=coco|gqa")),  # fmt: skip
+    Case("pope-two-sources-chosen", pope_case(files=("coco_pope_random.json", "output/gqa/gqa_pope_random.json"), extra=("--task-param", "source=coco")), exit=0, record="ok"),
+    Case("pope-missing-lists-layouts", cli_case(*RUN, "--task", "pope", "--data-dir", "{tmp}"),
+         ("no POPE questions file for split 'random' in", "/pope'; searched coco_pope_random.json (coco, flat), coco/coco_pope_random.json (coco, coco/)",
+          "output/seem/aokvqa/aokvqa_pope_seem_random.json (aokvqa, POPE repository)", "output/gqa/gqa_pope_random.json (gqa, POPE repository)")),  # fmt: skip
+    Case("pope-questions-named-pipe", fifo_case(pope_case(), "coco_pope_random.json"), ("cannot read POPE questions", "not a regular file (a named pipe)")),
+    # the test task: images and their paths
+    Case("image-named-pipe", fifo_case(image_case(lambda: png_bytes(shape_image())), "img.png"), ("cannot read image", "img.png: not a regular file (a named pipe)"), exit=0, record="error"),
+    Case("image-strip-30000x1", image_case(lambda: real_strip_png(30000, 1)), ("img.png refused: 30000x1 has an aspect ratio of 30000:1", f"above the limit of {MAX_ASPECT_RATIO}:1"), exit=0, record="error"),
+    Case("image-tall-strip", image_case(lambda: real_strip_png(2, 2000)), ("img.png refused: 2x2000 has an aspect ratio of 1000:1",), exit=0, record="error"),
+    Case("image-over-pixel-budget", image_case(lambda: png_claiming_size(8000, 6000)), ("img.png refused as too large: 8000x6000 = 48000000 pixels exceeds limit of", str(MAX_IMAGE_PIXELS)), exit=0, record="error"),
+    Case("image-path-climbs-out", image_path_case("../outside.png", extra_file="outside.png"), ("image path '../outside.png' climbs out of the data folder",), exit=0, record="error"),
+    Case("image-path-absolute", image_path_case("/etc/hostname"), ("image path '/etc/hostname' is an absolute path",), exit=0, record="error"),
+]
+
+
+def write_easyvqa(folder: Path, questions: str, images=("0.png",)) -> Path:
+    """An easy-vqa package data folder holding the test split's ``questions`` (JSON text) and ``images``."""
+    write_text(folder / "test" / "questions.json", questions)
+    for name in images:
+        write_image(folder / "test" / "images" / name)
+    return folder
+
+
+EASYVQA_CASES = [
+    Case("easyvqa-image-id-float", lambda tmp: '[["what colour is the shape?", "red", 0.9]]', ("easy-vqa test questions.json [0]: image id 0.9 (a float) is not an integer",), exit=0, record="error"),
+    Case("easyvqa-image-id-boolean", lambda tmp: '[["what colour is the shape?", "red", false]]', ("image id False (a boolean) is not an integer",), exit=0, record="error"),
+    Case("easyvqa-image-id-infinity", lambda tmp: '[["what colour is the shape?", "red", Infinity]]', ("image id Infinity (not a finite number) is not an integer",), exit=0, record="error"),
+    Case("easyvqa-question-null", lambda tmp: '[[null, "red", 0]]', ("easy-vqa test questions.json [0]: question null is not a text",), exit=0, record="error"),
+    Case("easyvqa-not-a-triple", lambda tmp: '[["what colour is the shape?", "red"]]', ("[0]: is not a [question, answer, image id] triple",), exit=0, record="error"),
+    Case("easyvqa-valid-copy", lambda tmp: '[["what colour is the shape?", "red", 0]]', exit=0, record="ok"),
+]
+EASYVQA_COLLIDING = Case("easyvqa-images-collide", lambda tmp: '[["what colour is the shape?", "red", 1]]', ("easy-vqa images '01.png' and '1.png'", "are both image 1"))
+
+
+def test_task_data_corpus_is_large_and_ids_unique():
+    ids = [c.id for c in CASES + PARAM_CASES + TASK_DATA_CASES + EASYVQA_CASES + [EASYVQA_COLLIDING]]
+    assert len(TASK_DATA_CASES) + len(EASYVQA_CASES) + 1 >= 20
+    assert len(set(ids)) == len(ids)
+
+
+def check_task_case(case, argv, tmp_path, capsys) -> None:
+    """Run ``argv`` in-process (within 300 s: a named pipe must not hang it) and check ``case``."""
+    from xbench.cli import main
+
+    def hung(signum, frame):
+        raise TimeoutError(f"case {case.id} did not finish within 300 s")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(300)
+    try:
+        code = main(argv)
+    except SystemExit as exc:
+        code = exc.code
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "internal error" not in err, err
+    assert code == case.exit, err
+    if case.exit:
+        assert err.startswith("xbench: error: ") and err.count("\n") == 1, err
+        for text in case.expect:
+            assert text in err, f"{text!r} not in {err!r}"
+        return
+    records = [json.loads(line) for line in (tmp_path / "out" / "samples.jsonl").read_text().splitlines()]
+    errors = [r for r in records if "error" in r]
+    if case.record == "error":
+        assert len(errors) == 1, records
+        for text in case.expect:
+            assert text in errors[0]["error"], f"{text!r} not in {errors[0]['error']!r}"
+    else:
+        assert records and not errors, [r.get("error") for r in errors]
+        noted = [r["meta"].get("mask_error", "") for r in records]
+        if case.record == "mask_error":
+            assert any(all(text in n for text in case.expect) for n in noted), noted
+        else:
+            assert not any(noted), noted
+
+
+@pytest.fixture
+def corpus_cli(corpus_plugins, monkeypatch, tmp_path):
+    import xbench.plugins
+    import xbench.runner
+
+    monkeypatch.setattr(xbench.runner, "default", lambda: corpus_plugins)
+    monkeypatch.setattr(xbench.plugins, "default", lambda: corpus_plugins)
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.mark.parametrize("case", TASK_DATA_CASES, ids=[c.id for c in TASK_DATA_CASES])
+def test_task_data(case, corpus_cli, tmp_path, capsys):
+    check_task_case(case, case.make(tmp_path), tmp_path, capsys)
+
+
+@pytest.mark.parametrize("case", EASYVQA_CASES + [EASYVQA_COLLIDING], ids=[c.id for c in EASYVQA_CASES + [EASYVQA_COLLIDING]])
+def test_easyvqa_data(case, corpus_cli, tmp_path, monkeypatch, capsys):
+    """easy-vqa reads the package's files; here a copy with one bad entry stands in for them."""
+    import xbench.tasks.easyvqa
+
+    images = ("01.png", "1.png") if case is EASYVQA_COLLIDING else ("0.png",)
+    folder = write_easyvqa(tmp_path / "package-data", case.make(tmp_path), images)
+    monkeypatch.setattr(xbench.tasks.easyvqa, "package_folder", lambda: folder)
+    argv = ["run", "--method", "raw_attention", "--out", str(tmp_path / "out"), "--limit", "1", "--warmup", "0",
+            "--no-progress", "--device", "cpu"]  # fmt: skip
+    check_task_case(case, argv, tmp_path, capsys)
 
 
 # ---- contract: values that need the model, optional dependencies, prompt length (issue 17) ----

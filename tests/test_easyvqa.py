@@ -90,3 +90,29 @@ def test_flip_is_recorded_and_checked():
     assert EasyVQA().params == {"mask_tolerance": 16, "flip": "none"}
     with pytest.raises(ParameterError, match=r"flip='sideways' is not one of \['none', 'horizontal'"):
         EasyVQA(flip="sideways")
+
+
+def test_package_files_are_read_strictly(tmp_path, monkeypatch):
+    """Image ids are JSON integers: 3.0 and "3" are not image 3; a missing image is named."""
+    import json
+
+    import xbench.tasks.easyvqa as easyvqa
+    from xbench.api import SampleError
+    from xbench.errors import DataError
+
+    images = tmp_path / "test" / "images"
+    images.mkdir(parents=True)
+    Image.new("RGB", (64, 64), "white").save(images / "3.png")
+    (images / "notes.txt").write_text("not an image")
+    entries = [["what colour is the shape?", "red", 3], ["what colour is the shape?", "red", 3.0],
+               ["what colour is the shape?", "red", "3"], ["what colour is the shape?", "red", 4]]  # fmt: skip
+    (tmp_path / "test" / "questions.json").write_text(json.dumps(entries))
+    monkeypatch.setattr(easyvqa, "package_folder", lambda: tmp_path)
+    out = {s.id: s for s in EasyVQA().samples()}
+    assert out["test-0"].image_path == images / "3.png" and out["test-0"].answers == ["red"]
+    assert isinstance(out["test-1"], SampleError) and out["test-1"].error == "easy-vqa test questions.json [1]: image id 3.0 (a float) is not an integer"
+    assert out["test-2"].error == "easy-vqa test questions.json [2]: image id '3' (a string) is not an integer"
+    assert out["test-3"].error == "easy-vqa test questions.json [3]: names image 4, not found"
+    (tmp_path / "test" / "questions.json").write_text('{"what": 1}')
+    with pytest.raises(DataError, match="not a list of \\[question, answer, image id\\] triples"):
+        EasyVQA()

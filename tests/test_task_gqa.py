@@ -121,7 +121,11 @@ def test_scene_graph_objects_become_the_mask(plugins, tmp_path):
     assert np.array_equal(mask, expected)
     assert np.array_equal(task.ground_truth_mask(samples["q1"]), expected)  # question annotates both
     assert task.ground_truth_mask(samples["q3"]) is None  # nothing annotated
-    assert make_task(plugins, root).ground_truth_mask(samples["q2"]) is None  # no scene graphs given
+    assert make_task(plugins, root, scene_graphs="none").ground_truth_mask(samples["q2"]) is None  # none asked for
+    assert make_task(plugins, root, scene_graphs=None).ground_truth_mask(samples["q2"]) is None
+    auto = make_task(plugins, root)  # scene_graphs=auto: the split's file is found by layout
+    assert auto.scene_graphs_path == root / "testdev_sceneGraphs.json"
+    assert np.array_equal(auto.ground_truth_mask(samples["q2"]), expected)
     broken = dict(SCENES, img1={**SCENES["img1"], "objects": {"o2": SCENES["img1"]["objects"]["o2"]}})
     (root / "broken.json").write_text(json.dumps(broken))
     with pytest.raises(DataError, match="no object o1"):
@@ -158,8 +162,8 @@ def test_run_end_to_end_with_localisation(tmp_path):
             "--task-param", "scene_graphs=testdev_sceneGraphs.json", "--task-param", "prompt=plain"]
     assert main(argv) == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["task"]["params"] == {"prompt": "plain", "image_dir": "images", "questions_file": "{split}_balanced_questions.json",
-                                         "scene_graphs": "testdev_sceneGraphs.json"}
+    assert summary["task"]["params"] == {"prompt": "plain", "image_dir": None, "questions_file": None,
+                                         "scene_graphs": "testdev_sceneGraphs.json", "allow_outside_data_dir": False}
     assert summary["n_ok"] == 2 and summary["n_errors"] == 2 and summary["errors_by_stage"] == {"image": 2}
     records = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     ok = [r for r in records if "error" not in r]
@@ -168,3 +172,48 @@ def test_run_end_to_end_with_localisation(tmp_path):
         assert r["scores"]["accuracy"] == float(gqa_correct(r["answer"], r["gold"][0]))
     assert summary["metrics"]["energy_in_mask"]["n"] == 2
     assert {"accuracy", "accuracy[binary]", "accuracy[open]"} <= set(summary["metrics"])
+
+
+# ------------------------------------------------------------------ layouts and strict reading (issues 17, 19)
+
+
+def test_downloaded_layout_is_found_without_parameters(plugins, tmp_path):
+    """questions1.2/ and sceneGraphs/ as the GQA downloads unpack, images/ beside them."""
+    root = write_gqa(tmp_path / "gqa")
+    (root / "questions1.2").mkdir()
+    (root / "testdev_balanced_questions.json").rename(root / "questions1.2" / "testdev_balanced_questions.json")
+    (root / "sceneGraphs").mkdir()
+    (root / "testdev_sceneGraphs.json").rename(root / "sceneGraphs" / "testdev_sceneGraphs.json")
+    task = make_task(plugins, tmp_path)  # found in tmp/gqa
+    assert task.questions_path == root / "questions1.2" / "testdev_balanced_questions.json"
+    assert task.scene_graphs_path == root / "sceneGraphs" / "testdev_sceneGraphs.json"
+    samples = {s.id: s for s in task.samples()}
+    assert sorted(samples) == ["q1", "q2", "q3", "q4"] and samples["q2"].image_path == root / "images" / "img1.jpg"
+    assert task.ground_truth_mask(samples["q2"]).sum() == 12 * 10 + 80 * 20  # the boxes of the mask test
+    with pytest.raises(DataError) as info:
+        make_task(plugins, tmp_path, split="val")
+    assert f"in {str(tmp_path)!r} or {str(root)!r}; searched val_balanced_questions.json (flat), " \
+           "questions1.2/val_balanced_questions.json (questions1.2 download)" in str(info.value)
+
+
+def test_repeated_question_id_is_refused_naming_it(plugins, tmp_path):
+    root = write_gqa(tmp_path / "gqa")
+    qfile = root / "testdev_balanced_questions.json"
+    text = qfile.read_text()
+    qfile.write_text(text[:-1] + ', "q3": ' + json.dumps(question("img1", "Dropped?", "no")) + "}")
+    with pytest.raises(DataError, match="testdev_balanced_questions.json' repeats the key 'q3' in one object"):
+        make_task(plugins, root)
+
+
+def test_wrong_types_are_sample_errors(plugins, tmp_path):
+    qs = {"q1": question(5, "Number image id?", "yes"), "q2": question("img1", None, "cup"),
+          "q3": question("../../../etc/x", "Climbing?", "no"), "q4": question("img2", "Fine?", "yes")}  # fmt: skip
+    out = {s.id: s for s in make_task(plugins, write_gqa(tmp_path / "gqa", qs)).samples()}
+    assert out["q1"].error == "testdev_balanced_questions.json: question q1: imageId 5 (an integer) is not a string"
+    assert out["q2"].error == "testdev_balanced_questions.json: question q2: question null is not a text"
+    assert "image path '../../../etc/x.jpg' climbs out of the data folder" in out["q3"].error
+    assert isinstance(out["q4"], Sample)
+    allowed = {s.id: s for s in make_task(plugins, tmp_path / "gqa", allow_outside_data_dir=True).samples()}
+    assert allowed["q3"].image_path == tmp_path / "gqa" / "images" / "../../../etc/x.jpg"
+    with pytest.raises(ParameterError, match="allow_outside_data_dir='yes' is not true or false"):
+        make_task(plugins, tmp_path / "gqa", allow_outside_data_dir="yes")

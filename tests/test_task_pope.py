@@ -182,7 +182,9 @@ def test_whole_file_errors(plugins, tmp_path):
     with pytest.raises(DataError, match="coco_pope_random.json"):
         make_task(plugins, tmp_path)
     with pytest.raises(DataError, match="no JSON object on any line"):
-        make_task(plugins, write_pope(tmp_path / "a", raw=json.dumps(LINES, indent=1)))
+        make_task(plugins, write_pope(tmp_path / "a", raw="1\n[2]\n"))
+    with pytest.raises(DataError, match="no JSON object on any line"):
+        make_task(plugins, write_pope(tmp_path / "a", raw="[1, 2]"))
     with pytest.raises(ParameterError, match="no split 'easy'"):
         make_task(plugins, write_pope(tmp_path / "b"), split="easy")
     with pytest.raises(ParameterError, match="mask_from"):
@@ -263,3 +265,62 @@ def test_data_dir_defaults_to_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("XBENCH_DATA_DIR", str(tmp_path))
     args = build_parser().parse_args(["run", "--method", "rollout", "--task", "pope"])
     assert args.data_dir == str(tmp_path)
+
+
+# ------------------------------------------------------------------ official sources and layouts (issue 19)
+
+
+def test_official_sources_are_found_without_parameters(plugins, tmp_path):
+    # A-OKVQA as the official repository ships it: a JSON array under output/seem/aokvqa/
+    a = write_pope(tmp_path / "a")
+    (a / "coco_pope_random.json").unlink()
+    seem = a / "output" / "seem" / "aokvqa" / "aokvqa_pope_seem_random.json"
+    seem.parent.mkdir(parents=True)
+    seem.write_text(json.dumps(LINES, indent=1))
+    task = make_task(plugins, a)
+    assert task.source == "aokvqa" and task.questions_path == seem
+    samples = {s.id: s for s in task.samples()}
+    assert sorted(samples) == ["1", "2", "3", "4"] and samples["3"].meta["entry"] == 2
+    assert samples["3"].image_path == a / "val2014" / "COCO_val2014_000000000012.jpg"
+    # GQA: JSON lines in gqa/, images in images/
+    g = tmp_path / "g"
+    gqa_lines = [{**line, "image": f"23{line['question_id']}.jpg"} for line in LINES]
+    (g / "gqa").mkdir(parents=True)
+    (g / "gqa" / "gqa_pope_popular.json").write_text("".join(json.dumps(line) + "\n" for line in gqa_lines))
+    (g / "images").mkdir()
+    task = make_task(plugins, g, split="popular")
+    assert task.source == "gqa" and task.image_folder == g / "images"
+    assert next(s for s in task.samples() if s.id == "2").image_path == g / "images" / "232.jpg"
+    with pytest.raises(ParameterError, match="apply to the coco and aokvqa sources, not 'gqa'"):
+        make_task(plugins, g, split="popular", instances="instances_val2014.json")
+
+
+def test_several_sources_are_refused_unless_one_is_chosen(plugins, tmp_path):
+    root = write_pope(tmp_path / "pope")
+    (root / "gqa").mkdir()
+    (root / "gqa" / "gqa_pope_random.json").write_text((root / "coco_pope_random.json").read_text())
+    (root / "images").mkdir()
+    with pytest.raises(DataError) as info:
+        make_task(plugins, root)
+    message = str(info.value)
+    assert "of 2 source datasets were found" in message and "choose one with --task-param source=coco|gqa" in message
+    assert f"{str(root / 'coco_pope_random.json')!r} (coco, flat)" in message
+    assert f"{str(root / 'gqa' / 'gqa_pope_random.json')!r} (gqa, gqa/)" in message
+    assert make_task(plugins, root, source="coco").questions_path == root / "coco_pope_random.json"
+    assert make_task(plugins, root, source="gqa").image_folder == root / "images"
+    with pytest.raises(ParameterError, match="source='vg' is not one of \\['auto', 'coco', 'aokvqa', 'gqa'\\]"):
+        make_task(plugins, root, source="vg")
+    (tmp_path / "nothing-here").mkdir()
+    with pytest.raises(DataError) as info:
+        make_task(plugins, tmp_path / "nothing-here")
+    for name in ("coco_pope_random.json", "output/coco/coco_pope_random.json", "output/seem/gqa/gqa_pope_seem_random.json"):
+        assert name in str(info.value)
+
+
+def test_question_ids_that_would_collide_are_refused(plugins, tmp_path):
+    raw = "".join(json.dumps(line) + "\n" for line in [LINES[0], {**LINES[1], "question_id": "1"}, {**LINES[2], "question_id": 1.0}])
+    out = {s.id: s for s in make_task(plugins, write_pope(tmp_path / "pope", raw=raw)).samples()}
+    assert isinstance(out["1"], Sample) and out["1"].meta["line"] == 1
+    assert out["line-2"].error == ("coco_pope_random.json:2: question_id '1' (a string) and 1 (an integer) on line 1 "
+                                   "would both be sample '1'; refused (xbench does not guess which is meant)")  # fmt: skip
+    assert out["line-3"].error == "coco_pope_random.json:3: question_id 1.0 (a float) is neither an integer nor a non-empty string"

@@ -202,7 +202,7 @@ def test_bad_entries_become_sample_errors(plugins, tmp_path):
     del data["annotations"][1]["answers"][4]["answer"]
     afile.write_text(json.dumps(data))
     out = {s.id: s for s in make_task(plugins, tmp_path / "vqa").samples()}
-    assert "questions[0]" in out and "lacks question_id, image_id or question" in out["questions[0]"].error
+    assert "questions[0]" in out and "questions[0] lacks image_id" in out["questions[0]"].error
     assert "v2_OpenEnded_mscoco_val2014_questions.json" in out["questions[0]"].error
     assert isinstance(out["1002"], SampleError) and "1002 has no usable human answers" in out["1002"].error
 
@@ -253,3 +253,73 @@ def test_run_end_to_end_counts_errors(tmp_path):
         assert r["scores"]["accuracy"] == pytest.approx(vqa_accuracy(r["answer"], r["gold"]))
     assert summary["metrics"]["accuracy"]["value"] == pytest.approx(np.mean([r["scores"]["accuracy"] for r in ok]))
     assert {"accuracy[yes/no]", "accuracy[number]", "accuracy[other]"} <= set(summary["metrics"])
+
+
+# ------------------------------------------------------------------ layouts (issue 19)
+
+QUESTIONS_NAME = f"v2_OpenEnded_mscoco_{SPLIT}_questions.json"
+ANNOTATIONS_NAME = f"v2_mscoco_{SPLIT}_annotations.json"
+
+
+def write_official(root: Path, items: list[dict]) -> Path:
+    """The files of ``write_vqa`` laid out as the official VQA API prescribes:
+    Questions/, Annotations/ and Images/mscoco/<split>/."""
+    flat = write_vqa(root.parent / (root.name + "-flat"), items)
+    for folder, name in (("Questions", QUESTIONS_NAME), ("Annotations", ANNOTATIONS_NAME)):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        (flat / name).rename(root / folder / name)
+    (root / "Images" / "mscoco").mkdir(parents=True, exist_ok=True)
+    (flat / SPLIT).rename(root / "Images" / "mscoco" / SPLIT)
+    return root
+
+
+def test_official_vqa_api_layout_is_found_without_parameters(plugins, tmp_path):
+    flat_hash = make_task(plugins, write_vqa(tmp_path / "flat", ITEMS)).data_hash()
+    root = write_official(tmp_path / "data" / "vqa_v2", ITEMS)
+    task = make_task(plugins, tmp_path / "data")  # found in data/vqa_v2, no task parameter
+    assert task.questions_path == root / "Questions" / QUESTIONS_NAME
+    assert task.annotations_path == root / "Annotations" / ANNOTATIONS_NAME
+    samples = {s.id: s for s in task.samples()}
+    assert sorted(samples) == ["1001", "1002", "1003", "1004"]
+    assert samples["1003"].image_path == root / "Images" / "mscoco" / SPLIT / "COCO_val2014_000000000002.jpg"
+    assert samples["1003"].load_image().size == (48, 40)
+    assert samples["1002"].answers == ["2"] * 7 + ["3"] * 3
+    assert task.params["questions_file"] is None and task.params["image_dir"] is None
+    assert task.data_hash() == flat_hash  # the same files' names and bytes, wherever they lie
+
+
+def test_a_missing_file_lists_every_layout_searched(plugins, tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError) as info:
+        make_task(plugins, tmp_path / "empty")
+    assert str(info.value) == (
+        f"task 'vqa_v2': no questions file for split 'val2014' in {str(tmp_path / 'empty')!r} or {str(tmp_path / 'empty' / 'vqa_v2')!r}; "
+        f"searched {QUESTIONS_NAME} (flat), Questions/{QUESTIONS_NAME} (official VQA API) "
+        "(xbench never downloads datasets: copy the official files there)"
+    )
+    root = write_official(tmp_path / "official", ITEMS)
+    (root / "Annotations" / ANNOTATIONS_NAME).unlink()
+    with pytest.raises(DataError, match="no annotations file for split 'val2014'") as info:
+        make_task(plugins, root)
+    assert f"searched {ANNOTATIONS_NAME} (flat), Annotations/{ANNOTATIONS_NAME} (official VQA API)" in str(info.value)
+    root = write_vqa(tmp_path / "flat", ITEMS)
+    for image in (root / SPLIT).iterdir():
+        image.unlink()
+    (root / SPLIT).rmdir()
+    with pytest.raises(DataError, match="no image folder for split 'val2014'") as info:
+        make_task(plugins, root)
+    assert f"in {str(root)!r}; searched {SPLIT} (flat), Images/mscoco/{SPLIT} (official VQA API)" in str(info.value)
+
+
+def test_ids_are_read_as_the_file_means_them(plugins, tmp_path):
+    """An image id 1.9 is not image 1, a string question id is not the integer one."""
+    root = write_vqa(tmp_path / "vqa", ITEMS[:3])
+    qfile = root / QUESTIONS_NAME
+    data = json.loads(qfile.read_text())
+    data["questions"][0]["image_id"] = 1.9  # image 1 exists: 1.9 must not be read as it
+    data["questions"][1]["question_id"] = "1002"
+    qfile.write_text(json.dumps(data))
+    out = {s.id: s for s in make_task(plugins, root).samples()}
+    assert isinstance(out["1001"], SampleError) and out["1001"].error.endswith("image_id 1.9 (a float) is not an integer")
+    assert isinstance(out["questions[1]"], SampleError) and "question_id '1002' (a string) is not an integer" in out["questions[1]"].error
+    assert isinstance(out["1003"], Sample)

@@ -61,21 +61,26 @@ class Sample:
     def load_image(self):
         """Return the image as RGB PIL, opening ``image_path`` on first use.
 
-        Raises :class:`BadImageError` naming the file when it is missing or unreadable, or
-        larger than PIL's decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``): such
-        files are refused before they are decoded. See :func:`to_rgb` for the conversion.
+        Raises :class:`BadImageError` naming the file when it is missing, not a regular file (a
+        named pipe is refused without being read), unreadable, or over xbench's pixel budget: more
+        than :data:`xbench.datafiles.MAX_IMAGE_PIXELS` pixels or an aspect ratio above
+        :data:`xbench.datafiles.MAX_ASPECT_RATIO`, read from the header before the pixels are
+        decoded (PIL's own decompression-bomb limit is kept too). See :func:`to_rgb` for the conversion.
         """
         if self.image is None:
             import warnings
 
             from PIL import Image, UnidentifiedImageError
 
+            from xbench.datafiles import check_image_size, open_regular
+
             if self.image_path is None:
                 raise BadImageError(f"sample {self.id!r} has neither an image nor an image path")
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("error", Image.DecompressionBombWarning)
-                    with Image.open(self.image_path) as im:
+                    with open_regular(self.image_path) as fh, Image.open(fh) as im:
+                        check_image_size(im.size, self.image_path)
                         im.load()
                         self.image = to_rgb(im, self.image_path)
             except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -83,7 +88,8 @@ class Sample:
             except FileNotFoundError:
                 raise BadImageError(f"image file not found: {self.image_path}") from None
             except (UnidentifiedImageError, OSError, ValueError) as exc:
-                raise BadImageError(f"cannot read image {self.image_path}: {exc}") from None
+                reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+                raise BadImageError(f"cannot read image {self.image_path}: {reason}") from None
             if min(self.image.size) < 1:
                 raise BadImageError(f"image {self.image_path} is empty ({self.image.size})")
         return self.image
