@@ -59,13 +59,13 @@ def per_sample(run_dir: Path) -> dict[str, dict]:
 
 def chance_levels(limit: int, seed: int, grid: tuple[int, int]) -> dict:
     """Uniform-map energy and random-patch pointing from the task's masks alone."""
-    from xbench.maps import mask_to_grid
+    from xbench.models.layout import centre_crop_cover
     from xbench.plugins import default
 
     task = default().registries.tasks.get("easyvqa")()
     area, touch = [], []
     for s in task.samples(limit, seed):
-        cover = mask_to_grid(task.ground_truth_mask(s), grid)
+        cover = centre_crop_cover(task.ground_truth_mask(s), grid)
         area.append(float(cover.mean()))
         touch.append(float((cover > 0).mean()))
     return {"energy_in_mask": float(np.mean(area)), "pointing_game": float(np.mean(touch)), "n": len(area)}

@@ -62,8 +62,7 @@ def main(argv=None) -> int:
         raise SystemExit("the 7B architecture needs a CUDA device; use --tiny to check the script elsewhere")
     dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
     model = arch.build(args.tiny, args.device, dtype)
-    vlm = arch.adapter(model, args.device, dtype)
-    vlm.model_hash, vlm.config_hash = "random-weights", "random-weights"
+    vlm = arch.adapter(model, args.device, dtype, model_hash="random-weights", config_hash="random-weights")
     ids, pixels, n_image = arch.prompt(model, args.prompt_len or (80 if args.tiny else 625), args.device, dtype)
     side = int(n_image**0.5)
     args.head = args.head or DEFAULT_HEAD

@@ -63,14 +63,15 @@ def build(tiny: bool, device: str, dtype: torch.dtype):
     return model.eval().requires_grad_(False)
 
 
-def adapter(model, device: str, dtype: torch.dtype):
-    """xbench's LLaVA adapter around the model (no tokenizer is needed for re-forwards)."""
+def adapter(model, device: str, dtype: torch.dtype, **identity):
+    """xbench's LLaVA adapter around the model (no tokenizer is needed for re-forwards);
+    ``identity``: further :class:`~xbench.api.ModelIdentity` fields (hashes)."""
+    from xbench.api import ModelIdentity
     from xbench.models.llava import LlavaAdapter
 
     tok = SimpleNamespace(padding_side="left", pad_token_id=0, eos_token_id=2)
-    vlm = LlavaAdapter(model, SimpleNamespace(tokenizer=tok), device, dtype, "eager")
-    vlm.name = "llava-1.5-7b-architecture-random"
-    return vlm
+    ident = ModelIdentity(name="llava-1.5-7b-architecture-random", **identity)
+    return LlavaAdapter(model, SimpleNamespace(tokenizer=tok), ident, device, dtype, "eager")
 
 
 def prompt(model, prompt_len: int, device: str, dtype: torch.dtype):

@@ -8,9 +8,10 @@ the pooling of pixel attributions onto the patch grid. Not a plugin itself.
 * Target (``target`` parameter): ``first`` — the log-probability of the generated
   answer's first token (default); ``answer`` — the sum of the log-probabilities of all
   answer tokens (the answer's log-likelihood).
-* Pooling (``pool`` parameter of the pixel methods): a pixel attribution ``[1, C, H, W]``
-  becomes the patch map by summing over the channels and over the pixels of each patch
-  (``H = h * patch_size``) either the absolute attribution (``abs``, default: how much a
+* Pooling (``pool`` parameter of the pixel methods): a pixel attribution (shaped like the
+  generation's ``pixel_values``) becomes the patch map by summing over the channels and over
+  the pixels of each grid cell (``vlm.pixels_to_grid``: the adapter knows the layout) either
+  the absolute attribution (``abs``, default: how much a
   patch matters, whichever way) or the signed one (``signed``: evidence for the answer minus
   evidence against it, which can cancel within a patch). Saliency and SmoothGrad take the
   gradient's absolute value themselves under ``abs`` (SmoothGrad: the mean of |gradient|
@@ -29,7 +30,7 @@ from typing import Callable, ClassVar
 import numpy as np
 import torch
 
-from xbench.api import Generation, Method, RelevanceMap
+from xbench.api import GRADIENTS, Generation, Method, RelevanceMap
 from xbench.errors import ParameterError
 from xbench.params import Param
 
@@ -61,21 +62,11 @@ def answer_logprob_fn(vlm, generation: Generation, target: str) -> Callable[[tor
     return forward
 
 
-def pool_to_grid(attribution: torch.Tensor, grid: tuple[int, int], pool: str = "abs") -> np.ndarray:
+def pool_to_grid(vlm, attribution: torch.Tensor, generation: Generation, pool: str = "abs") -> np.ndarray:
     """Sum of the attribution (``abs``: its absolute value; ``signed``: itself) over channels and
-    each patch's pixels: ``[1, C, H, W] -> [h, w]`` (``pool`` one of :data:`POOLS`)."""
-    h, w = grid
+    each grid cell's pixels (``vlm.pixels_to_grid``): float32 ``[h, w]`` (``pool`` one of :data:`POOLS`)."""
     a = attribution.detach().float()
-    a = (a.abs() if pool == "abs" else a).sum(dim=(0, 1))
-    H, W = a.shape
-    if H % h or W % w:
-        raise ParameterError(f"pixel attribution of size {H}x{W} does not tile a {h}x{w} patch grid")
-    return a.reshape(h, H // h, w, W // w).sum(dim=(1, 3)).cpu().numpy().astype(np.float32)
-
-
-def patch_size(generation: Generation) -> int:
-    """Pixels per patch side, from the image and grid sizes."""
-    return int(generation.pixel_values.shape[-1]) // generation.grid[1]
+    return vlm.pixels_to_grid(a.abs() if pool == "abs" else a, generation)
 
 
 @contextlib.contextmanager
@@ -102,7 +93,8 @@ class CaptumMethod(Method):
     (such a method has no ``pool``).
     """
 
-    needs = frozenset({"gradients"})
+    needs = frozenset({GRADIENTS})
+    requires = ("captum",)
     on_grid: ClassVar[bool] = False
     parameters = {"target": TARGET, "pool": POOL}
 
@@ -120,6 +112,6 @@ class CaptumMethod(Method):
             if self.on_grid:
                 grid = attribution.detach()[0, 0].float().cpu().numpy()
             else:
-                grid = pool_to_grid(attribution, gen.grid, self.params["pool"])
+                grid = pool_to_grid(vlm, attribution, gen, self.params["pool"])
             maps.append(RelevanceMap(grid))
         return maps

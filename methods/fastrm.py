@@ -12,7 +12,7 @@ default proxy for the model (installed or shipped, matched by model hash) with h
 ``head`` (default ``attention``, the paper's; ``mlp`` is the per-patch MLP).
 """
 
-from xbench.api import DECISION_THRESHOLD, Method, RelevanceMap
+from xbench.api import DECISION_THRESHOLD, HIDDEN_STATES, Method, RelevanceMap
 from xbench.errors import ParameterError
 from xbench.hookspecs import hookimpl
 from xbench.params import Param
@@ -28,7 +28,7 @@ def head_names() -> list[str]:
 class FastRM(Method):
     name = "fastrm"
     description = "learned proxy of gradient relevancy over last hidden states (FastRM, arXiv 2412.01487)"
-    needs = frozenset({"hidden_states"})
+    needs = frozenset({HIDDEN_STATES})
 
     parameters = {
         "proxy": Param(None, type=str, doc="a proxy directory from `xbench fastrm train` (default: the model's default proxy)"),
@@ -59,6 +59,10 @@ class FastRM(Method):
             proxy.check_compatible(vlm, where=proxy.source)
             self._proxy, self._vlm = proxy.to(vlm.device), vlm
         return self._proxy
+
+    def check(self, vlm):
+        """The proxy (given or the model's default) must exist and fit ``vlm``, before any sample."""
+        self.proxy_for(vlm)
 
     def explain(self, vlm, generations):
         proxy = self.proxy_for(vlm)

@@ -1,23 +1,13 @@
 """Feature ablation through Captum with one feature per image patch, pooled onto the grid.
 
-The feature mask gives every pixel (all channels) of a patch the patch's index; each patch
+The feature mask (``vlm.pixel_cells``) gives every pixel (all channels) of a patch the patch's index; each patch
 in turn is set to the constant ``baseline`` (normalised pixel space) and the change of the
 target is its attribution. ``perturbations_per_eval`` patches per forward. Target and
 pooling: see :mod:`xbench.methods.captum_common`.
 """
 
-import torch
-
 from xbench.hookspecs import hookimpl
-from xbench.methods.captum_common import BASELINE, CaptumMethod, count, patch_size
-
-
-def patch_feature_mask(generation, device) -> torch.Tensor:
-    """``[1, 1, H, W]`` long: the row-major patch index of every pixel."""
-    h, w = generation.grid
-    p = patch_size(generation)
-    ids = torch.arange(h * w, device=device).reshape(h, w)
-    return ids.repeat_interleave(p, dim=0).repeat_interleave(p, dim=1)[None, None]
+from xbench.methods.captum_common import BASELINE, CaptumMethod, count
 
 
 class FeatureAblationMethod(CaptumMethod):
@@ -37,7 +27,7 @@ class FeatureAblationMethod(CaptumMethod):
         return FeatureAblation(forward).attribute(
             pixel_values,
             baselines=self.params["baseline"],
-            feature_mask=patch_feature_mask(generation, pixel_values.device),
+            feature_mask=vlm.pixel_cells(generation).to(pixel_values.device),
             perturbations_per_eval=self.params["perturbations_per_eval"],
         )
 

@@ -14,15 +14,16 @@ Lean by design: one teacher-forced forward over prompt + answer (cut after the l
 explained: causal attention makes later tokens irrelevant), gradients with respect to the
 attention maps only (parameters stay frozen, no parameter ``.grad`` is ever made), one
 ``torch.autograd.grad`` per explained answer token with the graph retained until the last.
-In ``scope="llm"`` the graph starts at the image features (a temporary forward hook on the
-projector makes them a leaf), so the vision tower runs without autograd bookkeeping.
+In ``scope="llm"`` the graph starts at the image features (``vlm.image_features_as_leaf()``
+makes the projector's output a leaf), so the vision tower runs without autograd bookkeeping.
 
 ``scope="all"`` continues the propagation into the vision tower, up to the layer whose
-hidden state LLaVA reads (``vision_feature_layer``; later ViT layers get no gradient), as
-lvlm-interpret's "all" mode does. Here the answer's row over the image tokens is carried on
-through the ViT layers the same way: with ``v = [0 (CLS), map_k]`` and the vision layers
-f..1, ``v <- v + v @ Abar_l``; the map is ``v[1:]`` (image token i is ViT token i + 1 under
-LLaVA's "default" feature selection, which drops CLS). This is the answer row of the chained
+hidden state the language model reads (``vlm.vision_layers_read()``; later ViT layers get no
+gradient), as lvlm-interpret's "all" mode does. Here the answer's row over the image tokens is
+carried on through the ViT layers the same way: with ``v`` zero but at the vision tokens of the
+image tokens (``vlm.vision_token_positions``; for LLaVA's "default" feature selection image
+token i is ViT token i + 1, CLS being dropped), ``v[those] = map_k``, and the vision layers
+f..1, ``v <- v + v @ Abar_l``; the map is ``v[those]``. This is the answer row of the chained
 product R_llm * R_vit; lvlm-interpret instead seeds the ViT rollout with the image-image block
 of R_llm and reads the CLS row, which does not depend on the answer token's row.
 
@@ -40,8 +41,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from xbench.api import Generation, Method, RelevanceMap
-from xbench.errors import ParameterError, XbenchError
+from xbench.api import ATTENTIONS, GRADIENTS, Generation, Method, RelevanceMap
+from xbench.errors import ModelCapabilityError, ParameterError
 from xbench.hookspecs import hookimpl
 from xbench.maps import TOKEN_PARAM, combine_tokens
 from xbench.params import Param
@@ -62,33 +63,6 @@ def token_indices(n_answer: int, how: str) -> list[int]:
     return TOKEN_INDICES[how](n_answer)
 
 
-def _llava_part(vlm, name: str):
-    part = getattr(getattr(vlm.model, "model", None), name, None)
-    if part is None:
-        raise XbenchError(f"gradient_relevancy needs a LLaVA model with a {name!r} (model {getattr(vlm, 'name', '?')!r})")
-    return part
-
-
-@contextlib.contextmanager
-def _image_features_as_leaf(vlm):
-    """Within the block, the projector's output is detached and made a leaf that requires grad."""
-    handle = _llava_part(vlm, "multi_modal_projector").register_forward_hook(
-        lambda _m, _i, out: out.detach().requires_grad_(True)
-    )
-    try:
-        yield
-    finally:
-        handle.remove()
-
-
-def vision_layers_read(vlm, n_layers: int) -> int:
-    """How many ViT layers feed the hidden state LLaVA reads (``vision_feature_layer``)."""
-    layer = vlm.model.config.vision_feature_layer
-    if not isinstance(layer, int):
-        raise ParameterError(f"scope='all' needs a single vision_feature_layer, the model has {layer!r}")
-    return layer % (n_layers + 1)
-
-
 def _head_mean_cam(attention: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
     """mean over heads of (grad * A) clamped at 0, float32 ``[T, T]``."""
     return (grad[0].float() * attention[0].detach().float()).clamp_(min=0).mean(dim=0)
@@ -98,6 +72,13 @@ def _propagate(row: torch.Tensor, attentions: Sequence[torch.Tensor], grads: Seq
     """``row @ (I + Abar_L) ... (I + Abar_1)`` for layers given first to last."""
     for attention, grad in zip(reversed(attentions), reversed(grads)):
         row = row + row @ _head_mean_cam(attention, grad)
+    return row
+
+
+def _vision_row(image_row: torch.Tensor, vision_positions: torch.Tensor, n_vision: int) -> torch.Tensor:
+    """A vision-token row, zero but at the image tokens' vision positions."""
+    row = image_row.new_zeros(n_vision)
+    row[vision_positions] = image_row
     return row
 
 
@@ -113,14 +94,14 @@ def answer_relevancy(vlm, generation: Generation, tokens: Sequence[int] | None =
         if scope == "all":
             ctx, pixel_values = contextlib.nullcontext(), gen.pixel_values.detach().requires_grad_(True)
         else:
-            ctx, pixel_values = _image_features_as_leaf(vlm), None
+            ctx, pixel_values = vlm.image_features_as_leaf(), None
         with ctx:
             out = vlm.forward(gen, output_attentions=True, pixel_values=pixel_values, logits_to_keep=last + 2)
         attentions = list(out.attentions)
         vision = []
         if scope == "all":
-            vis_all = out.image_outputs.attentions
-            vision = list(vis_all[: vision_layers_read(vlm, len(vis_all))])
+            vision = list(out.vision_attentions[: vlm.vision_layers_read()])
+            vision_positions = torch.tensor(vlm.vision_token_positions(gen), device=vlm.device)
         logits = out.logits[0]  # row k: the logits at query position of answer token k
         del out
         n_llm = len(attentions)
@@ -132,7 +113,8 @@ def answer_relevancy(vlm, generation: Generation, tokens: Sequence[int] | None =
             row[gen.query_positions[k]] = 1.0
             image_row = _propagate(row, attentions, grads[:n_llm])[image_positions]
             if vision:
-                image_row = _propagate(torch.cat([image_row.new_zeros(1), image_row]), vision, grads[n_llm:])[1:]
+                row = _vision_row(image_row, vision_positions, vision[0].shape[-1])
+                image_row = _propagate(row, vision, grads[n_llm:])[vision_positions]
             del grads
             maps.append(image_row.reshape(h, w).cpu().numpy())
     return np.stack(maps).astype(np.float32)
@@ -141,11 +123,19 @@ def answer_relevancy(vlm, generation: Generation, tokens: Sequence[int] | None =
 class GradientRelevancy(Method):
     name = "gradient_relevancy"
     description = "gradient-weighted attention relevancy over the LLM (Chefer et al. 2021; lvlm-interpret)"
-    needs = frozenset({"attentions", "gradients"})
+    needs = frozenset({ATTENTIONS, GRADIENTS})
     parameters = {
         "token": TOKEN_PARAM,
         "scope": Param("llm", choices=SCOPES, doc="llm: the language model's layers; all: on through the vision tower"),
     }
+
+    def check(self, vlm):
+        """``scope='all'`` needs image features that follow one path into a vision tower."""
+        if self.params["scope"] == "all":
+            try:
+                vlm.vision_layers_read()
+            except ModelCapabilityError as exc:
+                raise ParameterError(f"{self.name}: scope='all' cannot be followed on this model: {exc}") from None
 
     def explain(self, vlm, generations):
         maps = []

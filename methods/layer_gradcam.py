@@ -1,28 +1,17 @@
 """Grad-CAM (Selvaraju et al. 2017) through Captum's LayerGradCam on the vision tower.
 
-The layer is the vision tower's last convolution, in CLIP its patch embedding, whose
-output ``[B, D, h, w]`` already lies on the patch grid: Captum's Grad-CAM averages the
-gradients over dims >= 2 and sums over dim 1, which is only Grad-CAM for a
+The layer is the vision tower's patch embedding (``vlm.patch_embedding()``; in CLIP its
+convolution), whose output ``[B, D, h, w]`` already lies on the patch grid: Captum's Grad-CAM
+averages the gradients over dims >= 2 and sums over dim 1, which is only Grad-CAM for a
 channels-first spatial layout (a transformer block's ``[B, tokens, D]`` output would be
 averaged over features instead of patches). map = ReLU(sum_c mean_patches(dT/dA_c) A_c)
 (``relu=false`` keeps the signed map). Target: see :mod:`xbench.methods.captum_common`.
 """
 
-import torch
-
-from xbench.errors import XbenchError
+from xbench.errors import ModelCapabilityError, XbenchError
 from xbench.hookspecs import hookimpl
 from xbench.methods.captum_common import TARGET, CaptumMethod
 from xbench.params import Param
-
-
-def last_conv(vlm) -> torch.nn.Conv2d:
-    """The vision tower's last ``Conv2d`` (CLIP: the patch embedding)."""
-    tower = getattr(getattr(vlm.model, "model", None), "vision_tower", None)
-    convs = [m for m in tower.modules() if isinstance(m, torch.nn.Conv2d)] if tower is not None else []
-    if not convs:
-        raise XbenchError(f"layer_gradcam: model {getattr(vlm, 'name', '?')!r} has no convolution in a vision tower")
-    return convs[-1]
 
 
 class LayerGradCamMethod(CaptumMethod):
@@ -35,10 +24,18 @@ class LayerGradCamMethod(CaptumMethod):
         "relu": Param(True, doc="keep the positive part of the map (false: the signed map)"),
     }
 
+    def check(self, vlm):
+        """The model family must expose a patch embedding."""
+        try:
+            vlm.patch_embedding()
+        except ModelCapabilityError as exc:
+            raise ModelCapabilityError(f"method {self.name!r} cannot run: {exc}") from None
+
     def attribute(self, forward, pixel_values, generation, vlm):
         from captum.attr import LayerGradCam
 
-        cam = LayerGradCam(forward, last_conv(vlm)).attribute(pixel_values, relu_attributions=self.params["relu"])
+        layer = vlm.patch_embedding()
+        cam = LayerGradCam(forward, layer).attribute(pixel_values, relu_attributions=self.params["relu"])
         if cam.shape[-2:] != tuple(generation.grid):
             raise XbenchError(f"layer_gradcam: layer output {tuple(cam.shape)} is not on the {generation.grid} patch grid")
         return cam

@@ -7,7 +7,7 @@ Target and pooling: see :mod:`xbench.methods.captum_common`.
 """
 
 from xbench.hookspecs import hookimpl
-from xbench.methods.captum_common import BASELINE, CaptumMethod, count, patch_size
+from xbench.methods.captum_common import BASELINE, CaptumMethod, count
 
 
 class OcclusionMethod(CaptumMethod):
@@ -26,7 +26,7 @@ class OcclusionMethod(CaptumMethod):
     def attribute(self, forward, pixel_values, generation, vlm):
         from captum.attr import Occlusion
 
-        p, c = patch_size(generation), pixel_values.shape[1]
+        p, c = vlm.patch_size(generation), pixel_values.shape[1]
         return Occlusion(forward).attribute(
             pixel_values,
             sliding_window_shapes=(c, self.params["window"] * p, self.params["window"] * p),

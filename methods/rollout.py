@@ -7,7 +7,7 @@ positions]; ``token`` picks how answer tokens combine.
 
 import torch
 
-from xbench.api import Method, RelevanceMap
+from xbench.api import ATTENTIONS, Method, RelevanceMap
 from xbench.hookspecs import hookimpl
 from xbench.maps import TOKEN_PARAM, combine_tokens, rows_to_token_maps
 from xbench.params import Param
@@ -28,7 +28,7 @@ def rollout(attentions, residual: float = 0.5) -> torch.Tensor:
 class Rollout(Method):
     name = "rollout"
     description = "attention rollout over the LLM layers (Abnar & Zuidema 2020)"
-    needs = frozenset({"attentions"})
+    needs = frozenset({ATTENTIONS})
 
     parameters = {
         "residual": Param(0.5, min=0.0, max=1.0, doc="weight of the identity (the residual path) in each layer's matrix"),

@@ -4,6 +4,7 @@ computations written here; non-zero maps on the default model; parameters from t
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -64,14 +65,16 @@ def test_forward_target_equals_plain_log_probability(tiny_vlm, gens, target, n):
     assert not torch.allclose(got[0], got[1])  # the image matters to the target
 
 
-def test_pooling_sums_absolute_values_per_patch():
+def test_pooling_sums_absolute_values_per_patch(tiny_vlm, gens):
+    """Through the LLaVA adapter's ``pixels_to_grid`` (4x4-pixel cells of a 3x2 grid here)."""
     attribution = torch.randn(1, 3, 12, 8, generator=torch.Generator().manual_seed(0))
-    np.testing.assert_allclose(pool_to_grid(attribution, (3, 2)), loop_pool(attribution, (3, 2), 4), rtol=1e-5)
-    signed = pool_to_grid(attribution, (3, 2), "signed")
+    on_3x2 = replace(gens[0], grid=(3, 2))
+    np.testing.assert_allclose(pool_to_grid(tiny_vlm, attribution, on_3x2), loop_pool(attribution, (3, 2), 4), rtol=1e-5)
+    signed = pool_to_grid(tiny_vlm, attribution, on_3x2, "signed")
     np.testing.assert_allclose(signed, loop_pool(attribution, (3, 2), 4, signed=True), rtol=1e-5, atol=1e-6)
     assert (signed < 0).any()  # evidence against the answer stays negative
     with pytest.raises(ParameterError):
-        pool_to_grid(attribution, (5, 2))
+        pool_to_grid(tiny_vlm, attribution, replace(gens[0], grid=(5, 2)))
     with pytest.raises(ParameterError, match=r"method 'saliency': pool='max' is not one of \['abs', 'signed'\]"):
         SaliencyMethod(pool="max")  # refused when the method is built, never at pooling time
 

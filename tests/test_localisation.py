@@ -1,8 +1,10 @@
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
-from xbench.api import RelevanceMap, Sample
-from xbench.maps import mask_to_grid
+from xbench.api import MetricContext, RelevanceMap, Sample
+from xbench.models.layout import centre_crop_cover
 from xbench.metrics.localisation import EnergyInMask, PointingGame
 
 
@@ -10,42 +12,44 @@ def _sample(mask):
     return Sample("s", "q", ["a"], gt_mask=mask)
 
 
-def test_mask_to_grid_block_fractions():
+def test_centre_crop_cover_block_fractions():
     mask = np.zeros((4, 4), bool)
     mask[0, 0] = mask[0, 1] = mask[1, 0] = True  # 3 of the top-left 2x2 block
-    np.testing.assert_allclose(mask_to_grid(mask, (2, 2)), [[0.75, 0], [0, 0]])
+    np.testing.assert_allclose(centre_crop_cover(mask, (2, 2)), [[0.75, 0], [0, 0]])
 
 
-def test_mask_to_grid_centre_crops_non_square():
+def test_centre_crop_cover_centre_crops_non_square():
     mask = np.zeros((4, 8), bool)
     mask[:, :2] = True  # outside the centre 4x4 crop
     mask[:, 2] = True  # first column of the crop
-    np.testing.assert_allclose(mask_to_grid(mask, (2, 2)), [[0.5, 0], [0.5, 0]])
+    np.testing.assert_allclose(centre_crop_cover(mask, (2, 2)), [[0.5, 0], [0.5, 0]])
 
 
-def test_mask_to_grid_non_divisible_sizes_keep_total_fraction():
+def test_centre_crop_cover_non_divisible_sizes_keep_total_fraction():
     mask = np.zeros((10, 10), bool)
     mask[:5] = True
-    grid = mask_to_grid(mask, (3, 3))
+    grid = centre_crop_cover(mask, (3, 3))
     assert grid.shape == (3, 3) and grid.mean() == pytest.approx(0.5, abs=0.02)
 
 
-def test_energy_in_mask_hand_computed():
+def test_energy_in_mask_hand_computed(tiny_vlm):
+    gen, ctx = SimpleNamespace(grid=(2, 2)), MetricContext(vlm=tiny_vlm)  # the LLaVA adapter lays the mask
     mask = np.zeros((4, 4), bool)
     mask[:2, :2] = True  # top-left patch fully covered
     rmap = RelevanceMap(np.array([[3.0, 1.0], [-5.0, 0.0]], np.float32))
     # negatives clipped: 3 / (3 + 1)
-    assert EnergyInMask().compute(_sample(mask), None, rmap) == pytest.approx(0.75)
+    assert EnergyInMask().compute(_sample(mask), gen, rmap, ctx) == pytest.approx(0.75)
     zero = RelevanceMap(np.zeros((2, 2), np.float32))
-    assert EnergyInMask().compute(_sample(mask), None, zero) == pytest.approx(0.25)  # uniform = area share
-    assert EnergyInMask().compute(_sample(None), None, rmap) is None
+    assert EnergyInMask().compute(_sample(mask), gen, zero, ctx) == pytest.approx(0.25)  # uniform = area share
+    assert EnergyInMask().compute(_sample(None), gen, rmap, ctx) is None
 
 
-def test_pointing_game_hand_computed():
+def test_pointing_game_hand_computed(tiny_vlm):
+    gen, ctx = SimpleNamespace(grid=(2, 2)), MetricContext(vlm=tiny_vlm)
     mask = np.zeros((4, 4), bool)
     mask[3, 3] = True  # touches only the bottom-right patch
     hit = RelevanceMap(np.array([[0, 0], [0, 1.0]], np.float32))
     miss = RelevanceMap(np.array([[1.0, 0], [0, 0.5]], np.float32))
-    assert PointingGame().compute(_sample(mask), None, hit) == 1.0
-    assert PointingGame().compute(_sample(mask), None, miss) == 0.0
-    assert PointingGame().compute(_sample(None), None, hit) is None
+    assert PointingGame().compute(_sample(mask), gen, hit, ctx) == 1.0
+    assert PointingGame().compute(_sample(mask), gen, miss, ctx) == 0.0
+    assert PointingGame().compute(_sample(None), gen, hit, ctx) is None

@@ -38,7 +38,7 @@ def generations(tiny_vlm, easyvqa_samples):
     # keep the last hidden states for methods that read them (fastrm); the others ignore them
     gens = tiny_vlm.generate(samples[:4], [task.prompt(s) for s in samples[:4]], 4, frozenset({"hidden_states"}))
     # transformers installs its own output-capturing hooks once, on first use: let it, before any snapshot
-    tiny_vlm.forward(gens[0], output_attentions=True, output_hidden_states=True)
+    tiny_vlm.forward(gens[0], output_attentions=True)
     return gens
 
 

@@ -94,7 +94,9 @@ def test_kept_hidden_states_equal_teacher_forced_last_layer(tiny_vlm, easyvqa_sa
     task, samples = easyvqa_samples
     (gen,) = tiny_vlm.generate(samples[1:2], [task.prompt(samples[1])], 4, keep=frozenset({"hidden_states"}))
     with torch.no_grad():
-        ref = tiny_vlm.forward(gen, output_hidden_states=True).hidden_states[-1][0]
+        out = tiny_vlm.model(input_ids=tiny_vlm.input_ids(gen), pixel_values=gen.pixel_values,
+                             output_hidden_states=True, use_cache=False)
+        ref = out.hidden_states[-1][0]
     n = gen.prompt_len + len(gen.answer_ids) - 1
     assert gen.hidden_states.shape == (n, tiny_vlm.model.config.text_config.hidden_size)
     torch.testing.assert_close(gen.hidden_states, ref[:n], atol=1e-4, rtol=1e-4)
@@ -134,3 +136,34 @@ def _png(tmp_path, mode):
     path = tmp_path / f"{mode}.png"
     Image.new(mode, (5, 5)).save(path)
     return path
+
+
+def test_identity_is_set_at_load_and_read_only(tiny_vlm, tiny_model_dir):
+    from xbench.models import config_hash
+
+    ident = tiny_vlm.identity
+    assert (ident.name, ident.path) == ("tiny-random-llava", tiny_model_dir)
+    assert ident.model_hash == model_hash(tiny_model_dir) and ident.config_hash == config_hash(json.loads((tiny_model_dir / "config.json").read_text()))
+    assert (tiny_vlm.name, tiny_vlm.model_hash, tiny_vlm.randomized_from) == (ident.name, ident.model_hash, None)
+    with pytest.raises(AttributeError):
+        tiny_vlm.model_hash = "other"
+
+
+def test_randomized_control_carries_its_own_identity(tiny_vlm):
+    control = tiny_vlm.randomized(7)
+    assert control.name == "tiny-random-llava[randomized seed=7]" and control.path is None
+    assert control.config_hash == tiny_vlm.config_hash and control.model_hash is None  # weights only in memory
+    assert control.randomized_from == {"model": "tiny-random-llava", "model_hash": tiny_vlm.model_hash, "seed": 7}
+    assert tiny_vlm.randomized_from is None  # the original is untouched
+
+
+def test_prompt_longer_than_the_context_is_refused_before_generating(tiny_vlm, easyvqa_samples, monkeypatch):
+    from xbench.errors import PromptTooLongError
+
+    task, samples = easyvqa_samples
+    calls = []
+    monkeypatch.setattr(tiny_vlm.model, "generate", lambda **kw: calls.append(kw))
+    prompts = [task.prompt(samples[0]), "colour " * 300]
+    with pytest.raises(PromptTooLongError, match=rf"sample {samples[1].id!r}: its prompt of \d+ tokens plus up to 4 answer tokens does not fit the context window of model 'tiny-random-llava' \(256 tokens\)"):
+        tiny_vlm.generate(samples[:2], prompts, 4)
+    assert calls == []  # nothing generated

@@ -256,20 +256,26 @@ def test_step_counts_and_parameter_checks():
 
 
 # ----------------------------------------------------------------------------- localisation
-def test_top_region_iou_hand_computed():
+def test_top_region_iou_hand_computed(tiny_vlm):
+    """The mask is laid on a 2x2 grid by the LLaVA adapter (centre crop, area average)."""
+    from types import SimpleNamespace
+
+    from xbench.api import MetricContext
+
+    gen, ctx = SimpleNamespace(grid=(2, 2)), MetricContext(vlm=tiny_vlm)
     mask = np.zeros((4, 4), bool)
     mask[:2, :2] = True  # top-left patch fully covered
     mask[0, 2] = True  # top-right patch covered 1/4: below min_cover 0.5
     sample = Sample("s", "q", ["a"], gt_mask=mask)
     rmap = RelevanceMap(np.array([[3, 0], [2, 1]], np.float32))
-    assert TopRegionIoU(top_percent=50).compute(sample, None, rmap) == pytest.approx(1 / 2)  # {0,2} vs {0}
-    assert TopRegionIoU(top_percent=25).compute(sample, None, rmap) == pytest.approx(1.0)  # {0} vs {0}
-    assert TopRegionIoU(top_percent=25, min_cover=0.2).compute(sample, None, rmap) == pytest.approx(1 / 2)
-    assert TopRegionIoU(top_percent=25).compute(sample, None, RelevanceMap(np.eye(2, dtype=np.float32)[::-1].copy())) == 0.0
-    assert TopRegionIoU().compute(Sample("s", "q", ["a"]), None, rmap) is None
+    assert TopRegionIoU(top_percent=50).compute(sample, gen, rmap, ctx) == pytest.approx(1 / 2)  # {0,2} vs {0}
+    assert TopRegionIoU(top_percent=25).compute(sample, gen, rmap, ctx) == pytest.approx(1.0)  # {0} vs {0}
+    assert TopRegionIoU(top_percent=25, min_cover=0.2).compute(sample, gen, rmap, ctx) == pytest.approx(1 / 2)
+    assert TopRegionIoU(top_percent=25).compute(sample, gen, RelevanceMap(np.eye(2, dtype=np.float32)[::-1].copy()), ctx) == 0.0
+    assert TopRegionIoU().compute(Sample("s", "q", ["a"]), gen, rmap, ctx) is None
     tiny = np.zeros((4, 4), bool)
     tiny[0, 0] = True
-    assert TopRegionIoU().compute(Sample("s", "q", ["a"], gt_mask=tiny), None, rmap) is None
+    assert TopRegionIoU().compute(Sample("s", "q", ["a"], gt_mask=tiny), gen, rmap, ctx) is None
 
 
 # ----------------------------------------------------------------------------- confidence

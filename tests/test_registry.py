@@ -85,3 +85,98 @@ def test_broken_outside_plugin_reported_by_name(capsys):
     with pytest.raises(UnknownNameError) as err:
         plugins.registries.tasks.get("nope")
     assert "boom" in str(err.value)
+
+
+# ---- base classes and needs, checked when a plugin registers
+
+
+def _registries():
+    from xbench.registry import Registries
+
+    reg = Registries.empty()
+    for table in (reg.methods, reg.tasks, reg.metrics, reg.models, reg.model_families):
+        table.origin = "plugin 'acme'"
+    return reg
+
+
+def test_each_table_refuses_the_wrong_base_class_naming_the_plugin():
+    from xbench.api import Metric, Task
+    from xbench.errors import PluginDeclarationError
+
+    class NotAMethod:
+        name = "odd"
+
+    class SomeTask(Task):
+        name = "some_task"
+
+    reg = _registries()
+    cases = [
+        (reg.methods, NotAMethod, "is not a subclass of xbench.api.Method"),
+        (reg.methods, _A(), "is not a subclass of xbench.api.Method"),  # an instance, not the class
+        (reg.methods, SomeTask, "is not a subclass of xbench.api.Method"),
+        (reg.tasks, _A, "is not a subclass of xbench.api.Task"),
+        (reg.metrics, SomeTask, "is not a subclass of xbench.api.Metric"),
+        (reg.models, SomeTask, "is not a xbench.models.ModelSpec"),
+        (reg.model_families, Metric, "is not a subclass of xbench.vlm.VLM"),
+    ]
+    for table, obj, reason in cases:
+        with pytest.raises(PluginDeclarationError) as err:
+            table.register(obj)
+        assert str(err.value).startswith("plugin 'acme' registered ") and reason in str(err.value), str(err.value)
+        assert f"as a {table.kind}" in str(err.value)
+    assert reg.tasks.register(SomeTask) is SomeTask and reg.tasks.names() == ["some_task"]
+
+
+def test_needs_must_be_declared_constants():
+    from xbench.api import ATTENTIONS, CONTROL, GRADIENTS, HIDDEN_STATES, MODEL, REFERENCE, Metric
+    from xbench.errors import PluginDeclarationError
+
+    def method(needs):
+        return type("M", (Method,), {"name": "m", "needs": needs})
+
+    def metric(needs):
+        return type("X", (Metric,), {"name": "x", "needs": needs})
+
+    reg = _registries()
+    with pytest.raises(PluginDeclarationError, match=r"unknown needs \['attention'\]; a method may need \['attentions', 'gradients', 'hidden_states'\]"):
+        reg.methods.register(method(frozenset({"attention"})))
+    with pytest.raises(PluginDeclarationError, match=r"needs 'attentions': expected a set of"):
+        reg.methods.register(method("attentions"))  # a bare string is not a set of needs
+    with pytest.raises(PluginDeclarationError, match=r"unknown needs \['model'\]"):
+        reg.methods.register(method(frozenset({MODEL})))  # a metric's need, not a method's
+    with pytest.raises(PluginDeclarationError, match=r"unknown needs \['gradients'\]; a metric may need \['control', 'model', 'reference'\]"):
+        reg.metrics.register(metric(frozenset({GRADIENTS})))
+    reg.methods.register(method(frozenset({ATTENTIONS, GRADIENTS, HIDDEN_STATES})))
+    reg.metrics.register(metric(frozenset({MODEL, REFERENCE, CONTROL})))
+    assert len(reg.methods) == len(reg.metrics) == 1
+
+
+def test_model_families_register_under_their_family_name():
+    from xbench.api import VLM
+
+    class Family(VLM):
+        family = "acme_vl"
+        model_types = ("acme",)
+
+    reg = _registries()
+    reg.model_families.register(Family)
+    assert reg.model_families.get("acme_vl") is Family
+
+
+class _BadNeedsPlugin:
+    @hookimpl
+    def xbench_register_methods(self, registry):
+        class Typo(Method):
+            name = "typo_needs"
+            needs = frozenset({"hidden_state"})
+
+        registry.register(Typo)
+
+
+def test_outside_plugin_with_undeclared_needs_is_reported_by_name(capsys):
+    plugins = build(extra_plugins=(_BadNeedsPlugin(),), load_entry_points=False)
+    (name, msg), = plugins.broken.items()
+    assert name in msg and "unknown needs ['hidden_state']" in msg and "PluginDeclarationError" in msg
+    assert "typo_needs" not in plugins.registries.methods and "rollout" in plugins.registries.methods
+    assert "unknown needs ['hidden_state']" in capsys.readouterr().err
+

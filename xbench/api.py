@@ -7,7 +7,9 @@ Data flow of one run (one model x one task x one method)::
                                -> Task.score(sample, answer), Metric.compute(...) -> record
 
 Methods never load models or read files; tasks never touch the model; the runner
-never names a method, task or model.
+never names a method, task or model. Everyone else sees a model only through the
+:class:`VLM` contract (``xbench/vlm.py``, re-exported here); ``needs`` values are the
+constants below, checked when a plugin registers.
 """
 
 from __future__ import annotations
@@ -22,6 +24,19 @@ import numpy as np
 from xbench.columns import group_column
 from xbench.errors import BadImageError, MapValidationError
 from xbench.params import Param, resolve
+from xbench.vlm import VLM, ForwardOutput, Generation, ModelIdentity  # noqa: F401  (the model contract, re-exported)
+
+# --------------------------------------------------------------------------- needs
+#: what a :class:`Method` may declare in ``needs``
+ATTENTIONS = "attentions"  # attention weights: the model is loaded with eager attention
+GRADIENTS = "gradients"  # backpropagation through the model
+HIDDEN_STATES = "hidden_states"  # generate keeps the last hidden states (Generation.hidden_states)
+METHOD_NEEDS = frozenset({ATTENTIONS, GRADIENTS, HIDDEN_STATES})
+#: what a :class:`Metric` may declare in ``needs`` (each names what the runner hands it in :class:`MetricContext`)
+MODEL = "model"  # the loaded VLM, to re-forward perturbed inputs
+REFERENCE = "reference"  # the reference method's map of the same generation
+CONTROL = "control"  # the method's map on the ``--control`` model (MetricContext.control)
+METRIC_NEEDS = frozenset({MODEL, REFERENCE, CONTROL})
 
 # --------------------------------------------------------------------------- samples
 
@@ -110,44 +125,7 @@ class SampleError:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-# --------------------------------------------------------------------------- model output
-
-
-@dataclass
-class Generation:
-    """What a VLM adapter returns for one sample.
-
-    * ``prompt_ids``: the unpadded prompt token ids (image placeholders expanded);
-    * ``answer_ids``: generated ids up to (excluding) end-of-sequence; when the model
-      ends at once this holds that single end token, so there is always a target;
-    * ``image_positions``: indices into ``prompt_ids`` of the image tokens, row-major
-      over ``grid`` (h, w);
-    * ``pixel_values``: the processed image tensor ``[1, C, H, W]`` for re-forwards;
-    * ``hidden_states``: last-layer hidden states ``[len(prompt_ids) + len(answer_ids) - 1, d]``
-      computed during generation, kept only when the method needs them.
-
-    The query position of answer token ``k`` (the position whose logits produced it)
-    is ``prompt_len - 1 + k``.
-    """
-
-    sample_id: str
-    text: str
-    prompt_ids: list[int]
-    answer_ids: list[int]
-    image_positions: list[int]
-    grid: tuple[int, int]
-    pixel_values: Any = None
-    hidden_states: Any = None
-    extras: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def prompt_len(self) -> int:
-        return len(self.prompt_ids)
-
-    @property
-    def query_positions(self) -> list[int]:
-        """Positions whose outputs predicted each answer token."""
-        return [self.prompt_len - 1 + k for k in range(len(self.answer_ids))]
+# --------------------------------------------------------------------------- maps
 
 
 #: ``RelevanceMap.extras`` key of a method's own decision threshold on its map
@@ -242,16 +220,25 @@ class Parameterised:
 class Method(Parameterised):
     """Base class of explanation methods. One subclass per module in ``methods/``.
 
-    Subclasses set ``name``, ``description`` and ``needs`` (a subset of
-    ``{"attentions", "gradients", "hidden_states"}``) and implement :meth:`explain`.
+    Subclasses set ``name``, ``description`` and ``needs`` (a subset of :data:`METHOD_NEEDS`:
+    :data:`ATTENTIONS`, :data:`GRADIENTS`, :data:`HIDDEN_STATES`, checked when registered) and
+    implement :meth:`explain`, using the model only through the :class:`VLM` contract.
     Constructor keyword arguments are the method's parameters (``--param k=v``), declared in
-    :attr:`parameters`; :attr:`params` records them, checked, for the summary.
+    :attr:`parameters`; :attr:`params` records them, checked, for the summary. ``requires``
+    names the optional modules the method imports (e.g. ``("captum",)``): a missing one is
+    refused at construction with the command that installs it. :meth:`check` refuses, once
+    the model is loaded and before the first sample, parameter values that do not fit that model.
     """
 
     kind = "method"
     description: ClassVar[str] = ""
     needs: ClassVar[frozenset[str]] = frozenset()
+    requires: ClassVar[tuple[str, ...]] = ()
     seed: int = 0  # set by the runner; use :meth:`rng` for any random choice
+
+    def __init__(self, **params: Any) -> None:
+        require_modules(self.requires, f"{self.kind} {self.name!r}")
+        super().__init__(**params)
 
     def rng(self, sample_id: str) -> np.random.Generator:
         """A generator fixed by the run seed and the sample id (independent of batching)."""
@@ -263,9 +250,41 @@ class Method(Parameterised):
         changed = {k: v for k, v in self.params.items() if self.default_params().get(k) != v}
         return self.name + ("" if not changed else " " + ",".join(f"{k}={v}" for k, v in sorted(changed.items())))
 
-    def explain(self, vlm: "VLM", generations: Sequence[Generation]) -> list[RelevanceMap]:
+    def check(self, vlm: VLM) -> None:
+        """Called once right after the model is loaded, before any sample: raise an
+        :class:`~xbench.errors.XbenchError` naming this method and the value at fault when a
+        parameter cannot work on ``vlm`` (a layer index out of range, a hook point the model
+        family lacks...). Default: nothing to check."""
+
+    def explain(self, vlm: VLM, generations: Sequence[Generation]) -> list[RelevanceMap]:
         """Return one map per generation, on each generation's ``grid``."""
         raise NotImplementedError
+
+
+def require_modules(modules: Sequence[str], who: str) -> None:
+    """Raise :class:`~xbench.errors.MissingDependencyError` naming ``who``, the missing modules
+    and the install command (``pip install 'xbench[<extra>]'`` for xbench's own extras)."""
+    import importlib.util
+
+    missing = []
+    for module in modules:
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):  # a parent package missing, or a module set to None
+            found = False
+        if not found:
+            missing.append(module)
+    if missing:
+        from importlib.metadata import PackageNotFoundError, metadata
+
+        from xbench.errors import MissingDependencyError
+
+        try:
+            extras = set(metadata("xbench").get_all("Provides-Extra") or ())
+        except PackageNotFoundError:
+            extras = set()
+        install = " ".join(f"'xbench[{m}]'" if m in extras else m for m in missing)
+        raise MissingDependencyError(f"{who} needs {', '.join(missing)}, which is not installed: pip install {install}")
 
 
 class Task(Parameterised):
@@ -341,7 +360,7 @@ class Task(Parameterised):
 class MetricContext:
     """What the runner hands to a metric that declares :attr:`Metric.needs` (one per sample and map).
 
-    * ``vlm``: the model under explanation (``"model"`` in needs): re-forward perturbed
+    * ``vlm``: the model under explanation (:data:`MODEL` in needs): re-forward perturbed
       inputs with ``vlm.forward(generation, pixel_values=batch)``;
     * ``reference``: the reference method's map for the same generation (``"reference"``
       in needs), computed in the same run or read from an earlier run; None when it is
@@ -383,7 +402,7 @@ class Metric(Parameterised):
 
     ``compute(sample, generation, rmap)`` returns a float, or None when it does not apply
     (for example no ground-truth mask). A metric that needs more than the map declares it
-    in :attr:`needs` (a subset of ``{"model", "reference", "control"}``); the runner then calls
+    in :attr:`needs` (a subset of :data:`METRIC_NEEDS`, checked when registered); the runner then calls
     ``compute(sample, generation, rmap, context)`` with a :class:`MetricContext`. Metrics
     with empty ``needs`` are called with three arguments, as before.
 
@@ -402,7 +421,7 @@ class Metric(Parameterised):
     description: ClassVar[str] = ""
     category: ClassVar[str] = ""  # answer | agreement | faithfulness | localisation | confidence | sanity | cost
     higher_is_better: ClassVar[bool | None] = True
-    needs: ClassVar[frozenset[str]] = frozenset()  # subset of {"model", "reference", "control"}
+    needs: ClassVar[frozenset[str]] = frozenset()  # subset of METRIC_NEEDS
     uses_map: ClassVar[bool] = True
     # presets (``--metrics NAME``) the metric belongs to besides ``all`` and its category's;
     # ``default`` (the run's default set) unless a metric is too costly for a quick run
@@ -425,44 +444,3 @@ class Metric(Parameterised):
         return float(np.mean(floats)) if floats else None
 
 
-class VLM:
-    """What a model-family adapter offers to the runner and to methods (see xbench.models)."""
-
-    name: str
-    device: Any
-    dtype: Any
-    model: Any
-
-    def generate(
-        self, samples: Sequence[Sample], prompts: Sequence[str], max_new_tokens: int, keep: frozenset[str] = frozenset()
-    ) -> list[Generation]:
-        raise NotImplementedError
-
-    def forward(self, generation: Generation, *, output_attentions: bool = False, inputs_embeds=None):
-        raise NotImplementedError
-
-    def attention(self, implementation: str):
-        """Context manager: calls inside the block use attention ``implementation`` ("eager", "sdpa"),
-        restored on exit (lets a companion method that needs attention weights run on a model
-        loaded for a method that does not). Default: only the implementation already in use."""
-        import contextlib
-
-        from xbench.errors import ModelLoadError
-
-        if getattr(self, "attn_implementation", None) != implementation:
-            raise ModelLoadError(f"model family {type(self).__name__} cannot switch attention to {implementation!r}")
-        return contextlib.nullcontext()
-
-    def randomized(self, seed: int) -> "VLM":
-        """A new adapter on the same architecture and config with freshly, seeded, randomly
-        initialised weights (the sanity control ``--control randomized``)."""
-        from xbench.errors import ModelLoadError
-
-        raise ModelLoadError(f"model family {type(self).__name__} cannot build a randomized control")
-
-    def last_hidden_states(self, generation: Generation):
-        """Teacher-forced last-layer hidden states ``[len(prompt) + len(answer) - 1, d]``, as
-        :meth:`generate` keeps them (used to give a control model's states to a method)."""
-        from xbench.errors import ModelLoadError
-
-        raise ModelLoadError(f"model family {type(self).__name__} cannot return hidden states")

@@ -23,7 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
-from xbench.api import Generation, Method, RelevanceMap
+from xbench.api import ATTENTIONS, HIDDEN_STATES, Generation, Method, RelevanceMap
 from xbench.errors import RunDirectoryError, XbenchError
 from xbench.records import SAMPLES, SUMMARY, load_map, method_label, read_records
 from xbench.registry import Registry
@@ -43,16 +43,18 @@ class InRunReference:
         self.label = f"reference {method.label!r}"
 
     def bind(self, vlm, task) -> None:
-        pass
+        """Check the reference method's parameters against the loaded model (before any sample)."""
+        if not self.same:
+            self.method.check(vlm)
 
     def maps(self, vlm, generations: Sequence[Generation], own_maps: Sequence[RelevanceMap]) -> list:
         if self.same:
             return list(own_maps)
         needs = self.method.needs
-        if "hidden_states" in needs:
+        if HIDDEN_STATES in needs:
             generations = [g if g.hidden_states is not None else replace(g, hidden_states=vlm.last_hidden_states(g))
                            for g in generations]
-        with vlm.attention("eager") if "attentions" in needs else contextlib.nullcontext():
+        with vlm.attention("eager") if ATTENTIONS in needs else contextlib.nullcontext():
             return self.method.explain(vlm, generations)
 
     def describe(self) -> dict[str, Any]:
@@ -127,20 +129,17 @@ class RandomizedControl:
         self.vlm = None
 
     def bind(self, vlm, task) -> None:
+        """Build the control model (its identity: ``vlm.identity.randomized(seed)``) and check the method on it."""
         self.vlm = vlm.randomized(self.seed)
-        # same config; the weights exist only in memory, so no model hash, but say where they came from
-        self.vlm.config_hash = getattr(vlm, "config_hash", None)
-        self.vlm.model_hash = None
-        self.vlm.randomized_from = {"model": getattr(vlm, "name", None), "model_hash": getattr(vlm, "model_hash", None),
-                                    "seed": self.seed}
+        self.method.check(self.vlm)
 
     def maps(self, vlm, generations: Sequence[Generation], own_maps) -> list:
-        if "hidden_states" in self.method.needs:
+        if HIDDEN_STATES in self.method.needs:
             generations = [replace(g, hidden_states=self.vlm.last_hidden_states(g)) for g in generations]
         return self.method.explain(self.vlm, generations)
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": self.kind, "seed": self.seed, "model": getattr(self.vlm, "name", None)}
+        return {"kind": self.kind, "seed": self.seed, "model": None if self.vlm is None else self.vlm.name}
 
 
 #: ``--control`` name -> control class (``cls(method, seed)``, with ``bind``/``maps``/``describe``)

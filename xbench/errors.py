@@ -49,3 +49,19 @@ class MapValidationError(XbenchError):
 
 class RunDirectoryError(XbenchError):
     """An output directory that cannot be used (records present without --resume...)."""
+
+
+class ModelCapabilityError(XbenchError):
+    """A model family that does not offer what a method or metric asks of it."""
+
+
+class PromptTooLongError(XbenchError):
+    """A sample's prompt that does not fit the model's context window."""
+
+
+class PluginDeclarationError(XbenchError):
+    """A plugin registered with the wrong base class or an undeclared ``needs`` value."""
+
+
+class MissingDependencyError(XbenchError):
+    """An optional dependency a plugin needs is not installed."""

@@ -57,9 +57,9 @@ def xbench_register_model_families(registry):
     """Register model-family adapters, chosen by a checkpoint's ``config.json`` ``model_type``.
 
     :param registry: the model-family registry; call ``registry.register(cls)`` with a
-        class that has ``name``, ``model_types`` (a tuple of HF model types) and a
-        ``load(path, *, device, dtype, attn_implementation)`` classmethod returning an
-        :class:`xbench.api.VLM`.
+        :class:`xbench.api.VLM` subclass that has ``family`` (its name), ``model_types`` (a tuple
+        of HF model types) and a ``load(path, *, identity, device, dtype, attn_implementation)``
+        classmethod returning an instance (anything else is refused, naming the plugin).
     """
 
 

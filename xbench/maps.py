@@ -1,8 +1,6 @@
-"""Shared helpers turning model tensors into patch-grid maps, and masks into grid weights."""
+"""Shared helpers turning model tensors into patch-grid maps (masks go through ``VLM.mask_to_grid``)."""
 
 from __future__ import annotations
-
-from typing import Sequence
 
 import numpy as np
 
@@ -17,6 +15,7 @@ COMBINE_TOKENS = {
 }
 TOKEN_CHOICES = tuple(COMBINE_TOKENS)
 TOKEN_PARAM = Param("mean", choices=TOKEN_CHOICES, doc="which answer tokens make the map: their mean, the first or the last")
+
 
 def rows_to_token_maps(rows, generation: Generation) -> np.ndarray:
     """``rows``: ``[K, T]`` relevance of each answer token's query position over all positions.
@@ -33,26 +32,6 @@ def combine_tokens(per_token: np.ndarray, how: str) -> np.ndarray:
     """One map from per-answer-token maps: their mean, or the first / last token's
     (``how`` from :data:`TOKEN_CHOICES`, checked when the method was built)."""
     return COMBINE_TOKENS[how](per_token)
-
-def mask_to_grid(mask: np.ndarray, grid: Sequence[int]) -> np.ndarray:
-    """Fraction of each patch covered by a pixel mask, ``[h, w]`` float32.
-
-    The mask is centre-cropped to a square first, matching CLIP's resize-shortest-edge
-    + centre-crop preprocessing, then area-averaged onto the grid.
-    """
-    from PIL import Image
-
-    mask = np.asarray(mask, dtype=bool)
-    H, W = mask.shape
-    side = min(H, W)
-    top, left = (H - side) // 2, (W - side) // 2
-    square = mask[top : top + side, left : left + side].astype(np.float32)
-    h, w = grid
-    if side % h == 0 and side % w == 0:
-        return square.reshape(h, side // h, w, side // w).mean(axis=(1, 3))
-    img = Image.fromarray(square, mode="F").resize((w, h), Image.Resampling.BOX)
-    return np.asarray(img, dtype=np.float32)
-
 
 #: the default labelling threshold: a patch is relevant when its min-max normalised relevance
 #: reaches tau (FastRM's labels and the agreement metrics)

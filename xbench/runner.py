@@ -123,6 +123,7 @@ class Run:
         with self.times.timed("model_load"):
             self.vlm = load_vlm(cfg.model, self.plugins.registries, needs=self.method.needs, device=cfg.device,
                                 dtype=cfg.dtype)  # fmt: skip
+            self.method.check(self.vlm)  # values that need the model, before the first sample
             for source in (self.reference, self.control):
                 if source is not None:
                     source.bind(self.vlm, self.task)

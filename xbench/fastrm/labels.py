@@ -305,7 +305,7 @@ def build_labels(
     done, ended = cache.consumed(), cache.ended()
     if done < n and (ended is None or done < ended):
         keep = frozenset(set(reference.needs) | {"hidden_states"})
-        image_std = getattr(getattr(getattr(vlm, "processor", None), "image_processor", None), "image_std", None)
+        image_std = vlm.image_std
         index = len(cache.chunks())
         if log:
             log(f"labelling {n - done} {task.name}/{task.split} samples with {reference.label} -> {cache.dir}")

@@ -43,7 +43,7 @@ def model_identity(vlm) -> dict[str, Any]:
     model_hash = getattr(vlm, "model_hash", None) or origin.get("model_hash")
     return {
         "id": getattr(vlm, "name", None),
-        "hidden_size": int(vlm.model.config.get_text_config().hidden_size),
+        "hidden_size": int(vlm.hidden_size),
         "config_hash": getattr(vlm, "config_hash", None),
         "model_hash": model_hash,
     }

@@ -156,14 +156,16 @@ def load_vlm(
     device: str | None = None,
     dtype: str | None = None,
 ):
-    """Load a VLM adapter; eager attention only when ``"attentions"`` is in ``needs``."""
+    """Load a VLM adapter with its identity; eager attention only when :data:`~xbench.api.ATTENTIONS` is in ``needs``."""
     import torch
+
+    from xbench.api import ATTENTIONS, ModelIdentity
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     model_id, path = resolve_model(name_or_path, registries)
     config = check_model_dir(path)
     model_type = config.get("model_type")
-    families = [e.obj for e in registries.model_families if model_type in getattr(e.obj, "model_types", ())]
+    families = [e.obj for e in registries.model_families if model_type in e.obj.model_types]
     if not families:
         known = sorted({t for e in registries.model_families for t in e.obj.model_types})
         raise ModelLoadError(
@@ -173,10 +175,6 @@ def load_vlm(
     dtype = dtype or default_dtype(device)
     if not isinstance(getattr(torch, dtype, None), torch.dtype) or not getattr(torch, dtype).is_floating_point:
         raise ModelLoadError(f"unknown dtype {dtype!r} (use float32, bfloat16 or float16)")
-    attn = "eager" if "attentions" in needs else "sdpa"
-    vlm = families[0].load(path, device=device, dtype=getattr(torch, dtype), attn_implementation=attn)
-    vlm.name = model_id
-    vlm.path = path
-    vlm.config_hash = config_hash(config)
-    vlm.model_hash = model_hash(path)
-    return vlm
+    identity = ModelIdentity(name=model_id, path=path, config_hash=config_hash(config), model_hash=model_hash(path))
+    attn = "eager" if ATTENTIONS in needs else "sdpa"
+    return families[0].load(path, identity=identity, device=device, dtype=getattr(torch, dtype), attn_implementation=attn)

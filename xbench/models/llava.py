@@ -6,32 +6,37 @@ import contextlib
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 
-from xbench.api import VLM, Generation, Sample
-from xbench.errors import AttentionsUnavailableError, ModelLoadError
+from xbench.api import HIDDEN_STATES, VLM, ForwardOutput, Generation, ModelIdentity, Sample
+from xbench.errors import AttentionsUnavailableError, ModelCapabilityError, ModelLoadError, PromptTooLongError
 from xbench.hookspecs import hookimpl
+from xbench.models import layout
 
 
 class LlavaAdapter(VLM):
     """Batched, left-padded greedy generation and teacher-forced re-forwards for LLaVA.
 
     The prompt follows LLaVA-1.5's conversation template: ``USER: <image>\\n{prompt} ASSISTANT:``.
+    Layout: one square CLIP-style image ``pixel_values [1, C, H, W]`` tiled by ``patch_size``
+    patches into the ``grid``; image token ``i`` is vision-tower token ``i + 1`` (the
+    ``default`` feature selection drops CLS); the projector's output enters the language model.
     """
 
-    name = "llava"
+    family = "llava"
     description = "LlavaForConditionalGeneration (LLaVA-1.5 template), local HF directories"
     model_types = ("llava",)
     template = "USER: <image>\n{prompt} ASSISTANT:"
 
-    def __init__(self, model, processor, device: str, dtype: torch.dtype, attn_implementation: str) -> None:
+    def __init__(
+        self, model, processor, identity: ModelIdentity, device: str, dtype: torch.dtype, attn_implementation: str
+    ) -> None:
+        super().__init__(identity, device, dtype, attn_implementation)
         self.model = model
         self.processor = processor
         self.tokenizer = processor.tokenizer
         self.tokenizer.padding_side = "left"
-        self.device = device
-        self.dtype = dtype
-        self.attn_implementation = attn_implementation
         cfg = model.config
         self.image_token_id = cfg.image_token_id if hasattr(cfg, "image_token_id") else cfg.image_token_index
         vc = cfg.vision_config
@@ -44,7 +49,9 @@ class LlavaAdapter(VLM):
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def load(cls, path: Path, *, device: str, dtype: torch.dtype, attn_implementation: str) -> "LlavaAdapter":
+    def load(
+        cls, path: Path, *, identity: ModelIdentity, device: str, dtype: torch.dtype, attn_implementation: str
+    ) -> "LlavaAdapter":
         from transformers import AutoProcessor, LlavaForConditionalGeneration
         from transformers.utils import logging as hf_logging
 
@@ -70,7 +77,7 @@ class LlavaAdapter(VLM):
             raise ModelLoadError(f"weights in {str(path)!r} do not match its config.json: {shown}")
         model.to(device).eval()
         model.requires_grad_(False)
-        return cls(model, processor, device, dtype, attn_implementation)
+        return cls(model, processor, identity, device, dtype, attn_implementation)
 
     # ------------------------------------------------------------------ generation
     def generate(
@@ -80,14 +87,19 @@ class LlavaAdapter(VLM):
         max_new_tokens: int,
         keep: frozenset[str] = frozenset(),
     ) -> list[Generation]:
-        """Greedy answers for a batch; keeps last-layer hidden states when ``"hidden_states" in keep``."""
+        """Greedy answers for a batch; keeps last-layer hidden states when ``HIDDEN_STATES in keep``.
+
+        Every prompt is checked against the context window before anything is generated: one
+        too long raises :class:`PromptTooLongError` naming its sample (the caller's batch
+        splitting then isolates that sample)."""
         texts = [self.template.format(prompt=p) for p in prompts]
         images = [s.load_image() for s in samples]
         inputs = self.processor(images=images, text=texts, return_tensors="pt", padding=True)
+        self._check_context(samples, inputs["attention_mask"].sum(dim=1).tolist(), max_new_tokens)
         inputs = {k: v.to(self.device) for k, v in inputs.items()}
         inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
         captured: list[torch.Tensor] = []
-        ctx = self._capture_last_hidden(captured) if "hidden_states" in keep else contextlib.nullcontext()
+        ctx = self._capture_last_hidden(captured) if HIDDEN_STATES in keep else contextlib.nullcontext()
         with torch.no_grad(), ctx:
             sequences = self.model.generate(
                 **inputs,
@@ -100,32 +112,49 @@ class LlavaAdapter(VLM):
             )
         hidden = torch.cat(captured, dim=1) if captured else None
         in_len = inputs["input_ids"].shape[1]
-        out = []
-        for i, sample in enumerate(samples):
-            mask = inputs["attention_mask"][i].bool()
-            n_pad = int((~mask).sum())
-            prompt_ids = inputs["input_ids"][i][mask].tolist()
-            answer_ids = self._trim_answer(sequences[i, in_len:].tolist())
-            positions = [j for j, t in enumerate(prompt_ids) if t == self.image_token_id]
-            if len(positions) != self.grid[0] * self.grid[1]:
-                raise ModelLoadError(
-                    f"model {getattr(self, 'name', 'llava')!r}: {len(positions)} image tokens do not fill "
-                    f"a {self.grid[0]}x{self.grid[1]} patch grid (vision_feature_select_strategy must be 'default')"
-                )
-            gen = Generation(
-                sample_id=sample.id,
-                text=self.tokenizer.decode(answer_ids, skip_special_tokens=True).strip(),
-                prompt_ids=prompt_ids,
-                answer_ids=answer_ids,
-                image_positions=positions,
-                grid=self.grid,
-                pixel_values=inputs["pixel_values"][i : i + 1],
+        return [
+            self._generation(sample, inputs, i, sequences[i, in_len:].tolist(), hidden)
+            for i, sample in enumerate(samples)
+        ]
+
+    def _generation(self, sample: Sample, inputs, i: int, generated: list[int], hidden) -> Generation:
+        """Row ``i`` of a generated batch as a :class:`Generation` (padding removed)."""
+        mask = inputs["attention_mask"][i].bool()
+        n_pad = int((~mask).sum())
+        prompt_ids = inputs["input_ids"][i][mask].tolist()
+        answer_ids = self._trim_answer(generated)
+        positions = [j for j, t in enumerate(prompt_ids) if t == self.image_token_id]
+        if len(positions) != self.grid[0] * self.grid[1]:
+            raise ModelLoadError(
+                f"model {self.name!r}: {len(positions)} image tokens do not fill "
+                f"a {self.grid[0]}x{self.grid[1]} patch grid (vision_feature_select_strategy must be 'default')"
             )
-            if hidden is not None:
-                length = len(prompt_ids) + len(answer_ids) - 1
-                gen.hidden_states = hidden[i, n_pad : n_pad + length]
-            out.append(gen)
-        return out
+        gen = Generation(
+            sample_id=sample.id,
+            text=self.tokenizer.decode(answer_ids, skip_special_tokens=True).strip(),
+            prompt_ids=prompt_ids,
+            answer_ids=answer_ids,
+            image_positions=positions,
+            grid=self.grid,
+            pixel_values=inputs["pixel_values"][i : i + 1],
+        )
+        if hidden is not None:
+            length = len(prompt_ids) + len(answer_ids) - 1
+            gen.hidden_states = hidden[i, n_pad : n_pad + length]
+        return gen
+
+    @property
+    def context_length(self) -> int:
+        """Positions the language model was built for (``max_position_embeddings``)."""
+        return int(self.model.config.get_text_config().max_position_embeddings)
+
+    def _check_context(self, samples: Sequence[Sample], prompt_lengths: Sequence[int], max_new_tokens: int) -> None:
+        for sample, length in zip(samples, prompt_lengths):
+            if length + max_new_tokens > self.context_length:
+                raise PromptTooLongError(
+                    f"sample {sample.id!r}: its prompt of {length} tokens plus up to {max_new_tokens} answer tokens "
+                    f"does not fit the context window of model {self.name!r} ({self.context_length} tokens)"
+                )
 
     def _trim_answer(self, ids: list[int]) -> list[int]:
         """Generated ids up to the first end/pad token; the end token alone if it came first."""
@@ -148,36 +177,52 @@ class LlavaAdapter(VLM):
     def language_model(self):
         return self.model.model.language_model
 
+    @property
+    def hidden_size(self) -> int:
+        return int(self.model.config.get_text_config().hidden_size)
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.model.config.get_text_config().num_hidden_layers)
+
     # ------------------------------------------------------------------ re-forwards
     def input_ids(self, generation: Generation) -> torch.Tensor:
         """``[1, T]`` prompt + answer ids of ``generation`` on the model's device."""
         return torch.tensor([generation.prompt_ids + generation.answer_ids], device=self.device)
 
-    def forward(self, generation: Generation, *, output_attentions: bool = False, pixel_values=None, **kwargs):
-        """Teacher-forced forward over prompt + answer of one generation.
+    def forward(
+        self, generation: Generation, *, pixel_values=None, output_attentions: bool = False,
+        logits_to_keep: int | None = None,
+    ) -> ForwardOutput:
+        """Teacher-forced forward over prompt + answer of one generation (see :meth:`VLM.forward`).
 
-        ``pixel_values`` overrides the generation's image (for perturbation methods).
-        With ``output_attentions`` the attentions of every language-model layer are
-        checked to be present (sdpa silently returns none).
+        ``vision_attentions`` are the CLIP tower's layers, first to last; sdpa attention
+        silently returns no weights, which is refused here.
         """
         ids = self.input_ids(generation)
         pv = generation.pixel_values if pixel_values is None else pixel_values
+        extra = {} if logits_to_keep is None else {"logits_to_keep": logits_to_keep}
         outputs = self.model(
-            input_ids=ids.expand(pv.shape[0], -1),
-            pixel_values=pv,
-            output_attentions=output_attentions,
-            use_cache=False,
-            **kwargs,
+            input_ids=ids.expand(pv.shape[0], -1), pixel_values=pv, output_attentions=output_attentions,
+            use_cache=False, **extra,
         )
-        if output_attentions:
-            atts = outputs.attentions
-            if not atts or any(a is None or a.numel() == 0 for a in atts):
-                raise AttentionsUnavailableError(
-                    f"model {getattr(self, 'name', 'llava')!r} returned no attentions "
-                    f"(attn_implementation={self.attn_implementation!r}); load it with eager attention"
-                )
-        return outputs
+        if not output_attentions:
+            return ForwardOutput(outputs.logits)
+        atts = outputs.attentions
+        if not atts or any(a is None or a.numel() == 0 for a in atts):
+            raise AttentionsUnavailableError(
+                f"model {self.name!r} returned no attentions "
+                f"(attn_implementation={self.attn_implementation!r}); load it with eager attention"
+            )
+        vision = getattr(outputs.image_outputs, "attentions", None)
+        return ForwardOutput(outputs.logits, tuple(atts), tuple(vision) if vision else None)
 
+    def last_hidden_states(self, generation: Generation) -> torch.Tensor:
+        """The final-norm output over prompt + answer minus its last position (what generate keeps)."""
+        captured: list[torch.Tensor] = []
+        with torch.no_grad(), self._capture_last_hidden(captured):
+            self.forward(generation)
+        return captured[0][0, :-1]
 
     # ------------------------------------------------------------------ controls
     @contextlib.contextmanager
@@ -207,16 +252,62 @@ class LlavaAdapter(VLM):
             )
         model.to(device=self.device, dtype=self.dtype).eval()
         model.requires_grad_(False)
-        control = type(self)(model, self.processor, self.device, self.dtype, self.attn_implementation)
-        control.name = f"{getattr(self, 'name', 'llava')}[randomized seed={seed}]"
-        return control
+        identity = self.identity.randomized(seed)
+        return type(self)(model, self.processor, identity, self.device, self.dtype, self.attn_implementation)
 
-    def last_hidden_states(self, generation: Generation) -> torch.Tensor:
-        """The final-norm output over prompt + answer minus its last position (what generate keeps)."""
-        captured: list[torch.Tensor] = []
-        with torch.no_grad(), self._capture_last_hidden(captured):
-            self.forward(generation)
-        return captured[0][0, :-1]
+    # ------------------------------------------------------------------ hook points
+    @contextlib.contextmanager
+    def image_features_as_leaf(self):
+        """Within the block, the projector's output is detached and made a leaf that requires grad."""
+        handle = self.model.model.multi_modal_projector.register_forward_hook(
+            lambda _m, _i, out: out.detach().requires_grad_(True)
+        )
+        try:
+            yield
+        finally:
+            handle.remove()
+
+    def vision_layers_read(self) -> int:
+        """The ViT layers feeding ``vision_feature_layer`` (later ones get no gradient)."""
+        layer = self.model.config.vision_feature_layer
+        if isinstance(layer, (list, tuple)) and len(layer) == 1:
+            layer = layer[0]  # a pool of one layer is that layer
+        if not isinstance(layer, int):
+            raise ModelCapabilityError(
+                f"model {self.name!r} reads image features from several vision layers "
+                f"(vision_feature_layer={layer!r}), not one path through the tower"
+            )
+        return layer % (self.model.config.vision_config.num_hidden_layers + 1)
+
+    def vision_token_positions(self, generation: Generation) -> list[int]:
+        """Image token ``i`` is ViT token ``i + 1``: the ``default`` strategy drops CLS at index 0."""
+        return [1 + i for i in range(len(generation.image_positions))]
+
+    def patch_embedding(self) -> torch.nn.Module:
+        """The vision tower's last ``Conv2d`` (CLIP: the patch embedding)."""
+        convs = [m for m in self.model.model.vision_tower.modules() if isinstance(m, torch.nn.Conv2d)]
+        if not convs:
+            raise ModelCapabilityError(f"model {self.name!r} has no convolution in its vision tower")
+        return convs[-1]
+
+    # ------------------------------------------------------------------ pixel layout
+    def patch_size(self, generation: Generation) -> int:
+        return int(self.model.config.vision_config.patch_size)
+
+    def pixels_to_grid(self, attribution: torch.Tensor, generation: Generation) -> np.ndarray:
+        return layout.sum_per_cell(attribution, generation.grid)
+
+    def pixel_cells(self, generation: Generation) -> torch.Tensor:
+        return layout.cell_index(generation.grid, self.patch_size(generation), generation.pixel_values.device)
+
+    def mask_to_grid(self, mask: np.ndarray, generation: Generation) -> np.ndarray:
+        """CLIP's resize-shortest-edge + centre crop: the mask is centre-cropped to a square first."""
+        return layout.centre_crop_cover(mask, generation.grid)
+
+    @property
+    def image_std(self) -> tuple[float, ...] | None:
+        std = getattr(self.processor.image_processor, "image_std", None)
+        return None if std is None else tuple(float(v) for v in std)
 
 
 @hookimpl
