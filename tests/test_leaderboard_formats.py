@@ -141,11 +141,12 @@ def test_headline_of_committed_runs_fits_160_characters():
     assert max(len(line) for line in text.splitlines()) <= 160
     header = next(line for line in text.splitlines() if line.startswith("| method"))
     assert [c.strip() for c in header.strip("|").split("|")] == [
-        "method", "n", "accuracy ↑", "agr F1 ↑", "agr AUROC ↑", "del gain ↑", "ins gain ↑", "loc ↑", "loc@control", "sanity",
+        "method", "n", "accuracy ↑", "agr F1 ↑", "F1 op ↑", "agr AUROC ↑", "del gain ↑", "ins gain ↑", "loc ↑", "loc@ctrl", "sanity ↓",
         "ms p50 ↓", "MiB ↓"]
     assert "200 shared samples" in text and "| gradient_relevancy ★ | 200 |" in text
     fastrm = json.loads((ROOT / "results/runs/tiny-llava-easyvqa/fastrm/summary.json").read_text())["metrics"]
     row = next(line for line in text.splitlines() if line.startswith("| fastrm ")).split("|")
     assert float(row[4]) == pytest.approx(fastrm["agreement_f1"]["value"], abs=5e-4)
+    assert float(row[5]) == pytest.approx(fastrm["agreement_f1_operating"]["value"], abs=5e-4)
     gain = fastrm["deletion_auc_random"]["value"] - fastrm["deletion_auc"]["value"]
-    assert float(row[6]) == pytest.approx(gain, abs=5e-4)
+    assert float(row[7]) == pytest.approx(gain, abs=5e-4)

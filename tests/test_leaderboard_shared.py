@@ -136,7 +136,7 @@ def test_headline_marks_reference_flags_sanity_and_shows_gains(runs):
     text = render(root)
     header = [c.strip() for c in next(l for l in text.splitlines() if l.startswith("| method")).strip("|").split("|")]
     assert header == ["method", "n", "accuracy ↑", "agr F1 ↑", "agr AUROC ↑", "del gain ↑", "ins gain ↑", "loc ↑",
-                      "loc@control", "sanity ↓", "ms p50 ↓", "MiB ↓"]
+                      "loc@ctrl", "sanity ↓", "ms p50 ↓", "MiB ↓"]
     assert "### task: easyvqa · model: tiny-llava-easyvqa · split: test · 7 shared samples" in text
     rows = _rows(text)
     table, _ = load(root)
@@ -220,7 +220,7 @@ def test_a_column_that_cannot_be_recomputed_keeps_the_runs_value_and_says_so(run
 
 def test_operating_point_f1_is_shown_beside_the_tau_rule_where_a_run_has_it(runs):
     root, _, _ = runs
-    assert "agr F1 op" not in render(root)  # no run has it: no column
+    assert "F1 op" not in render(root)  # no run has it: no column
     path = root / "big" / "summary.json"
     s = json.loads(path.read_text())
     s["metrics"]["agreement_f1_operating"] = _entry(0.628, "agreement", True)
@@ -229,7 +229,7 @@ def test_operating_point_f1_is_shown_beside_the_tau_rule_where_a_run_has_it(runs
         assert "agreement_f1_operating" not in r["metrics"]  # summary-only here: the run's own value, marked
     text = render(root)
     header = [c.strip() for c in next(l for l in text.splitlines() if l.startswith("| method")).strip("|").split("|")]
-    assert header[3:6] == ["agr F1 ↑", "agr F1 op ↑", "agr AUROC ↑"]
+    assert header[3:6] == ["agr F1 ↑", "F1 op ↑", "agr AUROC ↑"]
     rows = _rows(text)
     assert rows["big"][4] == "0.628†" and rows["gradient_relevancy"][4] == "ref"
-    assert "agr F1 op = agreement_f1_operating" in " ".join(text.split())
+    assert "F1 op = agreement_f1_operating" in " ".join(text.split())

@@ -67,7 +67,7 @@ def test_report_is_one_self_contained_escaped_file(runs, tmp_path, capsys):
     assert len(srcs) == 1 + 1 + 2 * (1 + 3)
     for heading in ("Quality vs latency", "Leaderboard", "Samples × runs", "Provenance"):
         assert heading in text
-    assert "loc@control = energy_in_mask@control" in text and "agr F1 ↑" in text and "<th>del gain" in text  # the headline
+    assert "loc@ctrl = energy_in_mask@control" in text and "agr F1 ↑" in text and "<th>del gain" in text  # the headline
     assert "gold: " in text and "answer: <b>" in text and "alt='colour bar'" in text
     summary = json.loads((runs / "rollout" / "summary.json").read_text())
     for value in (summary["model"]["model_hash"], summary["task"]["data_hash"], summary["provenance"]["torch"]):
