@@ -31,7 +31,6 @@ import numpy as np
 import torch
 
 from xbench.api import GRADIENTS, Generation, Method, RelevanceMap
-from xbench.errors import ParameterError
 from xbench.params import Param
 
 TARGETS = ("first", "answer")

@@ -27,7 +27,7 @@ class FeatureAblationMethod(CaptumMethod):
         return FeatureAblation(forward).attribute(
             pixel_values,
             baselines=self.params["baseline"],
-            feature_mask=vlm.pixel_cells(generation).to(pixel_values.device),
+            feature_mask=vlm.pixel_cells(generation),
             perturbations_per_eval=self.params["perturbations_per_eval"],
         )
 

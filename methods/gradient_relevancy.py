@@ -44,23 +44,10 @@ import torch
 from xbench.api import ATTENTIONS, GRADIENTS, Generation, Method, RelevanceMap
 from xbench.errors import ModelCapabilityError, ParameterError
 from xbench.hookspecs import hookimpl
-from xbench.maps import TOKEN_PARAM, combine_tokens
+from xbench.maps import TOKEN_PARAM, combine_tokens, token_indices
 from xbench.params import Param
 
 SCOPES = ("llm", "all")
-
-
-#: the answer tokens a ``token`` choice needs, given the answer's length
-TOKEN_INDICES = {
-    "mean": lambda n_answer: list(range(n_answer)),
-    "first": lambda n_answer: [0],
-    "last": lambda n_answer: [n_answer - 1],
-}
-
-
-def token_indices(n_answer: int, how: str) -> list[int]:
-    """Indices of the answer tokens a ``token`` choice (checked when the method was built) needs."""
-    return TOKEN_INDICES[how](n_answer)
 
 
 def _head_mean_cam(attention: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:

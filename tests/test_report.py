@@ -151,7 +151,7 @@ def test_plot_labels_with_dollars_do_not_start_mathtext(runs, tmp_path):
     summary = json.loads(path.read_text())
     summary["method"]["label"] = r"$\frac{1}{$ and $\unknowncommand$"
     path.write_text(json.dumps(summary))
-    uri, shown = pareto_figure(find_runs([tmp_path / "dollar"]), ["agreement_f1"], "explain_ms_p50", "$x$")
+    uri, shown = pareto_figure(find_runs([tmp_path / "dollar"]), ["agreement_f1"], "explain_ms_p50")
     assert uri.startswith("data:image/png;base64,") and shown == ["agreement_f1"]
     import matplotlib.pyplot as plt
 
@@ -223,3 +223,15 @@ def test_show_refuses_unknown_sample_and_folder(runs, tmp_path, capsys):
     assert main(["show", str(tmp_path), "x", "-o", str(tmp_path / "x.png")]) == 2
     assert "is not an xbench run folder" in capsys.readouterr().err
     assert not (tmp_path / "x.png").exists()
+
+
+def test_an_unreadable_records_file_is_named_and_the_run_kept(runs, tmp_path, capsys):
+    """As the leaderboard does: a run whose samples.jsonl cannot be read is kept, without samples, with a warning."""
+    from xbench.report import find_runs
+
+    shutil.copytree(runs / "rollout", tmp_path / "broken")
+    (tmp_path / "broken" / "samples.jsonl").unlink()
+    (tmp_path / "broken" / "samples.jsonl").mkdir()  # not a regular file
+    found = find_runs([tmp_path / "broken"])
+    assert len(found) == 1 and found[0].records == []
+    assert "samples.jsonl: unreadable" in capsys.readouterr().err

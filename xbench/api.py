@@ -440,7 +440,8 @@ class Metric(Parameterised):
         and ``meta``), for run-level metrics such as an AUROC over samples. Default: the
         mean of the floats, None if there is none.
         """
-        floats = [float(v) for v in (getattr(v, "value", v) for v in values) if v is not None]
+        plain = (v.value if isinstance(v, Pooled) else v for v in values)
+        floats = [float(v) for v in plain if v is not None]
         return float(np.mean(floats)) if floats else None
 
 

@@ -11,12 +11,15 @@ from __future__ import annotations
 import logging
 import re
 import socket
-from typing import Callable, ClassVar, Sequence
+from typing import TYPE_CHECKING, Callable, ClassVar, Sequence
 
 from xbench.api import Parameterised
 from xbench.errors import XbenchError
 from xbench.params import Param
 from xbench.registry import Registry
+
+if TYPE_CHECKING:
+    from xbench.suite import Cell
 
 PROBE_TIMEOUT_S = 10.0  # a Ray address that does not answer a TCP connect by then is unreachable
 

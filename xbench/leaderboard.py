@@ -31,9 +31,10 @@ import pandas as pd
 from xbench import escaping
 from xbench.errors import ParameterError
 from xbench.headline import GAINS, gain, headline_columns
-from xbench.shared_samples import Recomputer, Run, Values, read_runs, shared_ids, summary_values, warn
+from xbench.shared_samples import (Recomputer, Run, Values, is_reference_of, read_runs, shared_ids, summary_values,
+                                   warn)
 from xbench.stats import LEVEL, N_RESAMPLES
-from xbench.tables import FORMATS, cell, render_table
+from xbench.tables import FORMATS, MISSING, cell, render_table
 
 CATEGORY_ORDER = ("answer", "agreement", "faithfulness", "localisation", "sanity", "confidence", "cost")
 TABLE = ["task", "model", "split", "data", "compared"]
@@ -60,8 +61,7 @@ def _is_reference(run: Run, group: list[Run]) -> bool:
     """Whether some run of the table names ``run``'s method (and parameters) as its reference."""
     method = run.summary["method"]
     for other in group:
-        ref = other.summary.get("reference") or {}
-        if ref.get("method") == method["name"] and ref.get("params") in (None, method.get("params")):
+        if is_reference_of(other.summary.get("reference"), method):
             return True
     return False
 
@@ -204,14 +204,14 @@ def _cells(row: pd.Series, shown: list[tuple[str, str]], columns: dict[str, dict
         flag = info.get("flag_above")
         if flag is not None and value is not None and not _nan(value) and value > flag:
             text += f" {FLAG_MARK}"
-        if col in row["own"] and text != "—":
+        if col in row["own"] and text != MISSING:
             text += OWN_MARK
         out.append(text)
     return out
 
 
 def _count(n) -> str:
-    return "—" if n is None or _nan(n) else str(n)
+    return MISSING if n is None or _nan(n) else str(n)
 
 
 def _nan(x) -> bool:

@@ -7,13 +7,14 @@ import numpy as np
 from xbench.api import Generation
 from xbench.params import Param
 
-#: how per-answer-token maps combine into one (the ``token`` parameter)
-COMBINE_TOKENS = {
-    "mean": lambda per_token: per_token.mean(axis=0),
-    "first": lambda per_token: per_token[0],
-    "last": lambda per_token: per_token[-1],
+#: the ``token`` parameter: per choice, the answer tokens it needs (given the answer's length) and
+#: how their per-token maps combine into one
+TOKEN_RULES = {
+    "mean": (lambda n_answer: list(range(n_answer)), lambda per_token: per_token.mean(axis=0)),
+    "first": (lambda n_answer: [0], lambda per_token: per_token[0]),
+    "last": (lambda n_answer: [n_answer - 1], lambda per_token: per_token[-1]),
 }
-TOKEN_CHOICES = tuple(COMBINE_TOKENS)
+TOKEN_CHOICES = tuple(TOKEN_RULES)
 TOKEN_PARAM = Param("mean", choices=TOKEN_CHOICES, doc="which answer tokens make the map: their mean, the first or the last")
 
 
@@ -31,7 +32,12 @@ def rows_to_token_maps(rows, generation: Generation) -> np.ndarray:
 def combine_tokens(per_token: np.ndarray, how: str) -> np.ndarray:
     """One map from per-answer-token maps: their mean, or the first / last token's
     (``how`` from :data:`TOKEN_CHOICES`, checked when the method was built)."""
-    return COMBINE_TOKENS[how](per_token)
+    return TOKEN_RULES[how][1](per_token)
+
+
+def token_indices(n_answer: int, how: str) -> list[int]:
+    """Indices of the answer tokens a ``token`` choice (checked when the method was built) needs."""
+    return TOKEN_RULES[how][0](n_answer)
 
 #: the default labelling threshold: a patch is relevant when its min-max normalised relevance
 #: reaches tau (FastRM's labels and the agreement metrics)

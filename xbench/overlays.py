@@ -26,9 +26,12 @@ LIGHT, DARK = 225, 60  # the two greys the colour bar shows the tint over
 
 
 def png_data_uri(image) -> str:
-    """A PIL image as a ``data:image/png;base64,...`` URI."""
+    """A PIL image, or a matplotlib figure, as a ``data:image/png;base64,...`` URI."""
     buf = io.BytesIO()
-    image.save(buf, format="PNG")
+    if hasattr(image, "savefig"):
+        image.savefig(buf, format="png", dpi=110)
+    else:
+        image.save(buf, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 

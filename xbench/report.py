@@ -14,8 +14,6 @@ mathtext in plots). Images are base64 PNG ``data:`` URIs.
 
 from __future__ import annotations
 
-import base64
-import io
 import math
 import os
 from collections import Counter
@@ -25,12 +23,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from xbench.errors import ParameterError
+from xbench.errors import ParameterError, XbenchError
 from xbench.escaping import html_text as esc
 from xbench.escaping import mathtext
 from xbench.overlays import CELL_PX, centre_square, colour_bar, overlay, png_data_uri, record_map, sample_images
 from xbench.records import SAMPLES, SUMMARY, method_label, read_records
-from xbench.shared_samples import read_summary
+from xbench.shared_samples import read_summary, summary_paths, warn
 
 DEFAULT_QUALITY = ("agreement_f1", "deletion_auc", "insertion_auc", "energy_in_mask")
 DEFAULT_LATENCY = "explain_ms_p50"
@@ -69,13 +67,17 @@ def find_runs(paths: Sequence[Path]) -> list[RunData]:
     xbench run summary is skipped with a warning naming it."""
     runs = []
     for p in map(Path, paths):
-        found = [p] if p.is_file() else sorted(p.rglob(SUMMARY))
+        found = summary_paths(p)
         if not found:
             raise ParameterError(f"no run ({SUMMARY}) found under {str(p)!r}")
         for summary_path in found:
             summary = read_summary(summary_path)
             if summary is not None:
-                records = read_records(summary_path.parent / SAMPLES)
+                try:
+                    records = read_records(summary_path.parent / SAMPLES)
+                except (OSError, XbenchError) as exc:  # as the leaderboard does: said, and the run kept
+                    warn(f"{summary_path.parent / SAMPLES}: unreadable ({exc}); the run's samples are not shown")
+                    records = []
                 runs.append(RunData(summary_path.parent, summary, records, method_label(summary)))
     if not runs:
         raise ParameterError(f"no xbench run summary found under {', '.join(repr(str(p)) for p in paths)}")
@@ -114,7 +116,7 @@ def pareto_front(points: Sequence[tuple[float, float]], higher_is_better: bool) 
     return sorted(front, key=lambda i: points[i][0])
 
 
-def pareto_figure(runs: list[RunData], quality: Sequence[str], latency: str, title: str = "") -> tuple[str | None, list[str]]:
+def pareto_figure(runs: list[RunData], quality: Sequence[str], latency: str) -> tuple[str | None, list[str]]:
     """``(data URI, metrics shown)`` of a figure with one panel per quality metric present, for
     runs of one task, model and sample count.
 
@@ -135,8 +137,6 @@ def pareto_figure(runs: list[RunData], quality: Sequence[str], latency: str, tit
     markers = "osD^vP*Xh<>p"
     style = {lab: (colours[i % len(colours)], markers[i % len(markers)]) for i, lab in enumerate(labels)}
     fig, axes = plt.subplots(1, len(shown), figsize=(4.0 * len(shown), 3.8), squeeze=False)
-    if title:
-        fig.suptitle(mathtext(title), fontsize=10)
     handles = {}
     for ax, metric in zip(axes[0], shown):
         pts, names, hib = [], [], True
@@ -178,10 +178,9 @@ def pareto_figure(runs: list[RunData], quality: Sequence[str], latency: str, tit
                frameon=False)
     rows = math.ceil(len(handles) / 7)
     fig.tight_layout(rect=(0, 0.06 * rows + 0.02, 1, 1))
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
+    uri = png_data_uri(fig)
     plt.close(fig)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode(), shown
+    return uri, shown
 
 
 def _err(value: float, ci) -> tuple[float, float]:

@@ -29,7 +29,7 @@ from typing import Sequence
 import numpy as np
 
 from xbench import companions, presets, provenance, rundir
-from xbench.api import Sample, SampleError
+from xbench.api import REFERENCE, Sample, SampleError
 from xbench.batching import batched, call_splitting, describe
 from xbench.cost import PhaseTimes
 from xbench.errors import ParameterError
@@ -69,7 +69,7 @@ class Run:
         self.task = task_cls(config.split, config.data_dir, **config.task_params)
         metric_names = presets.resolve(config.metrics, reg.metrics)
         self.metrics = build_metrics([reg.metrics.get(n) for n in metric_names], config.metric_params)
-        needs_reference = any("reference" in m.needs for m in self.metrics)
+        needs_reference = any(REFERENCE in m.needs for m in self.metrics)
         self.reference = companions.build_reference(config, reg, self.method) if needs_reference else None
         self.control = companions.build_control(config, reg, self.method)
         self.out_dir = config.out_dir()

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from xbench.api import Generation, Metric, MetricContext, RelevanceMap, Sample
+from xbench.api import CONTROL, Generation, Metric, MetricContext, RelevanceMap, Sample
 from xbench.batching import describe
 from xbench.columns import control_column
 from xbench.cost import PhaseTimes
@@ -111,7 +111,7 @@ class Scorer:
             self._attach_mask(s)
             values = self._map_metrics(s, gen, o.rmap, context, self.metrics, control=False)
             if self.with_control:
-                on_control = [m for m in self.metrics if m.uses_map and "control" not in m.needs]
+                on_control = [m for m in self.metrics if m.uses_map and CONTROL not in m.needs]
                 if o.control is None:
                     values.update({control_column(m.name): None for m in on_control})
                 else:

@@ -44,6 +44,13 @@ COST_STATISTICS: dict[str, Callable[[list[float]], float]] = {
 }
 
 
+def is_reference_of(reference: dict | None, method: dict) -> bool:
+    """Whether a summary's ``reference`` entry names ``method`` (a summary's ``method`` entry):
+    the same name, and the same parameters where the reference recorded them."""
+    reference = reference or {}
+    return reference.get("method") == method["name"] and reference.get("params") in (None, method.get("params"))
+
+
 def warn(message: str) -> None:
     print(f"xbench: warning: {message}", file=sys.stderr)
 
@@ -145,11 +152,16 @@ def _without_maps(record: dict) -> dict:
     return {k: v for k, v in record.items() if k not in ("map", "control_map")}
 
 
+def summary_paths(root: Path) -> list[Path]:
+    """``root`` itself when it is a ``summary.json``, else every ``summary.json`` below it."""
+    return [root] if root.is_file() else sorted(root.rglob(SUMMARY))
+
+
 def read_runs(roots: Iterable[Path], task: str | None = None) -> list[Run]:
     """Every run under ``roots`` (folders or ``summary.json`` files), of ``task`` when given."""
     runs = []
     for root in roots:
-        for path in [root] if root.is_file() else sorted(root.rglob(SUMMARY)):
+        for path in summary_paths(root):
             run = read_run(path)
             if run is not None and (task is None or run.summary["task"]["name"] == task):
                 runs.append(run)
@@ -242,17 +254,12 @@ class Recomputer:
 
     def metric(self, run: Run, column: str, entry: dict, records: list[dict]) -> tuple[bool, float | None]:
         """``(recomputed, value)`` of one metric column with the metric's own ``aggregate``."""
-        from xbench.api import Metric
         from xbench.records import recorded_value
 
         base = entry.get("control_of") or column
         if base not in self.registries.metrics:
             return False, None
         cls = self.registries.metrics.get(base)
-        values = [r["metrics"].get(column) for r in records]
-        if cls.aggregate is Metric.aggregate:  # the mean: no need to build the metric
-            floats = [float(v) for v in values if v is not None]
-            return True, float(np.mean(floats)) if floats else None
         params = (run.summary.get("metric_params") or {}).get(base, {})
         values = [recorded_value(r, column) for r in records]  # with the counts a pooled metric kept
         try:

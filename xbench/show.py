@@ -19,7 +19,7 @@ from xbench.errors import ParameterError
 from xbench.escaping import mathtext
 from xbench.overlays import centre_square, colour_bar, overlay, record_map, sample_images
 from xbench.records import SAMPLES, SUMMARY, iter_records, method_label
-from xbench.shared_samples import read_summary
+from xbench.shared_samples import is_reference_of, read_summary
 
 
 def find_record(run_dir: Path, sample_id: str) -> dict | None:
@@ -38,7 +38,7 @@ def reference_map(run_dir: Path, summary: dict, record: dict) -> tuple[np.ndarra
     title = f"reference: {ref['method']}"
     source = ref.get("source")
     if source == "same run":
-        if ref["method"] == summary["method"]["name"] and ref.get("params") in (None, summary["method"].get("params")):
+        if is_reference_of(ref, summary["method"]):
             return record_map(run_dir, record), title + " (this run)"
         return None, title + " — computed in the run, map not recorded"
     for folder in (Path(str(source)), run_dir.parent / Path(str(source)).name):

@@ -9,7 +9,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from xbench import cost, provenance, stats
-from xbench.api import Metric, Pooled, Task
+from xbench.api import CONTROL, Metric, Pooled, Task
 from xbench.columns import control_column, group_column, parse_column
 from xbench.records import MetricEntry, Record, Summary, recorded_value
 
@@ -53,7 +53,7 @@ def map_metric_entries(metrics: Sequence[Metric], ok: Sequence[Record], seed: in
     entries: dict[str, MetricEntry] = {}
     for metric in metrics:
         columns = [metric.name]
-        if with_control and metric.uses_map and "control" not in metric.needs:
+        if with_control and metric.uses_map and CONTROL not in metric.needs:
             columns.append(control_column(metric.name))
         for column in columns:
             entry = _column_entry(metric, column, ok, seed)

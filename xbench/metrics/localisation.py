@@ -22,8 +22,12 @@ class MaskMetric(Metric):
 
     @staticmethod
     def cover(sample, generation, context) -> np.ndarray:
-        """Fraction of each grid cell the sample's mask covers."""
-        return context.vlm.mask_to_grid(sample.gt_mask, generation)
+        """Fraction of each grid cell the sample's mask covers (computed once per sample: every
+        localisation metric, on the map and on the control map, shares it through ``context.cache``)."""
+        key = ("mask_cover", sample.id, id(sample.gt_mask), tuple(generation.grid))
+        if key not in context.cache:
+            context.cache[key] = context.vlm.mask_to_grid(sample.gt_mask, generation)
+        return context.cache[key]
 
 
 class EnergyInMask(MaskMetric):
