@@ -30,7 +30,7 @@ import numpy as np
 
 from xbench.answers import gqa_correct
 from xbench.api import Sample, SampleError, Task
-from xbench.datafiles import describe, integer, load_json, text
+from xbench.datafiles import describe, finite_numbers, integer, load_json, text
 from xbench.errors import DataError
 from xbench.hookspecs import hookimpl
 from xbench.params import Param
@@ -91,10 +91,6 @@ def _compact_scene(obj: dict) -> Any:
     if all(k in obj for k in ("x", "y", "w", "h")) and "name" in obj:
         return (obj["x"], obj["y"], obj["w"], obj["h"])
     return obj
-
-
-def _number(value: Any) -> bool:
-    return (isinstance(value, (int, float)) and not isinstance(value, bool))
 
 
 class GQA(LocalFiles, Task):
@@ -191,7 +187,7 @@ class GQA(LocalFiles, Task):
             box = scene["objects"].get(oid)
             if not isinstance(box, tuple):
                 raise DataError(f"{name}: image {image_id} has no object {oid} with a box")
-            if not all(_number(v) for v in box):
+            if not finite_numbers(box):
                 raise DataError(f"{name}: image {image_id} object {oid} has box {box!r}, not four finite numbers")
             boxes.append(box)
         size = sample.load_image().size

@@ -141,19 +141,23 @@ class VQAv2(LocalFiles, Task):
         return first
 
     def _load_annotations(self) -> dict:
-        """Integer question id -> its annotation; ``self._repeated``: ids annotated more than once."""
+        """Integer question id -> its annotation; ``self._repeated``: ids annotated more than once;
+        ``self._unusable``: indices of annotations whose question_id is not an integer (set aside, and
+        named in the error of every question left without an annotation)."""
         data = load_json(self.annotations_path, "an object with an 'annotations' list", object_hook=_Loader())
         annotations = data.get("annotations") if isinstance(data, dict) else None
         if not isinstance(annotations, list):
             raise DataError(f"{str(self.annotations_path)!r} has no 'annotations' list; is it a VQA v2 annotations file?")
         table: dict[int, _Annotation] = {}
         self._repeated: dict[int, int] = {}
-        for entry in annotations:
-            if isinstance(entry, tuple) and integer(entry[0]) is not None:
-                if entry[0] in table:
-                    self._repeated[entry[0]] = self._repeated.get(entry[0], 1) + 1
-                else:
-                    table[entry[0]] = entry[1]
+        self._unusable: list[int] = []
+        for index, entry in enumerate(annotations):
+            if not (isinstance(entry, tuple) and integer(entry[0]) is not None):
+                self._unusable.append(index)
+            elif entry[0] in table:
+                self._repeated[entry[0]] = self._repeated.get(entry[0], 1) + 1
+            else:
+                table[entry[0]] = entry[1]
         return table
 
     # ------------------------------------------------------------------ samples
@@ -193,7 +197,10 @@ class VQAv2(LocalFiles, Task):
         name = self.annotations_path.name
         ann = self._annotations.get(qid)
         if ann is None:
-            return SampleError(str(qid), f"{self.questions_path.name}: question_id {qid} has no entry in {name}", meta)
+            unusable = "" if not self._unusable else (
+                f" ({len(self._unusable)} annotation(s) without an integer question_id were set aside, the first "
+                f"annotations[{self._unusable[0]}])")
+            return SampleError(str(qid), f"{self.questions_path.name}: question_id {qid} has no entry in {name}{unusable}", meta)
         if qid in self._repeated:
             return SampleError(str(qid), f"{name}: question_id {qid} is annotated {self._repeated[qid]} times; xbench will not choose one", meta)
         answers = ann.answers

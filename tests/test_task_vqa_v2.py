@@ -323,3 +323,18 @@ def test_ids_are_read_as_the_file_means_them(plugins, tmp_path):
     assert isinstance(out["1001"], SampleError) and out["1001"].error.endswith("image_id 1.9 (a float) is not an integer")
     assert isinstance(out["questions[1]"], SampleError) and "question_id '1002' (a string) is not an integer" in out["questions[1]"].error
     assert isinstance(out["1003"], Sample)
+
+
+def test_an_annotation_without_an_integer_question_id_is_named_where_its_question_fails(plugins, tmp_path):
+    """Not dropped without a word: the question left without an annotation says why."""
+    root = write_vqa(tmp_path / "vqa", ITEMS)
+    path = root / f"v2_mscoco_{SPLIT}_annotations.json"
+    data = json.loads(path.read_text())
+    data["annotations"][1]["question_id"] = str(data["annotations"][1]["question_id"])  # "1002"
+    path.write_text(json.dumps(data))
+    by_id = {s.id: s for s in make_task(plugins, root).samples()}
+    error = by_id["1002"]
+    assert isinstance(error, SampleError)
+    assert error.error.endswith("question_id 1002 has no entry in v2_mscoco_val2014_annotations.json (1 annotation(s) "
+                                "without an integer question_id were set aside, the first annotations[1])")
+    assert not isinstance(by_id["1001"], SampleError)

@@ -182,11 +182,12 @@ def _context(args):
     plugins = default()
     reference = plugins.registries.methods.get(args.reference)(**parse_params(args.reference_param, "--reference-param"))
     settings = LabelSettings(args.label_batch_size, args.max_new_tokens, not args.no_progress, _log)
-    FastRMData(_plan(args), None, reference, None, settings).check_tasks()  # before loading the model
-    vlm = load_vlm(
+    data = FastRMData(_plan(args), None, reference, args.cache or xbench_home() / "fastrm", settings)
+    data.check_tasks()  # before loading the model
+    data.vlm = load_vlm(
         args.model, plugins.registries, needs=frozenset(reference.needs | {"hidden_states"}), device=args.device
     )
-    return FastRMData(_plan(args), vlm, reference, args.cache or xbench_home() / "fastrm", settings)
+    return data
 
 
 def _train_config(args, head: str | None = None):

@@ -16,6 +16,7 @@ the policy:
 
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,13 +74,18 @@ class FastRMData:
     def __init__(self, plan: SplitPlan, vlm, reference, cache: Path | None, settings: LabelSettings | None = None):
         self.plan, self.vlm, self.reference, self.cache = plan, vlm, reference, cache
         self.settings = settings or LabelSettings()
+        self._tasks: dict[tuple, object] = {}  # (split, extra parameters) -> task: each data file read once
 
     def task(self, split: str, extra: dict | None = None):
-        """The task adapter on ``split`` with the plan's and ``extra`` task parameters."""
+        """The task adapter on ``split`` with the plan's and ``extra`` task parameters (built once:
+        a task's ``samples()`` can be iterated again, so labelling, validation and test share it)."""
         from xbench.plugins import default
 
-        params = {**self.plan.task_params, **(extra or {})}
-        return default().registries.tasks.get(self.plan.task)(split, **params)
+        key = (split, json.dumps(extra or {}, sort_keys=True, default=str))
+        if key not in self._tasks:
+            params = {**self.plan.task_params, **(extra or {})}
+            self._tasks[key] = default().registries.tasks.get(self.plan.task)(split, **params)
+        return self._tasks[key]
 
     def check_tasks(self) -> None:
         """Build every task the plan uses (a bad task or parameter fails here, before any model load)."""
