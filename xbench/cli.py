@@ -107,9 +107,9 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue a run, skipping recorded sample ids")
     p.add_argument("--param", action="append", metavar="KEY=VALUE", help="method parameter (repeatable)")
     p.add_argument("--task-param", action="append", metavar="KEY=VALUE", help="task parameter (repeatable)")
-    p.add_argument("--metrics", help="comma-separated metric names or presets: default (the default: answer, "
-                   "agreement, localisation, confidence, sanity, cost; no faithfulness curves), all, or a category "
-                   "such as faithfulness")
+    p.add_argument("--metrics", help="comma-separated metric names or presets: default (used when the option is not "
+                   "given: every metric that declares that preset), all, a category such as faithfulness, or another "
+                   "preset a metric declares")
     p.add_argument("--metric-param", action="append", metavar="KEY=VALUE",
                    help="metric parameter, given to every metric that declares KEY (e.g. tau=0.3, steps=16)")
     p.add_argument("--reference", default=DEFAULT_REFERENCE,
