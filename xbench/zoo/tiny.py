@@ -23,11 +23,12 @@ def words_of(text: str) -> list[str]:
     return _WORD.findall(text.lower())
 
 
-def easyvqa_vocabulary() -> list[str]:
-    """Every word of easy-vqa's questions and answers plus the prompt templates, sorted."""
+def easyvqa_vocabulary(extra_text: str = "") -> list[str]:
+    """Every word of easy-vqa's questions and answers, the prompt templates and ``extra_text``
+    (a chat template's words, say), sorted."""
     import easy_vqa
 
-    words: set[str] = set(words_of(TEMPLATE_TEXT))
+    words: set[str] = set(words_of(TEMPLATE_TEXT + " " + extra_text))
     for questions, answers, _ in (easy_vqa.get_train_questions(), easy_vqa.get_test_questions()):
         for q in questions:
             words.update(words_of(q))
@@ -36,20 +37,29 @@ def easyvqa_vocabulary() -> list[str]:
     return sorted(words)
 
 
-def build_tokenizer(words: list[str]):
-    """A word-level fast tokenizer (lower-casing, whitespace/punctuation split)."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+def build_tokenizer(
+    words: list[str], special_tokens: tuple[str, ...] = ("<image>",), *, pad: str = "<pad>", unk: str = "<unk>",
+    bos: str | None = "<s>", eos: str = "</s>",
+):
+    """A word-level fast tokenizer (lower-casing, whitespace/punctuation split) over ``words``.
+
+    ``pad``, ``unk``, ``bos``, ``eos`` and ``special_tokens`` come first in the vocabulary, in that
+    order, and are never split or lower-cased (a chat template's markers, image placeholders)."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {tok: i for i, tok in enumerate(list(SPECIAL_TOKENS) + [w for w in words if w not in SPECIAL_TOKENS])}
-    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    named = [t for t in (pad, unk, bos, eos) if t is not None]
+    specials = list(dict.fromkeys(named + list(special_tokens)))
+    vocab = {tok: i for i, tok in enumerate(specials + [w for w in words if w not in specials])}
+    core = Tokenizer(models.WordLevel(vocab, unk_token=unk))
     core.normalizer = normalizers.Lowercase()
     core.pre_tokenizer = pre_tokenizers.Whitespace()
     core.decoder = decoders.WordPiece()
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=core, pad_token="<pad>", unk_token="<unk>", bos_token="<s>", eos_token="</s>"
-    )
-    tok.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    core.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, pad_token=pad, unk_token=unk, bos_token=bos, eos_token=eos)
+    extra = [t for t in special_tokens if t not in named]
+    if extra:
+        tok.add_special_tokens({"additional_special_tokens": extra})
     tok.padding_side = "left"
     return tok
 
