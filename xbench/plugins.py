@@ -22,7 +22,10 @@ ENTRY_POINT_GROUP = "xbench"
 #: Every built-in plugin module, registered exactly like an outside plugin.
 BUILTIN_PLUGINS: tuple[str, ...] = (
     "xbench.models.llava",
+    "xbench.models.llava_next",
+    "xbench.models.llava_onevision",
     "xbench.zoo",
+    "xbench.zoo.llava_next",
     "xbench.metrics.localisation",
     "xbench.metrics.agreement",
     "xbench.metrics.faithfulness",

@@ -155,7 +155,7 @@ class HFAdapter(VLM):
         prompt_ids = inputs["input_ids"][i][mask].tolist()
         answer_ids = self._trim_answer(generated)
         layout = self.layout_of(inputs, i, image)
-        positions = self.image_positions(prompt_ids)
+        positions = self.image_positions(prompt_ids, layout)
         if len(positions) != layout.n_cells:
             raise ModelLoadError(
                 f"model {self.name!r}: {len(positions)} image tokens in the prompt of sample {sample.id!r}, "
@@ -172,8 +172,10 @@ class HFAdapter(VLM):
             gen.hidden_states = hidden[i, n_pad : n_pad + length]
         return gen
 
-    def image_positions(self, prompt_ids: Sequence[int]) -> list[int]:
-        """Prompt indices of the image tokens, in cell order (default: the image placeholder id)."""
+    def image_positions(self, prompt_ids: Sequence[int], layout: ImageLayout) -> list[int]:
+        """Prompt indices of the image tokens, in the cell order of ``layout`` (default: every
+        image placeholder id; a family whose placeholders also stand for tokens showing no cell,
+        as LLaVA-NeXT's row-end newlines, leaves those out)."""
         return [j for j, t in enumerate(prompt_ids) if t == self.image_token_id]
 
     def layout_of(self, inputs, i: int, image) -> ImageLayout:
