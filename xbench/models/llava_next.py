@@ -107,9 +107,27 @@ class LlavaNextAdapter(LlavaAdapter):
     def image_inputs(self, inputs, i: int) -> Mapping[str, Any]:
         return {"image_sizes": inputs["image_sizes"][i : i + 1]}
 
+    _tower_attentions = False  # set by :meth:`forward` for :meth:`forward_inputs`
+
+    def forward(self, generation: Generation, *, pixel_values=None, output_attentions: bool = False,
+                logits_to_keep: int | None = None):
+        """:meth:`HFAdapter.forward`. transformers' LLaVA-NeXT / OneVision forward does not pass
+        ``output_attentions`` on to the vision tower, so with it the image features are computed
+        first by the model's own ``get_image_features`` with the tower's attentions recorded, and
+        handed to the model as ``mm_encoder_outputs`` (same numbers)."""
+        self._tower_attentions = output_attentions
+        try:
+            return super().forward(generation, pixel_values=pixel_values, output_attentions=output_attentions,
+                                   logits_to_keep=logits_to_keep)
+        finally:
+            self._tower_attentions = False
+
     def forward_inputs(self, generation: Generation, pixel_values: torch.Tensor) -> dict[str, Any]:
-        sizes = generation.image_inputs["image_sizes"].to(pixel_values.device)
-        return {"pixel_values": pixel_values, "image_sizes": sizes.expand(len(pixel_values), -1)}
+        sizes = generation.image_inputs["image_sizes"].to(pixel_values.device).expand(len(pixel_values), -1)
+        if not self._tower_attentions:
+            return {"pixel_values": pixel_values, "image_sizes": sizes}
+        image = self.model.model.get_image_features(pixel_values, sizes, output_attentions=True, return_dict=True)
+        return {"mm_encoder_outputs": {"image": image}}
 
     def pixel_cells(self, generation: Generation) -> torch.Tensor:
         """``[1, n_crops, 1, S, S]``: the cell whose box holds each pixel of each crop (-1: none)."""
