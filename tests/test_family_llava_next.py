@@ -263,3 +263,16 @@ def test_gradient_relevancy_equals_a_plain_implementation(adapters, scope, name,
     assert got.shape == want.shape == (len(gen.answer_ids), gen.layout.n_cells)
     assert np.abs(want).max() > 0
     assert np.abs(got - want).max() <= 1e-5
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_the_mirrors_build_deterministically(plugins, tmp_path, name):
+    import hashlib
+
+    spec = plugins.registries.models.get(name)
+    digests = []
+    for k in range(2):
+        spec.build(tmp_path / str(k))
+        digests.append({p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((tmp_path / str(k)).iterdir())})
+    assert digests[0] == digests[1]
+    assert spec.description.split("mirror of ")[1].startswith("llava-hf/")
