@@ -83,7 +83,7 @@ class TinyLlavaShape:
 EASYVQA_SHAPE = TinyLlavaShape(vision_hidden=128, text_hidden=128)
 
 
-def build_processor(tokenizer, shape: TinyLlavaShape):
+def build_processor(tokenizer, shape: TinyLlavaShape, chat_template: str | None = None):
     from transformers import LlavaProcessor
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
@@ -97,6 +97,7 @@ def build_processor(tokenizer, shape: TinyLlavaShape):
         vision_feature_select_strategy="default",
         num_additional_image_tokens=1,
         image_token="<image>",
+        chat_template=chat_template,
     )
 
 
@@ -133,7 +134,7 @@ def build_config(tokenizer, shape: TinyLlavaShape):
     )
 
 
-def new_tiny_llava(shape: TinyLlavaShape, seed: int):
+def new_tiny_llava(shape: TinyLlavaShape, seed: int, chat_template: str | None = None):
     """``(model, processor)``: a tiny LLaVA with eager attention whose weights are torch's
     initialisation after ``torch.manual_seed(seed)`` (the global generator is left there)."""
     import torch
@@ -142,19 +143,20 @@ def new_tiny_llava(shape: TinyLlavaShape, seed: int):
 
     hf_logging.disable_progress_bar()
     tokenizer = build_tokenizer(easyvqa_vocabulary())
-    processor = build_processor(tokenizer, shape)
+    processor = build_processor(tokenizer, shape, chat_template)
     config = build_config(tokenizer, shape)
     config._attn_implementation = "eager"
     torch.manual_seed(seed)
     return LlavaForConditionalGeneration(config), processor
 
 
-def build_tiny_llava(out_dir: Path, shape: TinyLlavaShape = TinyLlavaShape(), seed: int = 0):
-    """Write a randomly initialised tiny LLaVA (weights, tokenizer, processor) to ``out_dir``; return the model."""
+def build_tiny_llava(out_dir: Path, shape: TinyLlavaShape = TinyLlavaShape(), seed: int = 0, chat_template: str | None = None):
+    """Write a randomly initialised tiny LLaVA (weights, tokenizer, processor with ``chat_template``)
+    to ``out_dir``; return the model."""
     import torch
 
     with torch.random.fork_rng(devices=[]):
-        model, processor = new_tiny_llava(shape, seed)
+        model, processor = new_tiny_llava(shape, seed, chat_template)
     save_model(model.eval(), processor, out_dir)
     return model
 
