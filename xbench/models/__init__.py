@@ -165,7 +165,14 @@ def load_vlm(
     model_id, path = resolve_model(name_or_path, registries)
     config = check_model_dir(path)
     model_type = config.get("model_type")
-    families = [e.obj for e in registries.model_families if model_type in e.obj.model_types]
+    typed = [e.obj for e in registries.model_families if model_type in e.obj.model_types]
+    families = [f for f in typed if f.accepts(config)]
+    if typed and not families:
+        tower = (config.get("vision_config") or {}).get("model_type")
+        raise ModelLoadError(
+            f"model {model_id!r} has model_type {model_type!r} with a {tower!r} vision tower, which none of the "
+            f"families serving {model_type!r} ({', '.join(f.family for f in typed)}) accepts"
+        )
     if not families:
         known = sorted({t for e in registries.model_families for t in e.obj.model_types})
         raise ModelLoadError(
