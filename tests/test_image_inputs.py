@@ -33,3 +33,21 @@ def test_several_images_per_prompt_fail_that_sample_only(plugins, tiny_vlm, easy
     assert isinstance(results["two-images"], BadImageError)
     assert "sample 'two-images' has 2 images; the model adapters take one still image per prompt" in str(results["two-images"])
     assert results[good.id].sample_id == good.id
+
+
+def test_a_torchvision_that_does_not_import_is_refused_with_the_fix(tmp_path, monkeypatch):
+    """PyPI's torchvision beside the CPU torch wheel fails to import, and transformers then fails on
+    every image processor; loading names the cause and the fix instead."""
+    import sys
+
+    from xbench.errors import ModelLoadError
+    from xbench.models import check_torchvision
+
+    fake = tmp_path / "torchvision"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("raise RuntimeError('operator torchvision::nms does not exist')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "torchvision", raising=False)
+    with pytest.raises(ModelLoadError, match=r"torchvision is installed but does not import beside torch .*"
+                       r"operator torchvision::nms does not exist.*pip uninstall torchvision"):
+        check_torchvision()
