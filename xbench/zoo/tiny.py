@@ -151,14 +151,14 @@ def new_tiny_llava(shape: TinyLlavaShape, seed: int, chat_template: str | None =
 
 
 def build_tiny_llava(out_dir: Path, shape: TinyLlavaShape = TinyLlavaShape(), seed: int = 0,
-                     chat_template: str | None = None, public_layout: bool = False):
+                     chat_template: str | None = None, public_layout: bool = False, max_shard_size: str | int = "5GB"):
     """Write a randomly initialised tiny LLaVA (weights, tokenizer, processor with ``chat_template``)
     to ``out_dir`` (in the hub's file layout with ``public_layout``); return the model."""
     import torch
 
     with torch.random.fork_rng(devices=[]):
         model, processor = new_tiny_llava(shape, seed, chat_template)
-    (save_public_layout if public_layout else save_model)(model.eval(), processor, out_dir)
+    (save_public_layout if public_layout else save_model)(model.eval(), processor, out_dir, max_shard_size)
     return model
 
 
