@@ -21,7 +21,7 @@ def test_tiny_mode_times_every_path(benchmark_script, tmp_path):
     assert entry["image_tokens"] == 64 and entry["grids"] == [[8, 8]]
 
 
-def full_size_archs():
+def full_size_archs(having: str | None = None):
     import importlib.util
     from pathlib import Path
 
@@ -29,7 +29,7 @@ def full_size_archs():
     spec = importlib.util.spec_from_file_location("families_gpu", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return sorted(module.FULL_SIZE)
+    return sorted(a for a, spec in module.FULL_SIZE.items() if having is None or having in spec)
 
 
 @pytest.mark.parametrize("arch", full_size_archs())
@@ -48,3 +48,18 @@ def test_full_size_files_give_the_public_image_token_count(benchmark_script, tmp
     ids = processor(images=[Image.new("RGB", (64, 64), (120, 30, 200))], text=[text], return_tensors="pt")["input_ids"][0]
     image_token = getattr(processor, "image_token_id", None) or processor.tokenizer.convert_tokens_to_ids(processor.image_token)
     assert int((ids == image_token).sum()) == script.FULL_SIZE[arch]["image_tokens_at_64px"]
+
+
+@pytest.mark.parametrize("arch", full_size_archs(having="public_parameters_b"))
+def test_full_size_configs_have_the_public_parameter_count(benchmark_script, tmp_path, arch):
+    import torch
+    import transformers
+
+    script = benchmark_script("families_gpu")
+    want = script.FULL_SIZE[arch]["public_parameters_b"]
+    folder = script.full_size_dir(arch, tmp_path / arch, tiny=False)
+    config = transformers.AutoConfig.from_pretrained(str(folder), local_files_only=True)
+    model_class = transformers.AutoModelForImageTextToText._model_mapping[type(config)]
+    with torch.device("meta"):
+        model = model_class._from_config(config)
+    assert sum(p.numel() for p in model.parameters()) / 1e9 == pytest.approx(want, abs=0.006)
