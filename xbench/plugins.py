@@ -22,7 +22,10 @@ ENTRY_POINT_GROUP = "xbench"
 #: Every built-in plugin module, registered exactly like an outside plugin.
 BUILTIN_PLUGINS: tuple[str, ...] = (
     "xbench.models.llava",
+    "xbench.models.paligemma",
+    "xbench.models.gemma3",
     "xbench.zoo",
+    "xbench.zoo.gemma",
     "xbench.metrics.localisation",
     "xbench.metrics.agreement",
     "xbench.metrics.faithfulness",
