@@ -47,6 +47,13 @@ class SiglipGridAdapter(HFAdapter):
         self.patch_side = side
         self.token_grid = (side // pool, side // pool)
 
+    @property
+    def patch_grid(self) -> tuple[int, int]:
+        """The one fixed map grid of every image: :attr:`token_grid` (the name LLaVA's adapter gives
+        its grid, which ``xbench.fastrm.testing`` reads for fixed-grid FastRM heads; with ``pool > 1``
+        a cell is a pooled block of patches, not one patch)."""
+        return self.token_grid
+
     # ------------------------------------------------------------------ family facts
     def pool(self) -> int:
         """Side, in patches, of the block averaged into one image token."""
