@@ -104,6 +104,7 @@ def test_gemma3_config_mirrors_the_public_fields(zoo_dirs):
     v, t = cfg["vision_config"], cfg["text_config"]
     patches = v["image_size"] // v["patch_size"]
     assert patches == 16 and cfg["mm_tokens_per_image"] == (patches // 4) ** 2 == proc["image_seq_length"] == 16
+    assert pre["image_seq_length"] == 16
     assert cfg["boi_token_index"] == added["<start_of_image>"] and cfg["eoi_token_index"] == added["<end_of_image>"]
     assert cfg["image_token_index"] == added["<image_soft_token>"] and cfg["tie_word_embeddings"] is True
     assert sorted(cfg["eos_token_id"]) == sorted(gen["eos_token_id"]) == sorted([added["<eos>"], added["<end_of_turn>"]])

@@ -160,7 +160,6 @@ def paligemma_config(tokenizer, shape: TinyPaliGemmaShape = TinyPaliGemmaShape()
     from transformers import GemmaConfig, PaliGemmaConfig, SiglipVisionConfig
 
     ids = {k: tokenizer.convert_tokens_to_ids(v) for k, v in GEMMA_NAMED.items()}
-    tokens = (shape.image_size // shape.patch_size) ** 2
     vision = SiglipVisionConfig(
         hidden_size=shape.vision_hidden,
         intermediate_size=shape.vision_hidden * 2,
@@ -185,7 +184,7 @@ def paligemma_config(tokenizer, shape: TinyPaliGemmaShape = TinyPaliGemmaShape()
         bos_token_id=ids["bos"],
         eos_token_id=ids["eos"],
     )
-    config = PaliGemmaConfig(
+    return PaliGemmaConfig(  # derives text_config.num_image_tokens = (image_size / patch_size)^2
         vision_config=vision,
         text_config=text,
         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
@@ -197,8 +196,6 @@ def paligemma_config(tokenizer, shape: TinyPaliGemmaShape = TinyPaliGemmaShape()
         bos_token_id=ids["bos"],
         eos_token_id=ids["eos"],
     )
-    assert config.text_config.num_image_tokens == tokens
-    return config
 
 
 def build_tiny_paligemma(out_dir: Path, shape: TinyPaliGemmaShape = TinyPaliGemmaShape(), seed: int = 0) -> None:
@@ -236,6 +233,7 @@ def gemma3_processor(shape: TinyGemma3Shape = TinyGemma3Shape()):
         image_mean=[0.5, 0.5, 0.5],
         image_std=[0.5, 0.5, 0.5],
     )
+    image_processor.image_seq_length = shape.tokens_per_side**2  # published in preprocessor_config.json too
     return Gemma3Processor(
         image_processor=image_processor, tokenizer=tokenizer, chat_template=GEMMA3_CHAT_TEMPLATE,
         image_seq_length=shape.tokens_per_side**2,
