@@ -113,7 +113,7 @@ def test_gemma3_config_mirrors_the_public_fields(zoo_dirs):
     assert v["vision_use_head"] is False and t["query_pre_attn_scalar"] == t["head_dim"]
     assert pre.get("do_pan_and_scan") in (None, False) and pre["resample"] == 2
     assert pre["size"] == {"height": v["image_size"], "width": v["image_size"]} and "crop_size" not in pre
-    assert gen["do_sample"] is True  # as published: the adapter must decode greedily regardless
+    assert gen["do_sample"] is True and gen["cache_implementation"] == "hybrid"  # as published: greedy regardless
     tok_cfg = json.loads((d / "tokenizer_config.json").read_text())
     assert (tok_cfg["boi_token"], tok_cfg["eoi_token"], tok_cfg["image_token"]) == ("<start_of_image>", "<end_of_image>", "<image_soft_token>")
 

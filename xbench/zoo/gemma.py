@@ -300,6 +300,7 @@ def build_tiny_gemma3(out_dir: Path, shape: TinyGemma3Shape = TinyGemma3Shape(),
     generation = {
         "eos_token_id": config.text_config.eos_token_id,
         "do_sample": True, "top_k": 64, "top_p": 0.95,  # as published; xbench decodes greedily anyway
+        "cache_implementation": "hybrid",
     }
     _save(model, processor, out_dir, generation=generation,
           processor_config={"image_seq_length": processor.image_seq_length, "processor_class": "Gemma3Processor"})
