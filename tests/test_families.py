@@ -44,10 +44,12 @@ def family(request, plugins):
 
     name = request.param
     vlm = load_vlm(name, plugins.registries, needs=frozenset({ATTENTIONS}), device="cpu")
-    install_random_proxies_for(vlm)
     task = plugins.registries.tasks.get("easyvqa")()
     samples = list(task.samples(limit=N, seed=0))
-    return name, vlm, samples, [task.prompt(s) for s in samples]
+    prompts = [task.prompt(s) for s in samples]
+    # fixed-grid proxies for the grid of these samples' images (some families' grids vary per image)
+    install_random_proxies_for(vlm, grid=vlm.generate(samples[:1], prompts[:1], 1)[0].grid)
+    return name, vlm, samples, prompts
 
 
 @pytest.fixture(scope="module")

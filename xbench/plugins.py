@@ -22,9 +22,11 @@ ENTRY_POINT_GROUP = "xbench"
 #: Every built-in plugin module, registered exactly like an outside plugin.
 BUILTIN_PLUGINS: tuple[str, ...] = (
     "xbench.models.llava",
+    "xbench.models.qwen2_vl",
     "xbench.models.paligemma",
     "xbench.models.gemma3",
     "xbench.zoo",
+    "xbench.zoo.qwen2_vl",
     "xbench.zoo.gemma",
     "xbench.metrics.localisation",
     "xbench.metrics.agreement",

@@ -2,7 +2,8 @@
 
 * :func:`processed_region`: the box of the original image that a CLIP/SigLIP-style processor's
   pad-to-square, resize and centre crop turn into its square tensor;
-* :func:`square_cells`: the cell of every pixel of a ``[..., H, W]`` image tiled by square patches.
+* :func:`square_cells`, :func:`patch_region`: the cell of every pixel of an image cut into square
+  patches, and the part of the region those patches read.
 """
 
 from __future__ import annotations
@@ -48,11 +49,19 @@ def processed_region(image_processor, image_size: Sequence[int]) -> tuple[float,
     return top, left, top + h, left + w
 
 
-def square_cells(grid: Sequence[int], pixels: Sequence[int], first_cell: int = 0, device=None) -> torch.Tensor:
+def square_cells(grid: Sequence[int], patch: int, pixels: Sequence[int], first_cell: int = 0, device=None) -> torch.Tensor:
     """``[H, W]`` long: the row-major cell (offset by ``first_cell``) of every pixel of an ``H x W``
-    image tiled evenly by the ``h x w`` patches of ``grid``."""
+    image cut into ``patch x patch`` patches on the ``h x w`` ``grid`` from its top-left corner;
+    -1 for pixels past the last whole patch (a stride-``patch`` convolution never reads them)."""
     h, w = int(grid[0]), int(grid[1])
-    H, W = int(pixels[0]), int(pixels[1])
-    rows = torch.arange(H, device=device) * h // H
-    cols = torch.arange(W, device=device) * w // W
-    return first_cell + rows[:, None] * w + cols[None, :]
+    rows = torch.arange(int(pixels[0]), device=device) // patch
+    cols = torch.arange(int(pixels[1]), device=device) // patch
+    cells = first_cell + rows[:, None] * w + cols[None, :]
+    return torch.where((rows[:, None] < h) & (cols[None, :] < w), cells, torch.full_like(cells, -1))
+
+
+def patch_region(region: Sequence[float], covered: Sequence[float]) -> tuple[float, float, float, float]:
+    """The part of ``region`` (top, left, bottom, right) whose processed pixels the patches read:
+    the leading ``covered = (fy, fx)`` fraction of each side (e.g. 27 x 14 / 384 for SigLIP-384)."""
+    top, left, bottom, right = (float(v) for v in region)
+    return top, left, top + (bottom - top) * covered[0], left + (right - left) * covered[1]

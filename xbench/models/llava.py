@@ -39,6 +39,11 @@ class LlavaAdapter(HFAdapter):
     model_class = "LlavaForConditionalGeneration"
     fallback_prompt = "USER: <image>\n{prompt} ASSISTANT:"
 
+    @classmethod
+    def accepts(cls, config) -> bool:
+        """CLIP and SigLIP towers (Pixtral's variable-size tower has a family of its own)."""
+        return (config.get("vision_config") or {}).get("model_type", "clip_vision_model") in CLS_TOWERS + ("siglip_vision_model",)
+
     def __init__(self, model, processor, identity, device, dtype, attn_implementation) -> None:
         super().__init__(model, processor, identity, device, dtype, attn_implementation)
         cfg = model.config
@@ -47,6 +52,9 @@ class LlavaAdapter(HFAdapter):
             raise ModelLoadError(f"model {self.name!r}: a LLaVA checkpoint with a {vc.model_type!r} vision tower is not supported")
         side = vc.image_size // vc.patch_size
         self.patch_grid = (side, side)
+        self.patch = int(vc.patch_size)
+        #: the fraction of each side of the processed image the patches read (27 x 14 / 384 for SigLIP-384)
+        self.patch_cover = side * self.patch / vc.image_size
         has_cls = vc.model_type in CLS_TOWERS
         strategy = cfg.vision_feature_select_strategy
         if strategy == "default" and not has_cls:
@@ -62,16 +70,17 @@ class LlavaAdapter(HFAdapter):
     def layout_of(self, inputs, i: int, image) -> ImageLayout:
         size = (image.height, image.width)
         region = layout.processed_region(self.processor.image_processor, size)
-        boxes = grid_boxes(self.patch_grid, region)
+        boxes = grid_boxes(self.patch_grid, layout.patch_region(region, (self.patch_cover, self.patch_cover)))
         if self.cls_is_image_token:
             return ImageLayout(((1, 1), self.patch_grid), np.concatenate([[region], boxes]), size)
         return ImageLayout((self.patch_grid,), boxes, size)
 
     def pixel_cells(self, generation: Generation) -> torch.Tensor:
-        """``[1, 1, S, S]``: each pixel's patch cell (after the CLS cell when there is one)."""
+        """``[1, 1, S, S]``: each pixel's patch cell (after the CLS cell when there is one; -1 past
+        the last whole patch)."""
         pv = generation.pixel_values
         first = 1 if self.cls_is_image_token else 0
-        return layout.square_cells(self.patch_grid, pv.shape[-2:], first, pv.device)[None, None]
+        return layout.square_cells(self.patch_grid, self.patch, pv.shape[-2:], first, pv.device)[None, None]
 
     # ------------------------------------------------------------------ hook points
     @contextlib.contextmanager
