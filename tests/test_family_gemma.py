@@ -25,28 +25,20 @@ PALIGEMMA, GEMMA3 = "tiny-random-paligemma", "tiny-random-gemma3"
 QUESTION = "What color is the shape?"
 
 
-def public_layout(src, dst, *, shard: bool = True):
-    """Copy a zoo build as the hub lays the checkpoint out: weights sharded behind an index."""
-    from huggingface_hub import save_torch_state_dict
-    from safetensors.torch import load_file
-
-    shutil.copytree(src, dst)
-    if shard:
-        state = load_file(str(dst / "model.safetensors"))
-        (dst / "model.safetensors").unlink()
-        save_torch_state_dict(state, str(dst), max_shard_size="150KB")
-    return dst
-
-
 @pytest.fixture(scope="module")
 def zoo_dirs(plugins):
     return {name: plugins.registries.models.get(name).locate() for name in (PALIGEMMA, GEMMA3)}
 
 
 @pytest.fixture(scope="module")
-def checkpoints(zoo_dirs, tmp_path_factory):
+def checkpoints(tmp_path_factory):
+    """The two mirrors written as the hub lays the checkpoints out, weights sharded behind an index."""
+    from xbench.zoo.gemma import build_tiny_gemma3, build_tiny_paligemma
+
     root = tmp_path_factory.mktemp("ckpt")
-    return {name: public_layout(path, root / name) for name, path in zoo_dirs.items()}
+    build_tiny_paligemma(root / PALIGEMMA, max_shard_size="150KB")
+    build_tiny_gemma3(root / GEMMA3, max_shard_size="150KB")
+    return {PALIGEMMA: root / PALIGEMMA, GEMMA3: root / GEMMA3}
 
 
 @pytest.fixture(scope="module")
@@ -68,11 +60,13 @@ def test_checkpoints_are_laid_out_as_published(checkpoints):
     pg = {f.name for f in checkpoints[PALIGEMMA].iterdir()}
     g3 = {f.name for f in checkpoints[GEMMA3].iterdir()}
     common = {"config.json", "generation_config.json", "model.safetensors.index.json", "tokenizer.json",
-              "tokenizer_config.json", "preprocessor_config.json"}
+              "tokenizer_config.json", "preprocessor_config.json", "processor_config.json"}
     assert common <= pg and common <= g3
     assert any(n.startswith("model-00002-of-") for n in pg) and any(n.startswith("model-00002-of-") for n in g3)
     assert "chat_template.json" not in pg and "chat_template.jinja" not in pg  # PaliGemma has none
-    assert {"processor_config.json", "chat_template.json"} <= g3
+    assert "chat_template.json" in g3
+    assert json.loads((checkpoints[GEMMA3] / "processor_config.json").read_text()) == {
+        "image_seq_length": 16, "processor_class": "Gemma3Processor"}
 
 
 def test_paligemma_config_mirrors_the_public_fields(zoo_dirs):

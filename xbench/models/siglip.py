@@ -46,13 +46,8 @@ class SiglipGridAdapter(HFAdapter):
         #: patches per side of the tower; image tokens per side
         self.patch_side = side
         self.token_grid = (side // pool, side // pool)
-
-    @property
-    def patch_grid(self) -> tuple[int, int]:
-        """The one fixed map grid of every image: :attr:`token_grid` (the name LLaVA's adapter gives
-        its grid, which ``xbench.fastrm.testing`` reads for fixed-grid FastRM heads; with ``pool > 1``
-        a cell is a pooled block of patches, not one patch)."""
-        return self.token_grid
+        #: side in pixels of one cell's block of the processed square
+        self.cell_pixels = vc.patch_size * pool
 
     # ------------------------------------------------------------------ family facts
     def pool(self) -> int:
@@ -72,11 +67,11 @@ class SiglipGridAdapter(HFAdapter):
     def pixel_cells(self, generation: Generation) -> torch.Tensor:
         """``[1, 1, S, S]``: each pixel's token cell (its ``pool * p`` pixel block)."""
         pv = generation.pixel_values
-        return layout.square_cells(self.token_grid, pv.shape[-2:], 0, pv.device)[None, None]
+        return layout.square_cells(self.token_grid, self.cell_pixels, pv.shape[-2:], 0, pv.device)[None, None]
 
     def patch_cells(self, generation: Generation) -> torch.Tensor:
         """``[P]``: the cell of each tower patch, row-major over the ``S/p x S/p`` patches."""
-        return layout.square_cells(self.token_grid, (self.patch_side, self.patch_side)).reshape(-1)
+        return layout.square_cells(self.token_grid, self.pool(), (self.patch_side, self.patch_side)).reshape(-1)
 
     def vision_token_positions(self, generation: Generation) -> list[list[int]]:
         """Image token ``i``: the tower tokens (patches, no CLS) of its ``pool x pool`` block."""

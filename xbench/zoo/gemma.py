@@ -20,7 +20,6 @@ Everything is deterministic: sorted vocabularies, weights from a seeded initiali
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -198,14 +197,16 @@ def paligemma_config(tokenizer, shape: TinyPaliGemmaShape = TinyPaliGemmaShape()
     )
 
 
-def build_tiny_paligemma(out_dir: Path, shape: TinyPaliGemmaShape = TinyPaliGemmaShape(), seed: int = 0) -> None:
-    """Write ``tiny-random-paligemma`` (public file layout, no chat template) to ``out_dir``."""
+def build_tiny_paligemma(out_dir: Path, shape: TinyPaliGemmaShape = TinyPaliGemmaShape(), seed: int = 0,
+                         max_shard_size: str | int = "5GB") -> None:
+    """Write ``tiny-random-paligemma`` (public file layout, no chat template; weights sharded
+    beyond ``max_shard_size``) to ``out_dir``."""
     from transformers import PaliGemmaForConditionalGeneration
 
     processor = paligemma_processor(shape)
     config = paligemma_config(processor.tokenizer, shape)
     model = _seeded(PaliGemmaForConditionalGeneration, config, seed)
-    _save(model, processor, out_dir, generation={"eos_token_id": config.text_config.eos_token_id})
+    _save(model, processor, out_dir, {"eos_token_id": config.text_config.eos_token_id}, max_shard_size)
 
 
 # ---------------------------------------------------------------------------------------- Gemma 3
@@ -287,8 +288,10 @@ def gemma3_config(tokenizer, shape: TinyGemma3Shape = TinyGemma3Shape()):
     )
 
 
-def build_tiny_gemma3(out_dir: Path, shape: TinyGemma3Shape = TinyGemma3Shape(), seed: int = 0) -> None:
-    """Write ``tiny-random-gemma3`` (public file layout, chat template in chat_template.json)."""
+def build_tiny_gemma3(out_dir: Path, shape: TinyGemma3Shape = TinyGemma3Shape(), seed: int = 0,
+                      max_shard_size: str | int = "5GB") -> None:
+    """Write ``tiny-random-gemma3`` (public file layout, chat template in chat_template.json; weights
+    sharded beyond ``max_shard_size``) to ``out_dir``."""
     from transformers import Gemma3ForConditionalGeneration
 
     from xbench.models.gemma3 import init_image_projection
@@ -302,8 +305,7 @@ def build_tiny_gemma3(out_dir: Path, shape: TinyGemma3Shape = TinyGemma3Shape(),
         "do_sample": True, "top_k": 64, "top_p": 0.95,  # as published; xbench decodes greedily anyway
         "cache_implementation": "hybrid",
     }
-    _save(model, processor, out_dir, generation=generation,
-          processor_config={"image_seq_length": processor.image_seq_length, "processor_class": "Gemma3Processor"})
+    _save(model, processor, out_dir, generation, max_shard_size)
 
 
 # ---------------------------------------------------------------------------------------- shared
@@ -321,25 +323,16 @@ def _seeded(model_class, config, seed: int):
     return model.eval()
 
 
-def _save(model, processor, out_dir: Path, *, generation: dict, processor_config: dict | None = None) -> None:
-    """The published file layout: config.json, generation_config.json, model.safetensors,
-    tokenizer files, preprocessor_config.json (the image processor), and, where the
-    checkpoint has them, processor_config.json and chat_template.json."""
+def _save(model, processor, out_dir: Path, generation: dict, max_shard_size: str | int) -> None:
+    """The published file layout (:func:`xbench.zoo.tiny.save_public_layout`) with the checkpoint's
+    ``generation_config.json`` (``generation``: its end tokens and sampling settings)."""
     from transformers import GenerationConfig
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    from xbench.zoo.tiny import save_public_layout
+
     tok = processor.tokenizer
-    model.generation_config = GenerationConfig(
-        bos_token_id=tok.bos_token_id, pad_token_id=tok.pad_token_id, **generation
-    )
-    model.save_pretrained(out_dir, safe_serialization=True)
-    tok.save_pretrained(out_dir)
-    processor.image_processor.save_pretrained(out_dir)
-    if processor_config is not None:
-        (out_dir / "processor_config.json").write_text(json.dumps(processor_config, indent=2) + "\n")
-    if processor.chat_template:
-        (out_dir / "chat_template.json").write_text(json.dumps({"chat_template": processor.chat_template}, indent=2) + "\n")
+    model.generation_config = GenerationConfig(bos_token_id=tok.bos_token_id, pad_token_id=tok.pad_token_id, **generation)
+    save_public_layout(model, processor, out_dir, max_shard_size)
 
 
 TINY_RANDOM_PALIGEMMA = ModelSpec(
