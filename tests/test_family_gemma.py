@@ -168,8 +168,9 @@ def test_gemma3_template_renders_conversations_as_the_public_one(vlms):
     got = proc.apply_chat_template(conv, add_generation_prompt=False, tokenize=False)
     assert got == ("<bos><start_of_turn>user\nBe brief.\n\n<start_of_image>Hi<end_of_turn>\n"
                    "<start_of_turn>model\nred<end_of_turn>\n<start_of_turn>user\nand the shape?<end_of_turn>\n")
-    with pytest.raises(Exception, match="alternate"):
-        proc.apply_chat_template([{"role": "assistant", "content": "x"}], tokenize=False)
+    for bad in ([{"role": "assistant", "content": "x"}], [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]):
+        with pytest.raises(Exception, match="alternate"):
+            proc.apply_chat_template(bad, tokenize=False)
 
 
 # ---------------------------------------------------------------------------------------- generation

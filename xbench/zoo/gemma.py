@@ -46,7 +46,7 @@ GEMMA3_CHAT_TEMPLATE = (
     "{%- set turns = messages[1:] -%}"
     "{%- else -%}{%- set turns = messages -%}{%- endif -%}"
     "{%- for turn in turns -%}"
-    "{%- if (turn['role'] == 'user') != loop.index0 is even -%}"
+    "{%- if (turn['role'] == 'user') != (loop.index0 is even) -%}"
     "{{- raise_exception('Gemma 3 turns must alternate user / assistant, starting with user') -}}"
     "{%- endif -%}"
     "{{- '<start_of_turn>' ~ ('model' if turn['role'] == 'assistant' else turn['role']) ~ '\\n' -}}"
