@@ -90,6 +90,30 @@ FULL_SIZE: dict[str, dict] = {
                                      "out_hidden_size": 2048, "fullatt_block_indexes": [7, 15, 23, 31]}},
         "processor": {"max_pixels": 12845056},
     },
+    "paligemma-3b-pt-224": {
+        "mirror": "tiny-random-paligemma", "public": "google/paligemma-3b-pt-224", "image_tokens_at_64px": 256,
+        "public_parameters_b": 2.92,
+        "config": {"hidden_size": 2048, "projection_dim": 2048, "vocab_size": 257216,
+                   "vision_config": {"hidden_size": 1152, "intermediate_size": 4304, "num_hidden_layers": 27,
+                                     "num_attention_heads": 16, "image_size": 224, "patch_size": 14, "projection_dim": 2048},
+                   "text_config": {"hidden_size": 2048, "intermediate_size": 16384, "num_hidden_layers": 18,
+                                   "num_attention_heads": 8, "num_key_value_heads": 1, "head_dim": 256,
+                                   "vocab_size": 257216, "num_image_tokens": 256}},
+        "processor": {"size": {"height": 224, "width": 224}, "image_seq_length": 256},
+    },
+    "gemma-3-4b-it": {
+        "mirror": "tiny-random-gemma3", "public": "google/gemma-3-4b-it", "image_tokens_at_64px": 256,
+        "public_parameters_b": 4.30,
+        "config": {"mm_tokens_per_image": 256,
+                   "vision_config": {"hidden_size": 1152, "intermediate_size": 4304, "num_hidden_layers": 27,
+                                     "num_attention_heads": 16, "image_size": 896, "patch_size": 14},
+                   "text_config": {"hidden_size": 2560, "intermediate_size": 10240, "num_hidden_layers": 34,
+                                   "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 256,
+                                   "query_pre_attn_scalar": 256, "vocab_size": 262208, "sliding_window": 1024,
+                                   "layer_types": (["sliding_attention"] * 5 + ["full_attention"]) * 5 + ["sliding_attention"] * 4}},
+        "processor": {"size": {"height": 896, "width": 896}, "image_seq_length": 256},
+        "processor_extra": {"image_seq_length": 256},
+    },
 }
 
 
