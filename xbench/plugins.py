@@ -22,7 +22,9 @@ ENTRY_POINT_GROUP = "xbench"
 #: Every built-in plugin module, registered exactly like an outside plugin.
 BUILTIN_PLUGINS: tuple[str, ...] = (
     "xbench.models.llava",
+    "xbench.models.idefics3",
     "xbench.zoo",
+    "xbench.zoo.idefics3",
     "xbench.metrics.localisation",
     "xbench.metrics.agreement",
     "xbench.metrics.faithfulness",
