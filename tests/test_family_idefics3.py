@@ -136,11 +136,20 @@ def test_the_directory_runs_with_only_model_dir(checkpoint, tmp_path):
     assert (model["family"], model["prompt_format"]) == ("idefics3", PUBLIC_PROMPT)
 
 
-def test_a_processor_disagreeing_with_the_tower_is_refused_at_load(checkpoint, plugins, tmp_path):
+@pytest.mark.parametrize(
+    "file, change, error",
+    [
+        ("processor_config.json", {"image_seq_len": 81}, "image_seq_len 81"),
+        ("preprocessor_config.json", {"max_image_size": {"longest_edge": 42}}, "tiles of 42 px"),
+        ("preprocessor_config.json", {"do_pad": False}, "do_pad false"),
+    ],
+)
+def test_a_processor_disagreeing_with_the_tower_is_refused_at_load(checkpoint, plugins, tmp_path, file, change, error):
     broken = tmp_path / "broken"
     shutil.copytree(checkpoint, broken)
-    (broken / "processor_config.json").write_text(json.dumps({"image_seq_len": 81, "processor_class": "Idefics3Processor"}))
-    with pytest.raises(ModelLoadError, match="image_seq_len 81"):
+    settings = json.loads((broken / file).read_text())
+    (broken / file).write_text(json.dumps({**settings, **change}))
+    with pytest.raises(ModelLoadError, match=error):
         load(broken, plugins)
 
 
@@ -276,3 +285,20 @@ def test_batches_of_images_with_different_tile_counts_equal_one_at_a_time(smolvl
         torch.testing.assert_close(b.pixel_values, one.pixel_values)
         torch.testing.assert_close(b.image_inputs["pixel_attention_mask"], one.image_inputs["pixel_attention_mask"])
         torch.testing.assert_close(b.hidden_states, one.hidden_states, rtol=1e-4, atol=1e-5)
+
+
+def test_gradient_relevancy_follows_the_image_tokens_into_the_tower(smolvlm):
+    """scope=all: relevance seeds the patches each image token shuffles together and propagates
+    within each tile's attention (one crop per tile), then is read back per cell."""
+    from xbench.methods.gradient_relevancy import answer_relevancy
+
+    (gen,) = smolvlm.generate(samples_of((40, 100)), ["what shape is in the image?"], 2)
+    with torch.no_grad():
+        out = smolvlm.forward(gen, output_attentions=True)
+    n = gen.pixel_values.shape[1]
+    assert len(out.vision_attentions) == smolvlm.vision_layers_read() == 2
+    assert out.vision_attentions[0].shape[0] == n and out.vision_attentions[0].shape[-1] == (SHAPE.tile // SHAPE.patch) ** 2
+    deep = answer_relevancy(smolvlm, gen, scope="all")
+    shallow = answer_relevancy(smolvlm, gen, scope="llm")
+    assert deep.shape == shallow.shape == (len(gen.answer_ids), gen.layout.n_cells)
+    assert np.isfinite(deep).all() and not np.allclose(deep, shallow)

@@ -54,6 +54,11 @@ class Idefics3Adapter(HFAdapter):
                 f"model {self.name!r}: the processor's image_seq_len {seq_len} is not the "
                 f"{self.geometry.tokens_per_tile} tokens a tile gives ((image_size // patch_size)**2 / scale_factor**2)"
             )
+        if not getattr(processor.image_processor, "do_pad", True):
+            raise ModelLoadError(
+                f"model {self.name!r}: its image processor has do_pad false, so a batch's images cannot be "
+                "stacked and no pixel_attention_mask marks their padding"
+            )
         tile_edge = _longest_edge(getattr(processor.image_processor, "max_image_size", None))
         if tile_edge != self.geometry.tile:
             raise ModelLoadError(
@@ -62,7 +67,7 @@ class Idefics3Adapter(HFAdapter):
         ids = self.tokenizer.convert_tokens_to_ids
         tiles = {ids(f"<row_{r}_col_{c}>"): (r, c) for r in range(1, 7) for c in range(1, 7)}
         self.markers = lay.Markers(image=self.image_token_id, global_image=ids(processor.global_image_tag), tiles=tiles)
-        if self.tokenizer.unk_token_id in {self.markers.global_image, *tiles}:
+        if {None, self.tokenizer.unk_token_id} & {self.markers.global_image, *tiles}:
             raise ModelLoadError(f"model {self.name!r}: its tokenizer lacks <global-img> or the <row_r_col_c> tile markers")
 
     # ------------------------------------------------------------------ layout
