@@ -108,7 +108,8 @@ def test_the_checkpoint_is_laid_out_like_the_public_one(checkpoint):
         assert tokens[name]["special"] and not tokens[name]["normalized"], name
     assert config["image_token_id"] == tokens["<image>"]["id"]
     tok_cfg = json.loads((checkpoint / "tokenizer_config.json").read_text())
-    assert (tok_cfg["eos_token"], tok_cfg["bos_token"], tok_cfg["pad_token"]) == ("<end_of_utterance>", "<|im_start|>", "<|im_end|>")
+    roles = (tok_cfg["eos_token"], tok_cfg["bos_token"], tok_cfg["pad_token"])
+    assert roles == ("<end_of_utterance>", "<|im_start|>", "<|im_end|>")
     assert json.loads((checkpoint / "generation_config.json").read_text())["eos_token_id"] == tokens["<end_of_utterance>"]["id"]
 
 

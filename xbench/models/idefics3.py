@@ -35,7 +35,9 @@ class Idefics3Adapter(HFAdapter):
     """Idefics3-type checkpoints (see the module docstring)."""
 
     family = "idefics3"
-    description = "Idefics3ForConditionalGeneration (SmolVLM, Idefics3: tiles + global image, pixel shuffle), local HF directories"
+    description = (
+        "Idefics3ForConditionalGeneration (SmolVLM, Idefics3: tiles + global image, pixel shuffle), local HF directories"
+    )
     model_types = ("idefics3",)
     model_class = "Idefics3ForConditionalGeneration"
     pixel_channel_dim = 2  # pixel_values [1, n_tiles, C, S, S]
@@ -46,7 +48,8 @@ class Idefics3Adapter(HFAdapter):
         self.geometry = lay.TileGeometry(patch=int(vc.patch_size), scale=int(cfg.scale_factor), tile=int(vc.image_size))
         if self.geometry.side % self.geometry.scale:
             raise ModelLoadError(
-                f"model {self.name!r}: {self.geometry.side} patches per tile side do not pixel-shuffle by scale_factor {cfg.scale_factor}"
+                f"model {self.name!r}: {self.geometry.side} patches per tile side do not pixel-shuffle by "
+                f"scale_factor {cfg.scale_factor}"
             )
         seq_len = getattr(processor, "image_seq_len", None)
         if seq_len != self.geometry.tokens_per_tile:
@@ -62,7 +65,8 @@ class Idefics3Adapter(HFAdapter):
         tile_edge = _longest_edge(getattr(processor.image_processor, "max_image_size", None))
         if tile_edge != self.geometry.tile:
             raise ModelLoadError(
-                f"model {self.name!r}: the processor cuts tiles of {tile_edge} px but the vision tower reads {self.geometry.tile} px"
+                f"model {self.name!r}: the processor cuts tiles of {tile_edge} px but the vision tower reads "
+                f"{self.geometry.tile} px"
             )
         ids = self.tokenizer.convert_tokens_to_ids
         tiles = {ids(f"<row_{r}_col_{c}>"): (r, c) for r in range(1, 7) for c in range(1, 7)}
@@ -118,9 +122,7 @@ class Idefics3Adapter(HFAdapter):
         ``(features [B, n * g * g, d_text], tower output)``."""
         B, n = pixel_values.shape[:2]
         flat = pixel_values.reshape(B * n, *pixel_values.shape[2:]).to(self.dtype)
-        mask = self._pixel_mask(generation).to(flat.device)
-        p, side = self.geometry.patch, self.geometry.side
-        patches = mask[:, : side * p, : side * p].reshape(n, side, p, side, p).any(dim=(2, 4))
+        patches = lay.patch_mask(self.geometry, self._pixel_mask(generation).to(flat.device))
         vision = self.model.model.vision_model(
             pixel_values=flat, patch_attention_mask=patches.repeat(B, 1, 1), output_attentions=output_attentions,
             return_dict=True,

@@ -171,16 +171,22 @@ def pixel_cells(geometry: TileGeometry, pixel_mask: torch.Tensor) -> torch.Tenso
     return torch.where(keep, cells, torch.full_like(cells, -1))[None, :, None]
 
 
+def patch_mask(geometry: TileGeometry, pixel_mask: torch.Tensor) -> torch.Tensor:
+    """``[n_tiles, side, side]`` bool: the patches holding a real pixel (the tower attends to those
+    only, as transformers derives its ``patch_attention_mask``)."""
+    n, side, p = pixel_mask.shape[0], geometry.side, geometry.patch
+    return pixel_mask[:, : side * p, : side * p].reshape(n, side, p, side, p).bool().any(dim=(2, 4))
+
+
 def patch_cells(geometry: TileGeometry, pixel_mask: torch.Tensor) -> torch.Tensor:
     """``[n_tiles * side * side]`` long: the cell of every vision-tower patch, crop-major (tile
     ``t``'s patch ``(y, x)`` is ``t * side**2 + y * side + x``); -1 for a patch wholly over padding
     (the tower masks it out)."""
-    n, side, s, g, p = pixel_mask.shape[0], geometry.side, geometry.scale, geometry.grid, geometry.patch
+    n, side, s, g = pixel_mask.shape[0], geometry.side, geometry.scale, geometry.grid
     rows = torch.arange(side, device=pixel_mask.device) // s
     within = rows[:, None] * g + rows[None, :]
     cells = within[None] + (torch.arange(n, device=pixel_mask.device) * g * g)[:, None, None]
-    real = pixel_mask[:, : side * p, : side * p].reshape(n, side, p, side, p).bool().any(dim=(2, 4))
-    return torch.where(real, cells, torch.full_like(cells, -1)).reshape(-1)
+    return torch.where(patch_mask(geometry, pixel_mask), cells, torch.full_like(cells, -1)).reshape(-1)
 
 
 def vision_token_positions(geometry: TileGeometry, n_tiles: int) -> list[list[int]]:
