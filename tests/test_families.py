@@ -51,13 +51,16 @@ def family(request, plugins):
 
     name = request.param
     vlm = load_vlm(name, plugins.registries, needs=frozenset({ATTENTIONS}), device="cpu")
-    try:
-        install_random_proxies_for(vlm)
-    except ValueError as exc:  # FastRM's heads need one fixed grid; a several-grid layout has none
-        NO_PROXY[name] = str(exc)
     task = plugins.registries.tasks.get("easyvqa")()
     samples = list(task.samples(limit=N, seed=0))
-    return name, vlm, samples, [task.prompt(s) for s in samples]
+    prompts = [task.prompt(s) for s in samples]
+    # fixed-grid proxies for the grid of these samples' images (some families' grids vary per image)
+    grid = vlm.generate(samples[:1], prompts[:1], 1)[0].grid
+    if len(grid) == 2:
+        install_random_proxies_for(vlm, grid=grid)
+    else:  # maps over several grids are (N,): FastRM's fixed-grid heads take one (h, w) grid
+        NO_PROXY[name] = f"its maps have shape {grid}, and FastRM's fixed-grid heads take one (h, w) grid"
+    return name, vlm, samples, prompts
 
 
 @pytest.fixture(scope="module")

@@ -144,3 +144,31 @@ def grid_boxes(grid: Sequence[int], region: Sequence[float]) -> np.ndarray:
 def single_grid(grid: Sequence[int], region: Sequence[float], image_size: Sequence[int]) -> ImageLayout:
     """A layout of one ``grid`` laid evenly over ``region`` of an image of ``image_size``."""
     return ImageLayout(((int(grid[0]), int(grid[1])),), grid_boxes(grid, region), tuple(image_size))
+
+
+def to_record(layout: ImageLayout) -> dict:
+    """A JSON-able layout: per grid its shape and either the region it splits evenly or its boxes
+    (rounded to 0.01 px), and the image size."""
+    grids, start = [], 0
+    for h, w in layout.grids:
+        boxes = layout.boxes[start : start + h * w]
+        start += h * w
+        region = [boxes[0, 0], boxes[0, 1], boxes[-1, 2], boxes[-1, 3]]
+        entry: dict = {"shape": [h, w]}
+        if np.allclose(grid_boxes((h, w), region), boxes, atol=1e-3):
+            entry["region"] = [round(float(v), 2) for v in region]
+        else:
+            entry["boxes"] = np.round(boxes, 2).tolist()
+        grids.append(entry)
+    return {"grids": grids, "image_size": list(layout.image_size)}
+
+
+def from_record(record: dict) -> ImageLayout:
+    """The :class:`ImageLayout` of :func:`to_record` (a ``ValueError`` for a malformed one)."""
+    try:
+        shapes = [tuple(int(v) for v in g["shape"]) for g in record["grids"]]
+        boxes = [np.asarray(g["boxes"], dtype=np.float64) if "boxes" in g else grid_boxes(shape, g["region"])
+                 for g, shape in zip(record["grids"], shapes)]
+        return ImageLayout(tuple(shapes), np.concatenate(boxes), tuple(int(v) for v in record["image_size"]))
+    except (KeyError, TypeError, IndexError) as exc:
+        raise ValueError(f"malformed layout record: {exc!r}") from None

@@ -23,8 +23,10 @@ ENTRY_POINT_GROUP = "xbench"
 BUILTIN_PLUGINS: tuple[str, ...] = (
     "xbench.models.llava",
     "xbench.models.idefics3",
+    "xbench.models.qwen2_vl",
     "xbench.zoo",
     "xbench.zoo.idefics3",
+    "xbench.zoo.qwen2_vl",
     "xbench.metrics.localisation",
     "xbench.metrics.agreement",
     "xbench.metrics.faithfulness",

@@ -47,6 +47,7 @@ FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "extras": (dict,),
     "meta": (dict,),
     "grid": (list,),
+    "layout": (dict,),
     "map": (list, type(None)),
     "map_file": (str,),
     "generate_ms": (int, float),

@@ -147,6 +147,13 @@ class VLM:
         self.attn_implementation = attn_implementation
 
     @classmethod
+    def accepts(cls, config: Mapping[str, Any]) -> bool:
+        """Whether this family serves a checkpoint whose ``config.json`` is ``config`` (its
+        ``model_type`` is already one of :attr:`model_types`); families sharing a model_type
+        (LLaVA with a Pixtral tower) tell theirs apart here."""
+        return True
+
+    @classmethod
     def load(cls, path: Path, *, identity: ModelIdentity, device: str, dtype: Any, attn_implementation: str) -> "VLM":
         """The adapter over the Hugging Face directory ``path``; bad files are a ``ModelLoadError``."""
         raise NotImplementedError

@@ -18,12 +18,24 @@ from typing import Any, ClassVar, Mapping, Sequence
 import torch
 
 from xbench.api import HIDDEN_STATES, VLM, ForwardOutput, Generation, ModelIdentity, Sample
-from xbench.errors import AttentionsUnavailableError, ModelLoadError, PromptTooLongError
+from xbench.errors import AttentionsUnavailableError, BadImageError, ModelLoadError, PromptTooLongError
 from xbench.image_layout import ImageLayout
 
 #: one user turn: the image, then the task's instruction
 def user_turn(instruction: str) -> list[dict]:
     return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": instruction}]}]
+
+
+def one_image(sample: Sample):
+    """The sample's single still image; several images (a list) or frames are a :class:`BadImageError`
+    naming the sample (the adapters lay out one image per prompt)."""
+    from PIL import Image
+
+    image = sample.load_image()
+    if not isinstance(image, Image.Image):
+        kind = f"{len(image)} images" if isinstance(image, (list, tuple)) else f"a {type(image).__name__}"
+        raise BadImageError(f"sample {sample.id!r} has {kind}; the model adapters take one still image per prompt")
+    return image
 
 
 def load_weights(model_class, path: Path, *, dtype, attn_implementation: str):
@@ -128,7 +140,7 @@ class HFAdapter(VLM):
                  keep: frozenset[str] = frozenset()) -> list[Generation]:
         """Greedy answers for a batch (see :meth:`VLM.generate`); every prompt is checked against the
         context window before anything runs."""
-        images = [s.load_image() for s in samples]
+        images = [one_image(s) for s in samples]
         inputs = self.encode(images, [self.render_prompt(p) for p in prompts])
         self._check_context(samples, inputs["attention_mask"].sum(dim=1).tolist(), max_new_tokens)
         inputs = {k: (v.to(self.device) if hasattr(v, "to") else v) for k, v in inputs.items()}

@@ -39,6 +39,11 @@ class LlavaAdapter(HFAdapter):
     model_class = "LlavaForConditionalGeneration"
     fallback_prompt = "USER: <image>\n{prompt} ASSISTANT:"
 
+    @classmethod
+    def accepts(cls, config) -> bool:
+        """CLIP and SigLIP towers (Pixtral's variable-size tower has a family of its own)."""
+        return (config.get("vision_config") or {}).get("model_type", "clip_vision_model") in CLS_TOWERS + ("siglip_vision_model",)
+
     def __init__(self, model, processor, identity, device, dtype, attn_implementation) -> None:
         super().__init__(model, processor, identity, device, dtype, attn_implementation)
         cfg = model.config

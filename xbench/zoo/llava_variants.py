@@ -40,7 +40,7 @@ def build_interleave(out_dir: Path, seed: int = 0) -> None:
     from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor, Qwen2Config, SiglipVisionConfig
     from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
 
-    from xbench.zoo.tiny import build_tokenizer, easyvqa_vocabulary, save_model
+    from xbench.zoo.tiny import build_tokenizer, easyvqa_vocabulary, save_public_layout
 
     tokenizer = build_tokenizer(
         easyvqa_vocabulary("user assistant"), CHATML_SPECIALS, pad="<|endoftext|>", unk="<unk>", bos=None,
@@ -61,4 +61,4 @@ def build_interleave(out_dir: Path, seed: int = 0) -> None:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = LlavaForConditionalGeneration(config)
-    save_model(model.eval(), processor, out_dir)
+    save_public_layout(model.eval(), processor, out_dir)
