@@ -303,3 +303,25 @@ def test_gradient_relevancy_follows_the_image_tokens_into_the_tower(smolvlm):
     shallow = answer_relevancy(smolvlm, gen, scope="llm")
     assert deep.shape == shallow.shape == (len(gen.answer_ids), gen.layout.n_cells)
     assert np.isfinite(deep).all() and not np.allclose(deep, shallow)
+
+
+def test_the_public_sizes_give_the_public_token_count(checkpoint, plugins, tmp_path):
+    """The mirror's files with SmolVLM-Instruct's sizes put back (tower 384 px / patch 14, tiles of
+    384, longest edge 1536, image_seq_len 81) give the 1,377 image tokens (17 tiles x 81) the public
+    processor gives a 64x64 image (ANCHORS.md), through the family's own loading."""
+    from xbench.models.idefics3 import Idefics3Adapter
+
+    full = tmp_path / "full"
+    full.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.json"):
+        shutil.copy(checkpoint / name, full / name)
+    pre = json.loads((checkpoint / "preprocessor_config.json").read_text())
+    pre.update(size={"longest_edge": 1536}, max_image_size={"longest_edge": 384})
+    (full / "preprocessor_config.json").write_text(json.dumps(pre))
+    (full / "processor_config.json").write_text(json.dumps({"image_seq_len": 81, "processor_class": "Idefics3Processor"}))
+    processor = Idefics3Adapter.load_processor(full)
+    text = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "what shape is it?"}]}],
+        add_generation_prompt=True, tokenize=False)  # fmt: skip
+    ids = processor(images=[picture(64, 64, 0)], text=[text], return_tensors="pt")["input_ids"][0]
+    assert int((ids == processor.image_token_id).sum()) == 1377 == 17 * (384 // 14) ** 2 // 9
