@@ -95,6 +95,7 @@ def test_the_checkpoint_is_laid_out_like_the_public_one(checkpoint):
     assert text["model_type"] == "llama" and config["tie_word_embeddings"] is False and text["tie_word_embeddings"] is False
     assert config["scale_factor"] == 3 and vision["image_size"] % vision["patch_size"] != 0  # like 384 / 14
     pre = json.loads((checkpoint / "preprocessor_config.json").read_text())
+    assert (pre["image_processor_type"], pre["processor_class"]) == ("Idefics3ImageProcessor", "Idefics3Processor")
     assert pre["do_image_splitting"] is True and pre["do_pad"] is True and pre["resample"] == 1  # LANCZOS
     assert pre["max_image_size"] == {"longest_edge": vision["image_size"]}
     assert pre["size"] == {"longest_edge": 4 * vision["image_size"]}

@@ -26,7 +26,6 @@ vocabulary, seeded initialisation.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -184,8 +183,8 @@ def build_tiny_smolvlm(out_dir: Path, shape: SmolVLMShape = SmolVLMShape(), seed
     import torch
     from transformers import GenerationConfig
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    from xbench.zoo.tiny import save_public_layout
+
     with torch.random.fork_rng(devices=[]):
         model, processor = new_tiny_smolvlm(shape, seed)
     tok = processor.tokenizer
@@ -194,23 +193,7 @@ def build_tiny_smolvlm(out_dir: Path, shape: SmolVLMShape = SmolVLMShape(), seed
         eos_token_id=tok.convert_tokens_to_ids(EOS),
         pad_token_id=tok.convert_tokens_to_ids(PAD),
     )
-    model.save_pretrained(out_dir, safe_serialization=True)
-    save_processor_files(processor, out_dir)
-
-
-def save_processor_files(processor, out_dir: Path) -> None:
-    """The public checkpoint's processor layout: ``preprocessor_config.json`` (image processor),
-    ``processor_config.json`` (``image_seq_len``), ``chat_template.json`` and the tokenizer files
-    (transformers 5 would nest the image processor in processor_config.json and write
-    chat_template.jinja; both layouts load)."""
-    out_dir = Path(out_dir)
-    processor.image_processor.save_pretrained(out_dir)
-    processor.tokenizer.save_pretrained(out_dir)
-    for name, content in (
-        ("processor_config.json", {"image_seq_len": processor.image_seq_len, "processor_class": "Idefics3Processor"}),
-        ("chat_template.json", {"chat_template": processor.chat_template}),
-    ):
-        (out_dir / name).write_text(json.dumps(content, indent=2) + "\n")
+    save_public_layout(model, processor, out_dir)
 
 
 def _build(out_dir: Path) -> None:
