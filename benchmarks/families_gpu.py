@@ -10,7 +10,7 @@ settings and chat template with the big dimensions shrunk) and puts the public c
 dimensions back (:data:`FULL_SIZE`: widths, depths, heads, vocabulary, image sizes); the config and
 processor files are written without weights, the model is initialised directly on the device in
 ``--dtype`` and wrapped in the family's own adapter, exactly as ``--model DIR`` would load it. One
-easy-vqa image and question; the answer is ``--answer-len`` tokens (``min_new_tokens``). Paths per
+easy-vqa image (enlarged to ``--image-size``) and question; the answer is ``--answer-len`` tokens (``min_new_tokens``). Paths per
 architecture, each warmed up once, then ``--repeats`` synchronised calls: ``generate`` (sdpa),
 ``generate_eager``, ``gradient_relevancy`` (all answer tokens, LM scope), ``fastrm`` (a random-weight
 attention-head proxy over the kept hidden states: the explained answer minus the plain one is its
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import statistics
 import sys
@@ -33,16 +34,19 @@ ROOT = Path(__file__).resolve().parent.parent
 #: per architecture: the zoo mirror it starts from, the public checkpoint's big dimensions (merged
 #: into the mirror's ``config.json`` / ``preprocessor_config.json`` / ``processor_config.json``), and
 #: the image tokens the public processor gives a 64x64 image (measured on the public checkpoints with
-#: transformers 5.24; the tests check the full-size files reproduce it)
+#: transformers 5.24; the tests check the full-size files reproduce it) and, where listed, the
+#: parameter count the public model card gives (billions; the tests count the full-size config's
+#: parameters on the meta device)
 FULL_SIZE: dict[str, dict] = {
     "llava-1.5-7b": {
         "mirror": "tiny-random-llava", "public": "llava-hf/llava-1.5-7b-hf", "image_tokens_at_64px": 576,
+        "public_parameters_b": 7.06,
         "config": {"vision_config": {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24,
                                      "num_attention_heads": 16, "image_size": 336, "patch_size": 14,
                                      "projection_dim": 768},
                    "text_config": {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
-                                   "num_attention_heads": 32, "num_key_value_heads": 32, "vocab_size": 32064,
-                                   "max_position_embeddings": 4096},
+                                   "num_attention_heads": 32, "num_key_value_heads": 32, "head_dim": 128,
+                                   "vocab_size": 32064, "max_position_embeddings": 4096},
                    "vision_feature_layer": -2},
         "processor": {"size": {"shortest_edge": 336}, "crop_size": {"height": 336, "width": 336}},
         "processor_extra": {"patch_size": 14},
@@ -57,6 +61,58 @@ FULL_SIZE: dict[str, dict] = {
                                    "max_position_embeddings": 32768, "layer_types": ["full_attention"] * 24}},
         "processor": {"size": {"height": 384, "width": 384}},
         "processor_extra": {"patch_size": 14},
+    },
+    "qwen2-vl-2b": {
+        "mirror": "tiny-random-qwen2-vl", "public": "Qwen/Qwen2-VL-2B-Instruct", "image_tokens_at_64px": 4,
+        "public_parameters_b": 2.21,
+        "config": {"hidden_size": 1536, "intermediate_size": 8960, "num_hidden_layers": 28, "max_window_layers": 28,
+                   "num_attention_heads": 12, "num_key_value_heads": 2, "vocab_size": 151936,
+                   "rope_scaling": {"type": "mrope", "mrope_section": [16, 24, 24]}, "tie_word_embeddings": True,
+                   "vision_config": {"depth": 32, "embed_dim": 1280, "num_heads": 16, "hidden_size": 1536}},
+        "processor": {"max_pixels": 12845056},
+    },
+    "qwen2-vl-7b": {
+        "mirror": "tiny-random-qwen2-vl", "public": "Qwen/Qwen2-VL-7B-Instruct", "image_tokens_at_64px": 4,
+        "public_parameters_b": 8.29,
+        "config": {"hidden_size": 3584, "intermediate_size": 18944, "num_hidden_layers": 28, "max_window_layers": 28,
+                   "num_attention_heads": 28, "num_key_value_heads": 4, "vocab_size": 152064,
+                   "rope_scaling": {"type": "mrope", "mrope_section": [16, 24, 24]}, "tie_word_embeddings": False,
+                   "vision_config": {"depth": 32, "embed_dim": 1280, "num_heads": 16, "hidden_size": 3584}},
+        "processor": {"max_pixels": 12845056},
+    },
+    "qwen2.5-vl-3b": {
+        "mirror": "tiny-random-qwen2.5-vl", "public": "Qwen/Qwen2.5-VL-3B-Instruct", "image_tokens_at_64px": 4,
+        "public_parameters_b": 3.75,
+        "config": {"hidden_size": 2048, "intermediate_size": 11008, "num_hidden_layers": 36, "max_window_layers": 36,
+                   "num_attention_heads": 16, "num_key_value_heads": 2, "vocab_size": 151936,
+                   "rope_scaling": {"type": "mrope", "mrope_section": [16, 24, 24]}, "tie_word_embeddings": True,
+                   "vision_config": {"depth": 32, "hidden_size": 1280, "intermediate_size": 3420, "num_heads": 16,
+                                     "out_hidden_size": 2048, "fullatt_block_indexes": [7, 15, 23, 31]}},
+        "processor": {"max_pixels": 12845056},
+    },
+    "paligemma-3b-pt-224": {
+        "mirror": "tiny-random-paligemma", "public": "google/paligemma-3b-pt-224", "image_tokens_at_64px": 256,
+        "public_parameters_b": 2.92,
+        "config": {"hidden_size": 2048, "projection_dim": 2048, "vocab_size": 257216,
+                   "vision_config": {"hidden_size": 1152, "intermediate_size": 4304, "num_hidden_layers": 27,
+                                     "num_attention_heads": 16, "image_size": 224, "patch_size": 14, "projection_dim": 2048},
+                   "text_config": {"hidden_size": 2048, "intermediate_size": 16384, "num_hidden_layers": 18,
+                                   "num_attention_heads": 8, "num_key_value_heads": 1, "head_dim": 256,
+                                   "vocab_size": 257216, "num_image_tokens": 256}},
+        "processor": {"size": {"height": 224, "width": 224}, "image_seq_length": 256},
+    },
+    "gemma-3-4b-it": {
+        "mirror": "tiny-random-gemma3", "public": "google/gemma-3-4b-it", "image_tokens_at_64px": 256,
+        "public_parameters_b": 4.30,
+        "config": {"mm_tokens_per_image": 256,
+                   "vision_config": {"hidden_size": 1152, "intermediate_size": 4304, "num_hidden_layers": 27,
+                                     "num_attention_heads": 16, "image_size": 896, "patch_size": 14},
+                   "text_config": {"hidden_size": 2560, "intermediate_size": 10240, "num_hidden_layers": 34,
+                                   "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 256,
+                                   "query_pre_attn_scalar": 256, "vocab_size": 262208, "sliding_window": 1024,
+                                   "layer_types": (["sliding_attention"] * 5 + ["full_attention"]) * 5 + ["sliding_attention"] * 4}},
+        "processor": {"size": {"height": 896, "width": 896}, "image_seq_length": 256},
+        "processor_extra": {"image_seq_length": 256},
     },
 }
 
@@ -143,13 +199,15 @@ def random_proxy_for(vlm, generation, out: Path) -> Path:
     return random_proxy(model_identity(vlm), tuple(generation.grid), "attention").save(out)
 
 
-def measure(arch: str, vlm, answer_len: int, repeats: int) -> dict:
+def measure(arch: str, vlm, answer_len: int, repeats: int, image_size: int) -> dict:
     """Every path on one easy-vqa sample (see the module docstring)."""
     from xbench.plugins import default
 
     plugins = default()
     task = plugins.registries.tasks.get("easyvqa")()
-    sample = next(iter(task.samples(limit=1, seed=0)))
+    first = next(iter(task.samples(limit=1, seed=0)))
+    # the 64 px easy-vqa image enlarged: processors that keep the resolution (Qwen2-VL) see a realistic size
+    sample = dataclasses.replace(first, image=first.load_image().resize((image_size, image_size)))
     prompt = task.prompt(sample)
     keep = frozenset({"hidden_states"})
     results = {}
@@ -179,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", default="bfloat16")
     p.add_argument("--answer-len", type=int, default=8)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--image-size", type=int, default=448, help="side the easy-vqa image is enlarged to (default 448)")
     p.add_argument("--out", type=Path, default=ROOT / "results" / "families_gpu")
     args = p.parse_args(argv)
     import torch
@@ -196,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             folder = full_size_dir(arch, Path(tmp) / arch, args.tiny)
             vlm = build_adapter(arch, folder, args.device, getattr(torch, args.dtype))
-            entry = measure(arch, vlm, args.answer_len, args.repeats)
+            entry = measure(arch, vlm, args.answer_len, args.repeats, args.image_size)
         entry["public"] = FULL_SIZE[arch]["public"]
         entry["parameters"] = sum(p.numel() for p in vlm.model.parameters())
         rel, plain = entry["results"]["gradient_relevancy"], entry["results"]["generate"]

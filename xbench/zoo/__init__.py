@@ -48,7 +48,7 @@ TINY_RANDOM_LLAVA_INTERLEAVE = ModelSpec(
     description="mirrors llava-hf/llava-interleave-qwen-0.5b-hf (SigLIP 64px/patch 14: 4x4 over 56px, no CLS, "
     "full strategy, Qwen2 2x64, ChatML template), random weights",
     build=_build_interleave,
-    version="2",
+    version="3",
 )
 
 TINY_LLAVA_EASYVQA = ModelSpec(

@@ -47,7 +47,7 @@ def build_interleave(out_dir: Path, seed: int = 0) -> None:
         eos="<|im_end|>",
     )
     vision = SiglipVisionConfig(image_size=64, patch_size=14, hidden_size=32, intermediate_size=64,
-                                num_hidden_layers=2, num_attention_heads=4)
+                                num_hidden_layers=2, num_attention_heads=4, vision_use_head=False)
     text = Qwen2Config(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
                        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True)
