@@ -317,7 +317,7 @@ MODEL_CASES = [
     Case("model-no-tokenizer", model_case(lambda m: [(m / f).unlink() for f in ("tokenizer.json", "tokenizer_config.json")] and None), ("is incomplete: missing tokenizer.json or",)),
     Case("model-config-bad-json", model_case(lambda m: (m / "config.json").write_text('{"model_type": "llava",')), ("cannot read", "config.json")),
     Case("model-config-not-object", model_case(lambda m: (m / "config.json").write_text("[]")), ("config.json holds a JSON list, not an object",)),
-    Case("model-type-unsupported", model_case(edit_json("config.json", lambda c: c.update(model_type="bert"))), ("has model_type 'bert', which no model family supports (supported: ['llava'])",)),
+    Case("model-type-unsupported", model_case(edit_json("config.json", lambda c: c.update(model_type="bert"))), ("has model_type 'bert', which no model family supports (supported: ['gemma3', 'idefics3', 'llava', 'llava_next', 'llava_onevision', 'paligemma', 'qwen2_5_vl', 'qwen2_vl'])",)),
     Case("model-type-absent", model_case(edit_json("config.json", lambda c: c.pop("model_type"))), ("has model_type None, which no model family supports",)),
     Case("model-weights-corrupt", model_case(lambda m: (m / "model.safetensors").write_bytes(b"\x00" * 64)), ("cannot load LlavaForConditionalGeneration from", "SafetensorError")),
     Case("model-weights-missing-tensors", model_case(drop_tensors), ("do not match its config.json: missing lm_head.weight",)),

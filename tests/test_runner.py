@@ -13,7 +13,7 @@ from xbench.runner import RunConfig, run
 RECORD_KEYS = {
     "id", "question", "gold", "answer", "answer_ids", "prompt_len", "meta", "scores", "metrics", "extras",
     "generate_ms", "explain_ms", "generate_peak_gpu_mib", "explain_peak_gpu_mib", "generate_rss_peak_mib",
-    "explain_rss_peak_mib", "grid", "map",
+    "explain_rss_peak_mib", "grid", "layout", "map",
     "run_identity",  # the run folder's identity hash (run.json), stamped by RecordWriter
 }
 

@@ -77,7 +77,8 @@ class Record(TypedDict):
     explain_peak_gpu_mib: float | None
     generate_rss_peak_mib: float | None
     explain_rss_peak_mib: float | None
-    grid: list[int]  # [h, w]
+    grid: list[int]  # the map shape: [h, w] on one grid, [N] over the cells of several
+    layout: dict  # the sample's image layout (xbench.image_layout.to_record): grids, cell boxes, image size
     map: NotRequired[list[list[float]]]  # inline when h * w <= 1024 ...
     map_file: NotRequired[str]  # ... else maps/<id>.npy, relative to the run folder
     control_map: NotRequired[list[list[float]]]  # with --control, small grids only
