@@ -22,7 +22,9 @@ ENTRY_POINT_GROUP = "xbench"
 #: Every built-in plugin module, registered exactly like an outside plugin.
 BUILTIN_PLUGINS: tuple[str, ...] = (
     "xbench.models.llava",
+    "xbench.models.llava_pixtral",
     "xbench.zoo",
+    "xbench.zoo.pixtral",
     "xbench.metrics.localisation",
     "xbench.metrics.agreement",
     "xbench.metrics.faithfulness",
