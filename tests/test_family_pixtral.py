@@ -247,8 +247,15 @@ def test_b_copies_reforward_as_one(vlm, generations):
     gen = gens[2]
     keep = torch.tensor([[1.0] * gen.layout.n_cells, [0.0] * gen.layout.n_cells, [0.5] * gen.layout.n_cells])
     batch = vlm.perturb(gen, keep, vlm.fill_value(gen, "mean"))
+    seen = []  # the tower reads one copy at a time (not 3 x n patches behind one block mask)
+    handle = vlm.model.model.vision_tower.register_forward_pre_hook(lambda _m, args: seen.append(tuple(args[0].shape)))
+    try:
+        with torch.no_grad():
+            together = vlm.forward(gen, pixel_values=batch).logits
+    finally:
+        handle.remove()
+    assert seen == [tuple(gen.pixel_values.shape)] * 3
     with torch.no_grad():
-        together = vlm.forward(gen, pixel_values=batch).logits
         apart = torch.cat([vlm.forward(gen, pixel_values=batch[b : b + 1]).logits for b in range(3)])
     torch.testing.assert_close(together, apart, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(apart[0], vlm.forward(gen).logits[0], rtol=1e-5, atol=1e-6)

@@ -14,7 +14,7 @@ tokens are not image tokens. Cell ``(r, c)`` covers the box ``H/gh x W/gw`` of t
 Pixels. A batch is padded (bottom / right, zeros) to its largest processed image; the tower reads each
 image only within its ``image_sizes``, so padding feeds no cell. ``Generation.pixel_values`` is the
 sample's own unpadded ``[1, 3, h, w]`` and ``Generation.image_inputs["image_sizes"]`` its ``[1, 2]``
-size; a re-forward of ``B`` copies repeats the size. Samples of different sizes generate in one batch
+size; a re-forward of ``B`` copies runs the tower once per copy. Samples of different sizes generate in one batch
 (the tower attends within each image: a block-diagonal mask over the concatenated patches).
 
 Processor. transformers' ``PixtralProcessor`` module imports the torchvision image processor at import
@@ -204,14 +204,25 @@ class LlavaPixtralAdapter(LlavaBase):
         return {"image_sizes": inputs["image_sizes"][i : i + 1]}
 
     def forward_inputs(self, generation: Generation, pixel_values: torch.Tensor) -> dict[str, Any]:
-        """``B`` copies: the images ``[B, 3, h, w]`` with the generation's size repeated."""
+        """``B`` copies of the generation's image ``[B, 3, h, w]``. One copy goes through the model as
+        given (its tower attentions are reported); several go through the tower one at a time, their
+        features handed to the model: the tower would otherwise attend over all ``B * n`` patches at
+        once behind a block-diagonal mask, ``B**2`` times the attention memory of one image (the same
+        numbers, no tower attentions reported)."""
         sizes = generation.image_inputs.get("image_sizes")
         if sizes is None or tuple(pixel_values.shape[-2:]) != tuple(int(v) for v in sizes[0]):
             raise ValueError(
                 f"model {self.name!r}: images of shape {tuple(pixel_values.shape)} do not match the image size "
                 f"{None if sizes is None else sizes[0].tolist()} of generation {generation.sample_id!r}"
             )
-        return {"pixel_values": pixel_values, "image_sizes": sizes.to(self.device).expand(len(pixel_values), -1)}
+        sizes = sizes.to(self.device)
+        if len(pixel_values) == 1:
+            return {"pixel_values": pixel_values, "image_sizes": sizes}
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        features = [self.model.model.get_image_features(pixel_values=pv[None], image_sizes=sizes).pooler_output[0]
+                    for pv in pixel_values]  # fmt: skip
+        return {"mm_encoder_outputs": {"image": BaseModelOutputWithPooling(pooler_output=features)}}
 
     def pixel_cells(self, generation: Generation) -> torch.Tensor:
         """``[1, 1, h, w]``: each pixel's patch cell on the generation's grid."""
