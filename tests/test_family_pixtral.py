@@ -242,19 +242,26 @@ def test_only_the_img_tokens_change_with_the_image(vlm, generations):
     assert changed.nonzero().flatten().tolist() == gen.image_positions
 
 
-def test_b_copies_reforward_as_one(vlm, generations):
+@pytest.mark.parametrize("tower_tokens, calls", [(None, [3]), (1, [1, 1, 1]), ("2n", [2, 1])])
+def test_b_copies_reforward_as_one(vlm, generations, monkeypatch, tower_tokens, calls):
+    """Copies reach the tower in groups of at most TOWER_TOKENS patches, with the numbers of one forward each."""
+    from xbench.models import llava_pixtral
+
     _, gens = generations
     gen = gens[2]
-    keep = torch.tensor([[1.0] * gen.layout.n_cells, [0.0] * gen.layout.n_cells, [0.5] * gen.layout.n_cells])
+    n = gen.layout.n_cells
+    if tower_tokens is not None:
+        monkeypatch.setattr(llava_pixtral, "TOWER_TOKENS", 2 * n if tower_tokens == "2n" else tower_tokens)
+    keep = torch.tensor([[1.0] * n, [0.0] * n, [0.5] * n])
     batch = vlm.perturb(gen, keep, vlm.fill_value(gen, "mean"))
-    seen = []  # the tower reads one copy at a time (not 3 x n patches behind one block mask)
+    seen = []
     handle = vlm.model.model.vision_tower.register_forward_pre_hook(lambda _m, args: seen.append(tuple(args[0].shape)))
     try:
         with torch.no_grad():
             together = vlm.forward(gen, pixel_values=batch).logits
     finally:
         handle.remove()
-    assert seen == [tuple(gen.pixel_values.shape)] * 3
+    assert seen == [(c, *gen.pixel_values.shape[1:]) for c in calls]
     with torch.no_grad():
         apart = torch.cat([vlm.forward(gen, pixel_values=batch[b : b + 1]).logits for b in range(3)])
     torch.testing.assert_close(together, apart, rtol=1e-4, atol=1e-5)

@@ -39,6 +39,8 @@ from xbench.models import layout
 from xbench.models.llava import LlavaBase
 
 TOWER = "pixtral"
+#: most patches the tower reads in one sequence when re-forwarding copies (one 1024 px image of pixtral-12b)
+TOWER_TOKENS = 4096
 
 
 def read_chat_template(path: Path) -> str | None:
@@ -168,17 +170,15 @@ class LlavaPixtralAdapter(LlavaBase):
     def check_layout_settings(self) -> None:
         """Refuse (``ModelLoadError``) settings under which the image tokens would not be one cell per patch
         of the whole resized image: another tower, a dropped first token, a spatial merge (LLaVA has no
-        merger), a processor patch that is not the tower's, a centre crop."""
+        merger), a processor patch that is not the tower's (the processor imposes it on its image processor),
+        a centre crop."""
         cfg, proc = self.model.config, self.processor
         ip = proc.image_processor
-        patch = getattr(ip, "patch_size", None)
-        patch = patch.get("height") if hasattr(patch, "get") else getattr(patch, "height", patch)
         problems = {
             "vision_config.model_type": (cfg.vision_config.model_type, TOWER),
             "vision_feature_select_strategy": (cfg.vision_feature_select_strategy, "full"),
             "processor spatial_merge_size": (proc.spatial_merge_size, 1),
             "processor patch_size": (proc.patch_size, self.patch),
-            "image processor patch_size": (patch, self.patch),
             "image processor do_center_crop": (bool(getattr(ip, "do_center_crop", False)), False),
         }
         bad = [f"{k} is {got!r}, needs {want!r}" for k, (got, want) in problems.items() if got != want]
@@ -205,10 +205,10 @@ class LlavaPixtralAdapter(LlavaBase):
 
     def forward_inputs(self, generation: Generation, pixel_values: torch.Tensor) -> dict[str, Any]:
         """``B`` copies of the generation's image ``[B, 3, h, w]``. One copy goes through the model as
-        given (its tower attentions are reported); several go through the tower one at a time, their
-        features handed to the model: the tower would otherwise attend over all ``B * n`` patches at
-        once behind a block-diagonal mask, ``B**2`` times the attention memory of one image (the same
-        numbers, no tower attentions reported)."""
+        given (its tower attentions are reported); several go through the tower in groups of at most
+        :data:`TOWER_TOKENS` patches, their features handed to the model: the tower would otherwise
+        attend over all ``B * n`` patches at once behind a block-diagonal mask, ``B**2`` times the
+        attention memory of one image (the same numbers; no tower attentions are reported)."""
         sizes = generation.image_inputs.get("image_sizes")
         if sizes is None or tuple(pixel_values.shape[-2:]) != tuple(int(v) for v in sizes[0]):
             raise ValueError(
@@ -220,8 +220,10 @@ class LlavaPixtralAdapter(LlavaBase):
             return {"pixel_values": pixel_values, "image_sizes": sizes}
         from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-        features = [self.model.model.get_image_features(pixel_values=pv[None], image_sizes=sizes).pooler_output[0]
-                    for pv in pixel_values]  # fmt: skip
+        features = []
+        for group in pixel_values.split(max(1, TOWER_TOKENS // generation.layout.n_cells)):
+            out = self.model.model.get_image_features(pixel_values=group, image_sizes=sizes.expand(len(group), -1))
+            features.extend(out.pooler_output)  # one [n, d] per copy
         return {"mm_encoder_outputs": {"image": BaseModelOutputWithPooling(pooler_output=features)}}
 
     def pixel_cells(self, generation: Generation) -> torch.Tensor:
