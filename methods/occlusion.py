@@ -42,7 +42,7 @@ class OcclusionMethod(CaptumMethod):
             presence[0] if single else presence,
             sliding_window_shapes=shapes[0] if single else shapes,
             strides=steps[0] if single else steps,
-            baselines=0.0,
+            baselines=0.0 if single else (0.0,) * len(grids),  # Captum reads a scalar as one input's
             perturbations_per_eval=self.params["perturbations_per_eval"],
         )
         attributions = attributions if isinstance(attributions, tuple) else (attributions,)

@@ -82,6 +82,11 @@ class Sample:
                     warnings.simplefilter("error", Image.DecompressionBombWarning)
                     with open_regular(self.image_path) as fh, Image.open(fh) as im:
                         check_image_size(im.size, self.image_path)
+                        if getattr(im, "n_frames", 1) > 1:
+                            raise BadImageError(
+                                f"image {self.image_path} has {im.n_frames} frames (an animation or video); "
+                                "xbench explains one still image per prompt"
+                            )
                         im.load()
                         self.image = to_rgb(im, self.image_path)
             except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:

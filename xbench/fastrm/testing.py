@@ -51,8 +51,9 @@ def install_random_proxies(model_id: str, path: Path, heads=tuple(HEADS.names())
     return out
 
 
-def install_random_proxies_for(vlm, heads=tuple(HEADS.names()), seed: int = 0) -> list[Path]:
-    """Install random-weight proxies of ``heads`` as the defaults of a loaded model (any family)."""
+def install_random_proxies_for(vlm, heads=tuple(HEADS.names()), seed: int = 0, grid=None) -> list[Path]:
+    """Install random-weight proxies of ``heads`` as the defaults of a loaded model (any family), for
+    ``grid`` (default: the model's fixed patch grid; a model whose grid varies with the image needs it)."""
     import tempfile
 
     from xbench.fastrm.proxy import model_identity
@@ -61,7 +62,7 @@ def install_random_proxies_for(vlm, heads=tuple(HEADS.names()), seed: int = 0) -
     out = []
     with tempfile.TemporaryDirectory() as tmp:
         for head in heads:
-            proxy = random_proxy(model_identity(vlm), _one_grid(vlm), head, seed)
+            proxy = random_proxy(model_identity(vlm), tuple(grid) if grid else _one_grid(vlm), head, seed)
             out.append(install(proxy.save(Path(tmp) / head)))
     return out
 

@@ -12,18 +12,49 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 from pathlib import Path
 from typing import Any, ClassVar, Mapping, Sequence
 
 import torch
 
 from xbench.api import HIDDEN_STATES, VLM, ForwardOutput, Generation, ModelIdentity, Sample
-from xbench.errors import AttentionsUnavailableError, ModelLoadError, PromptTooLongError
+from xbench.errors import AttentionsUnavailableError, BadImageError, ModelLoadError, PromptTooLongError
 from xbench.image_layout import ImageLayout
 
 #: one user turn: the image, then the task's instruction
 def user_turn(instruction: str) -> list[dict]:
     return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": instruction}]}]
+
+
+def one_image(sample: Sample):
+    """The sample's single still image; several images (a list) or frames are a :class:`BadImageError`
+    naming the sample (the adapters lay out one image per prompt)."""
+    from PIL import Image
+
+    image = sample.load_image()
+    if not isinstance(image, Image.Image):
+        kind = f"{len(image)} images" if isinstance(image, (list, tuple)) else f"a {type(image).__name__}"
+        raise BadImageError(f"sample {sample.id!r} has {kind}; the model adapters take one still image per prompt")
+    return image
+
+
+def read_chat_template(path: Path) -> str | None:
+    """The chat template a processor directory ships (``chat_template.jinja``, else the
+    ``chat_template`` of ``chat_template.json``), or None (the tokenizer's may still apply)."""
+    jinja = path / "chat_template.jinja"
+    if jinja.is_file():
+        return jinja.read_text()
+    js = path / "chat_template.json"
+    if js.is_file():
+        try:
+            template = json.loads(js.read_text()).get("chat_template")
+        except (ValueError, AttributeError) as exc:
+            raise ModelLoadError(f"cannot read {js}: {exc}") from None
+        if not isinstance(template, str):
+            raise ModelLoadError(f"{js} has no 'chat_template' string")
+        return template
+    return None
 
 
 def load_weights(model_class, path: Path, *, dtype, attn_implementation: str):
@@ -128,7 +159,7 @@ class HFAdapter(VLM):
                  keep: frozenset[str] = frozenset()) -> list[Generation]:
         """Greedy answers for a batch (see :meth:`VLM.generate`); every prompt is checked against the
         context window before anything runs."""
-        images = [s.load_image() for s in samples]
+        images = [one_image(s) for s in samples]
         inputs = self.encode(images, [self.render_prompt(p) for p in prompts])
         self._check_context(samples, inputs["attention_mask"].sum(dim=1).tolist(), max_new_tokens)
         inputs = {k: (v.to(self.device) if hasattr(v, "to") else v) for k, v in inputs.items()}
@@ -155,7 +186,7 @@ class HFAdapter(VLM):
         prompt_ids = inputs["input_ids"][i][mask].tolist()
         answer_ids = self._trim_answer(generated)
         layout = self.layout_of(inputs, i, image)
-        positions = self.image_positions(prompt_ids)
+        positions = self.image_positions(prompt_ids, layout)
         if len(positions) != layout.n_cells:
             raise ModelLoadError(
                 f"model {self.name!r}: {len(positions)} image tokens in the prompt of sample {sample.id!r}, "
@@ -172,8 +203,10 @@ class HFAdapter(VLM):
             gen.hidden_states = hidden[i, n_pad : n_pad + length]
         return gen
 
-    def image_positions(self, prompt_ids: Sequence[int]) -> list[int]:
-        """Prompt indices of the image tokens, in cell order (default: the image placeholder id)."""
+    def image_positions(self, prompt_ids: Sequence[int], layout: ImageLayout) -> list[int]:
+        """Prompt indices of the image tokens, in the cell order of ``layout`` (default: every
+        image placeholder id; a family whose placeholders also stand for tokens showing no cell,
+        as LLaVA-NeXT's row-end newlines, leaves those out)."""
         return [j for j, t in enumerate(prompt_ids) if t == self.image_token_id]
 
     def layout_of(self, inputs, i: int, image) -> ImageLayout:

@@ -36,28 +36,12 @@ from xbench.errors import ModelLoadError
 from xbench.hookspecs import hookimpl
 from xbench.image_layout import ImageLayout, single_grid
 from xbench.models import layout
+from xbench.models.hf import read_chat_template
 from xbench.models.llava import LlavaBase
 
 TOWER = "pixtral"
 #: most patches the tower reads in one sequence when re-forwarding copies (one 1024 px image of pixtral-12b)
 TOWER_TOKENS = 4096
-
-
-def read_chat_template(path: Path) -> str | None:
-    """The chat template of a directory: ``chat_template.jinja``, else ``chat_template.json``'s
-    ``"chat_template"``; None when neither file exists (a malformed one is a ``ModelLoadError``)."""
-    jinja, js = path / "chat_template.jinja", path / "chat_template.json"
-    if jinja.is_file():
-        return jinja.read_text()
-    if js.is_file():
-        try:
-            template = json.loads(js.read_text()).get("chat_template")
-        except (ValueError, AttributeError) as exc:
-            raise ModelLoadError(f"cannot read the chat template in {js}: {exc}") from None
-        if not isinstance(template, str):
-            raise ModelLoadError(f"{js} has no 'chat_template' string")
-        return template
-    return None
 
 
 class PixtralImageTextProcessor:

@@ -12,7 +12,7 @@ def _build_tiny_random(out_dir: Path) -> None:
     from xbench.zoo.llava_variants import LLAVA15_TEMPLATE
     from xbench.zoo.tiny import build_tiny_llava
 
-    build_tiny_llava(out_dir, seed=0, chat_template=LLAVA15_TEMPLATE)
+    build_tiny_llava(out_dir, seed=0, chat_template=LLAVA15_TEMPLATE, public_layout=True)
 
 
 def _build_interleave(out_dir: Path) -> None:
@@ -40,7 +40,7 @@ TINY_RANDOM_LLAVA = ModelSpec(
     description="mirrors llava-hf/llava-1.5-7b-hf (CLIP 64px/patch 8 with CLS, default strategy, Llama 2x64, "
     "its chat template), random weights, word-level easy-vqa tokenizer",
     build=_build_tiny_random,
-    version="2",
+    version="3",
 )
 
 TINY_RANDOM_LLAVA_INTERLEAVE = ModelSpec(
@@ -48,6 +48,7 @@ TINY_RANDOM_LLAVA_INTERLEAVE = ModelSpec(
     description="mirrors llava-hf/llava-interleave-qwen-0.5b-hf (SigLIP 64px/patch 14: 4x4 over 56px, no CLS, "
     "full strategy, Qwen2 2x64, ChatML template), random weights",
     build=_build_interleave,
+    version="3",
 )
 
 TINY_LLAVA_EASYVQA = ModelSpec(

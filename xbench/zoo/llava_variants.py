@@ -40,14 +40,14 @@ def build_interleave(out_dir: Path, seed: int = 0) -> None:
     from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor, Qwen2Config, SiglipVisionConfig
     from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
 
-    from xbench.zoo.tiny import build_tokenizer, easyvqa_vocabulary, save_model
+    from xbench.zoo.tiny import build_tokenizer, easyvqa_vocabulary, save_public_layout
 
     tokenizer = build_tokenizer(
         easyvqa_vocabulary("user assistant"), CHATML_SPECIALS, pad="<|endoftext|>", unk="<unk>", bos=None,
         eos="<|im_end|>",
     )
     vision = SiglipVisionConfig(image_size=64, patch_size=14, hidden_size=32, intermediate_size=64,
-                                num_hidden_layers=2, num_attention_heads=4)
+                                num_hidden_layers=2, num_attention_heads=4, vision_use_head=False)
     text = Qwen2Config(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
                        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True)
@@ -61,4 +61,4 @@ def build_interleave(out_dir: Path, seed: int = 0) -> None:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = LlavaForConditionalGeneration(config)
-    save_model(model.eval(), processor, out_dir)
+    save_public_layout(model.eval(), processor, out_dir)

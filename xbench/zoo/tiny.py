@@ -150,20 +150,46 @@ def new_tiny_llava(shape: TinyLlavaShape, seed: int, chat_template: str | None =
     return LlavaForConditionalGeneration(config), processor
 
 
-def build_tiny_llava(out_dir: Path, shape: TinyLlavaShape = TinyLlavaShape(), seed: int = 0, chat_template: str | None = None):
+def build_tiny_llava(out_dir: Path, shape: TinyLlavaShape = TinyLlavaShape(), seed: int = 0,
+                     chat_template: str | None = None, public_layout: bool = False, max_shard_size: str | int = "5GB"):
     """Write a randomly initialised tiny LLaVA (weights, tokenizer, processor with ``chat_template``)
-    to ``out_dir``; return the model."""
+    to ``out_dir`` (in the hub's file layout with ``public_layout``); return the model."""
     import torch
 
     with torch.random.fork_rng(devices=[]):
         model, processor = new_tiny_llava(shape, seed, chat_template)
-    save_model(model.eval(), processor, out_dir)
+    (save_public_layout if public_layout else save_model)(model.eval(), processor, out_dir, max_shard_size)
     return model
 
 
-def save_model(model, processor, out_dir: Path) -> None:
-    """Save weights as safetensors plus tokenizer and processor in Hugging Face layout."""
+def save_model(model, processor, out_dir: Path, max_shard_size: str | int = "5GB") -> None:
+    """Save weights as safetensors plus tokenizer and processor in Hugging Face layout (transformers 5's
+    single ``processor_config.json``; :func:`save_public_layout` writes the layout of the hub's repos)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir, safe_serialization=True)
+    model.save_pretrained(out_dir, safe_serialization=True, max_shard_size=max_shard_size)
     processor.save_pretrained(out_dir)
+
+
+def save_public_layout(model, processor, out_dir: Path, max_shard_size: str | int = "5GB") -> None:
+    """Save as the public llava-hf repositories lay their files out: weights (sharded with an index
+    beyond ``max_shard_size``), tokenizer files, ``preprocessor_config.json`` (the image processor),
+    ``processor_config.json`` (the processor's own settings) and ``chat_template.json``."""
+    import json
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir, safe_serialization=True, max_shard_size=max_shard_size)
+    processor.tokenizer.save_pretrained(out_dir)
+    image = processor.image_processor.to_dict()
+    image["image_processor_type"] = type(processor.image_processor).__name__.removesuffix("Pil")
+    image["processor_class"] = type(processor).__name__
+    own = {k: v for k, v in processor.to_dict().items() if k not in ("image_processor", "tokenizer", "chat_template")}
+    own["processor_class"] = type(processor).__name__
+    write = lambda name, data: (out_dir / name).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")  # noqa: E731
+    write("preprocessor_config.json", image)
+    write("processor_config.json", own)
+    if processor.chat_template:
+        write("chat_template.json", {"chat_template": processor.chat_template})
+    for stale in ("chat_template.jinja",):
+        (out_dir / stale).unlink(missing_ok=True)
