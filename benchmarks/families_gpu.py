@@ -31,6 +31,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
+CLIP_L_336 = {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24, "num_attention_heads": 16,
+              "image_size": 336, "patch_size": 14, "projection_dim": 768}
+NEXT_PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
+ONEVISION_PINPOINTS = [[384 * i, 384 * j] for i in range(1, 7) for j in range(1, 7)]
+
 #: per architecture: the zoo mirror it starts from, the public checkpoint's big dimensions (merged
 #: into the mirror's ``config.json`` / ``preprocessor_config.json`` / ``processor_config.json``), and
 #: the image tokens the public processor gives a 64x64 image (measured on the public checkpoints with
@@ -41,9 +46,7 @@ FULL_SIZE: dict[str, dict] = {
     "llava-1.5-7b": {
         "mirror": "tiny-random-llava", "public": "llava-hf/llava-1.5-7b-hf", "image_tokens_at_64px": 576,
         "public_parameters_b": 7.06,
-        "config": {"vision_config": {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24,
-                                     "num_attention_heads": 16, "image_size": 336, "patch_size": 14,
-                                     "projection_dim": 768},
+        "config": {"vision_config": CLIP_L_336,
                    "text_config": {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
                                    "num_attention_heads": 32, "num_key_value_heads": 32, "head_dim": 128,
                                    "vocab_size": 32064, "max_position_embeddings": 4096},
@@ -123,6 +126,40 @@ FULL_SIZE: dict[str, dict] = {
                                    "layer_types": (["sliding_attention"] * 5 + ["full_attention"]) * 5 + ["sliding_attention"] * 4}},
         "processor": {"size": {"height": 896, "width": 896}, "image_seq_length": 256},
         "processor_extra": {"image_seq_length": 256},
+    },
+    "llava-next-mistral-7b": {
+        "mirror": "tiny-random-llava-next", "public": "llava-hf/llava-v1.6-mistral-7b-hf", "image_tokens_at_64px": 1176,
+        "public_parameters_b": 7.57,
+        "config": {"image_grid_pinpoints": NEXT_PINPOINTS, "image_seq_length": 576,
+                   "vision_config": CLIP_L_336,
+                   "text_config": {"hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
+                                   "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128,
+                                   "vocab_size": 32064, "max_position_embeddings": 32768}},
+        "processor": {"size": {"shortest_edge": 336}, "crop_size": {"height": 336, "width": 336},
+                      "image_grid_pinpoints": NEXT_PINPOINTS},
+        "processor_extra": {"patch_size": 14},
+    },
+    "llava-onevision-qwen2-0.5b": {
+        "mirror": "tiny-random-llava-onevision", "public": "llava-hf/llava-onevision-qwen2-0.5b-ov-hf",
+        "config": {"image_grid_pinpoints": ONEVISION_PINPOINTS,
+                   "vision_config": {"hidden_size": 1152, "intermediate_size": 4304, "num_hidden_layers": 26,
+                                     "num_attention_heads": 16, "image_size": 384, "patch_size": 14},
+                   "text_config": {"hidden_size": 896, "intermediate_size": 4864, "num_hidden_layers": 24,
+                                   "num_attention_heads": 14, "num_key_value_heads": 2, "vocab_size": 151647,
+                                   "max_position_embeddings": 32768}},
+        "processor": {"size": {"height": 384, "width": 384}, "image_grid_pinpoints": ONEVISION_PINPOINTS},
+        "processor_extra": {"num_image_tokens": 729},
+    },
+    "smolvlm-instruct": {
+        "mirror": "tiny-random-smolvlm", "public": "HuggingFaceTB/SmolVLM-Instruct", "image_tokens_at_64px": 1377,
+        "public_parameters_b": 2.25,
+        "config": {"vision_config": {"hidden_size": 1152, "intermediate_size": 4304, "num_hidden_layers": 27,
+                                     "num_attention_heads": 16, "image_size": 384, "patch_size": 14},
+                   "text_config": {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 24,
+                                   "num_attention_heads": 32, "num_key_value_heads": 32, "head_dim": 64,
+                                   "vocab_size": 49155, "max_position_embeddings": 16384}},
+        "processor": {"size": {"longest_edge": 1536}, "max_image_size": {"longest_edge": 384}},
+        "processor_extra": {"image_seq_len": 81},
     },
 }
 

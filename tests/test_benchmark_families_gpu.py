@@ -32,7 +32,7 @@ def full_size_archs(having: str | None = None):
     return sorted(a for a, spec in module.FULL_SIZE.items() if having is None or having in spec)
 
 
-@pytest.mark.parametrize("arch", full_size_archs())
+@pytest.mark.parametrize("arch", full_size_archs(having="image_tokens_at_64px"))
 def test_full_size_files_give_the_public_image_token_count(benchmark_script, tmp_path, arch):
     """The family's adapter (over a weightless meta-device model) encodes a 64x64 image with its own
     prompt into as many image tokens as the public processor does."""
