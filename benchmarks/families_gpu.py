@@ -65,6 +65,16 @@ FULL_SIZE: dict[str, dict] = {
         "processor": {"size": {"height": 384, "width": 384}},
         "processor_extra": {"patch_size": 14},
     },
+    "pixtral-12b": {
+        # image tokens: Pixtral's processor keeps a 64x64 image as it is (it never enlarges), 4x4 patches of 16
+        "mirror": "tiny-random-pixtral", "public": "mistral-community/pixtral-12b", "image_tokens_at_64px": 16,
+        "config": {"vision_config": {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24,
+                                     "num_attention_heads": 16, "head_dim": 64, "image_size": 1024},
+                   "text_config": {"hidden_size": 5120, "intermediate_size": 14336, "num_hidden_layers": 40,
+                                   "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128,
+                                   "vocab_size": 131072}},
+        "processor": {"size": {"longest_edge": 1024}},
+    },
     "qwen2-vl-2b": {
         "mirror": "tiny-random-qwen2-vl", "public": "Qwen/Qwen2-VL-2B-Instruct", "image_tokens_at_64px": 4,
         "public_parameters_b": 2.21,

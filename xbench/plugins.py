@@ -22,6 +22,7 @@ ENTRY_POINT_GROUP = "xbench"
 #: Every built-in plugin module, registered exactly like an outside plugin.
 BUILTIN_PLUGINS: tuple[str, ...] = (
     "xbench.models.llava",
+    "xbench.models.llava_pixtral",
     "xbench.models.llava_next",
     "xbench.models.llava_onevision",
     "xbench.models.idefics3",
@@ -33,6 +34,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "xbench.zoo.idefics3",
     "xbench.zoo.qwen2_vl",
     "xbench.zoo.gemma",
+    "xbench.zoo.pixtral",
     "xbench.metrics.localisation",
     "xbench.metrics.agreement",
     "xbench.metrics.faithfulness",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 from pathlib import Path
 from typing import Any, ClassVar, Mapping, Sequence
 
@@ -36,6 +37,24 @@ def one_image(sample: Sample):
         kind = f"{len(image)} images" if isinstance(image, (list, tuple)) else f"a {type(image).__name__}"
         raise BadImageError(f"sample {sample.id!r} has {kind}; the model adapters take one still image per prompt")
     return image
+
+
+def read_chat_template(path: Path) -> str | None:
+    """The chat template a processor directory ships (``chat_template.jinja``, else the
+    ``chat_template`` of ``chat_template.json``), or None (the tokenizer's may still apply)."""
+    jinja = path / "chat_template.jinja"
+    if jinja.is_file():
+        return jinja.read_text()
+    js = path / "chat_template.json"
+    if js.is_file():
+        try:
+            template = json.loads(js.read_text()).get("chat_template")
+        except (ValueError, AttributeError) as exc:
+            raise ModelLoadError(f"cannot read {js}: {exc}") from None
+        if not isinstance(template, str):
+            raise ModelLoadError(f"{js} has no 'chat_template' string")
+        return template
+    return None
 
 
 def load_weights(model_class, path: Path, *, dtype, attn_implementation: str):

@@ -30,13 +30,58 @@ from xbench.models.hf import HFAdapter
 CLS_TOWERS = ("clip_vision_model",)
 
 
-class LlavaAdapter(HFAdapter):
+class LlavaBase(HFAdapter):
+    """What every ``LlavaForConditionalGeneration`` family shares, whatever its tower: the projector's
+    output enters the language model, the features come from ``vision_feature_layer``, image token
+    ``i`` is tower token ``i + first_vision_token`` and the tower's last convolution embeds the patches.
+    Subclasses give the layout (:class:`LlavaAdapter`: CLIP / SigLIP; ``llava_pixtral``: Pixtral)."""
+
+    model_class = "LlavaForConditionalGeneration"
+    #: index in the tower's sequence of the first image token (1 when a CLS token is dropped)
+    first_vision_token: int = 0
+
+    # ------------------------------------------------------------------ hook points
+    @contextlib.contextmanager
+    def image_features_as_leaf(self):
+        """Within the block, the projector's output is detached and made a leaf that requires grad."""
+        handle = self.model.model.multi_modal_projector.register_forward_hook(
+            lambda _m, _i, out: out.detach().requires_grad_(True)
+        )
+        try:
+            yield
+        finally:
+            handle.remove()
+
+    def vision_layers_read(self) -> int:
+        """The tower layers feeding ``vision_feature_layer`` (later ones get no gradient)."""
+        layer = self.model.config.vision_feature_layer
+        if isinstance(layer, (list, tuple)) and len(layer) == 1:
+            layer = layer[0]  # a pool of one layer is that layer
+        if not isinstance(layer, int):
+            raise ModelCapabilityError(
+                f"model {self.name!r} reads image features from several vision layers "
+                f"(vision_feature_layer={layer!r}), not one path through the tower"
+            )
+        return layer % (self.model.config.vision_config.num_hidden_layers + 1)
+
+    def vision_token_positions(self, generation: Generation) -> list[list[int]]:
+        """Image token ``i`` is tower token ``i + first_vision_token`` (LLaVA's ``default`` drops CLS)."""
+        return [[self.first_vision_token + i] for i in range(len(generation.image_positions))]
+
+    def patch_features(self):
+        """The tower's patch-embedding convolution; its ``[1, D, h, w]`` output, flattened."""
+        convs = [m for m in self.model.model.vision_tower.modules() if isinstance(m, torch.nn.Conv2d)]
+        if not convs:
+            raise ModelCapabilityError(f"model {self.name!r} has no convolution in its vision tower")
+        return convs[-1], lambda output, generation: output[0].flatten(1)
+
+
+class LlavaAdapter(LlavaBase):
     """LLaVA-type checkpoints (see the module docstring)."""
 
     family = "llava"
     description = "LlavaForConditionalGeneration (CLIP or SigLIP tower, default or full features), local HF directories"
     model_types = ("llava",)
-    model_class = "LlavaForConditionalGeneration"
     fallback_prompt = "USER: <image>\n{prompt} ASSISTANT:"
 
     @classmethod
@@ -81,41 +126,6 @@ class LlavaAdapter(HFAdapter):
         pv = generation.pixel_values
         first = 1 if self.cls_is_image_token else 0
         return layout.square_cells(self.patch_grid, self.patch, pv.shape[-2:], first, pv.device)[None, None]
-
-    # ------------------------------------------------------------------ hook points
-    @contextlib.contextmanager
-    def image_features_as_leaf(self):
-        """Within the block, the projector's output is detached and made a leaf that requires grad."""
-        handle = self.model.model.multi_modal_projector.register_forward_hook(
-            lambda _m, _i, out: out.detach().requires_grad_(True)
-        )
-        try:
-            yield
-        finally:
-            handle.remove()
-
-    def vision_layers_read(self) -> int:
-        """The tower layers feeding ``vision_feature_layer`` (later ones get no gradient)."""
-        layer = self.model.config.vision_feature_layer
-        if isinstance(layer, (list, tuple)) and len(layer) == 1:
-            layer = layer[0]  # a pool of one layer is that layer
-        if not isinstance(layer, int):
-            raise ModelCapabilityError(
-                f"model {self.name!r} reads image features from several vision layers "
-                f"(vision_feature_layer={layer!r}), not one path through the tower"
-            )
-        return layer % (self.model.config.vision_config.num_hidden_layers + 1)
-
-    def vision_token_positions(self, generation: Generation) -> list[list[int]]:
-        """Image token ``i`` is tower token ``i + first_vision_token`` (``default`` drops CLS)."""
-        return [[self.first_vision_token + i] for i in range(len(generation.image_positions))]
-
-    def patch_features(self):
-        """The tower's patch-embedding convolution; its ``[1, D, h, w]`` output, flattened."""
-        convs = [m for m in self.model.model.vision_tower.modules() if isinstance(m, torch.nn.Conv2d)]
-        if not convs:
-            raise ModelCapabilityError(f"model {self.name!r} has no convolution in its vision tower")
-        return convs[-1], lambda output, generation: output[0].flatten(1)
 
     def patch_cells(self, generation: Generation) -> torch.Tensor:
         first = 1 if self.cls_is_image_token else 0

@@ -32,7 +32,6 @@ sampling settings and repetition penalty of the checkpoint's ``generation_config
 from __future__ import annotations
 
 import contextlib
-import json
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -42,25 +41,7 @@ from xbench.api import Generation
 from xbench.errors import ModelCapabilityError, ModelLoadError
 from xbench.hookspecs import hookimpl
 from xbench.image_layout import ImageLayout, single_grid
-from xbench.models.hf import HFAdapter
-
-
-def read_chat_template(path: Path) -> str | None:
-    """The chat template a processor directory ships (``chat_template.jinja``, else the
-    ``chat_template`` of ``chat_template.json``), or None (the tokenizer's may still apply)."""
-    jinja = path / "chat_template.jinja"
-    if jinja.is_file():
-        return jinja.read_text()
-    js = path / "chat_template.json"
-    if js.is_file():
-        try:
-            template = json.loads(js.read_text()).get("chat_template")
-        except (ValueError, AttributeError) as exc:
-            raise ModelLoadError(f"cannot read {js}: {exc}") from None
-        if not isinstance(template, str):
-            raise ModelLoadError(f"{js} has no 'chat_template' string")
-        return template
-    return None
+from xbench.models.hf import HFAdapter, read_chat_template
 
 
 def image_only_processor(processor_class: type, path: Path):
