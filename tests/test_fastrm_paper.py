@@ -175,3 +175,8 @@ def test_a_missing_data_folder_fails_before_the_model_loads(data, tmp_path, caps
 def test_unknown_table_is_refused(data, tmp_path, capsys):
     assert main([*paper_argv(data, tmp_path / "out", tmp_path / "cache"), "--tables", "tasks,transfer"]) == 2
     assert "unknown ablation table(s) ['transfer']" in capsys.readouterr().err
+
+
+def test_confidence_is_refused_not_ignored(data, tmp_path, capsys):
+    assert main([*paper_argv(data, tmp_path / "out", tmp_path / "cache"), "--confidence-samples", "5"]) == 2
+    assert "does not score confidence" in capsys.readouterr().err

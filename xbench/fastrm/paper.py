@@ -107,20 +107,22 @@ def generated_note(folders: Sequence[Path]) -> str | None:
     return None
 
 
-def provenance(vlm, tasks: Mapping[str, Any], device: str, started: str) -> dict[str, Any]:
-    """Software, device, model, and each task's data folder and hash, for every table's setup."""
+def provenance(vlm, tasks: Mapping[str, Any], device: str, started: tuple[str, str | None]) -> dict[str, Any]:
+    """Software, device, model, and each task's data folder and hash; ``started``: the start time
+    and the git commit then (:func:`xbench.provenance.git_sha`), so that the commit recorded is
+    the code that ran even when the checkout changes during a long run."""
     from xbench.provenance import environment, now
 
     env = environment(device)
     folders = [t.root for t in tasks.values()]
     return {
-        "software": f"xbench {env['xbench']} (git {env['git_sha']}), python {env['python']}, torch {env['torch']}, "
+        "software": f"xbench {env['xbench']} (git {started[1]}), python {env['python']}, torch {env['torch']}, "
         f"transformers {env['transformers']}, {env['platform']}",
         "device": env["device_name"],
         "model": f"{vlm.name} (model hash {vlm.model_hash}, config hash {vlm.config_hash})",
         "data": {name: f"{t.root} (data hash {t.data_hash()})" for name, t in tasks.items()},
         "data_generated": generated_note(folders) or "no generated.json found: the folders' own files",
-        "started": started,
+        "started": started[0],
         "finished": now(),
     }
 
@@ -129,13 +131,17 @@ def run(args) -> int:
     """The command: check every task, load the model, label, train and write the tables."""
     import time
 
+    from xbench.errors import ParameterError
     from xbench.fastrm import ablate
     from xbench.fastrm.cli import _context, _log, _plan, _train_config
     from xbench.fastrm.proxy import model_identity
-    from xbench.provenance import now
+    from xbench.provenance import git_sha, now
 
     ablate.check_tables(args.tables, PAPER_TABLES)
-    started = now()
+    if args.confidence_samples:
+        raise ParameterError("xbench fastrm paper does not score confidence (--confidence-samples); "
+                             "xbench fastrm train and evaluate do")  # fmt: skip
+    started = (now(), git_sha())
     plan = training_plan(_plan(args), args.vqa_v2)
     heldout = heldout_data(plan, heldout_sets(args.gqa, args.gqa_split, args.pope, args.pope_splits))
     ctx = _context(args, plan)  # checks the VQA v2 tasks, then loads the model
@@ -155,7 +161,7 @@ def run(args) -> int:
     return 0
 
 
-def _setup(args, ctx, heldout: Mapping[str, FastRMData], inputs, proxies: Path, started: str) -> dict[str, Any]:
+def _setup(args, ctx, heldout: Mapping[str, FastRMData], inputs, proxies: Path, started: tuple) -> dict[str, Any]:
     """Every table's setup: the ablation setup (with the ``xbench fastrm paper`` command that
     remakes the tables), the held-out sets, where the proxies are, and the provenance."""
     from xbench.fastrm import ablate
