@@ -111,7 +111,7 @@ def provenance(vlm, tasks: Mapping[str, Any], device: str, started: tuple[str, s
     """Software, device, model, and each task's data folder and hash; ``started``: the start time
     and the git commit then (:func:`xbench.provenance.git_sha`), so that the commit recorded is
     the code that ran even when the checkout changes during a long run."""
-    from xbench.provenance import environment, now
+    from xbench.provenance import environment
 
     env = environment(device)
     folders = [t.root for t in tasks.values()]
@@ -123,7 +123,6 @@ def provenance(vlm, tasks: Mapping[str, Any], device: str, started: tuple[str, s
         "data": {name: f"{t.root} (data hash {t.data_hash()})" for name, t in tasks.items()},
         "data_generated": generated_note(folders) or "no generated.json found: the folders' own files",
         "started": started[0],
-        "finished": now(),
     }
 
 
