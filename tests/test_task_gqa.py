@@ -11,28 +11,9 @@ from PIL import Image
 
 from xbench.answers import gqa_correct
 from xbench.api import Sample, SampleError
+from xbench import taskgen
 from xbench.errors import DataError, ParameterError
-
-
-def question(image_id, text, answer, structural="query", q_objects=(), a_objects=(), full_objects=(), balanced=True):
-    return {
-        "semantic": [{"operation": "select", "dependencies": [], "argument": "x"}],
-        "entailed": [],
-        "equivalent": [],
-        "question": text,
-        "imageId": image_id,
-        "isBalanced": balanced,
-        "groups": {"global": None, "local": "x"},
-        "answer": answer,
-        "semanticStr": "select: x",
-        "annotations": {
-            "answer": {str(i): o for i, o in enumerate(a_objects)},
-            "question": {f"{i}:{i + 1}": o for i, o in enumerate(q_objects)},
-            "fullAnswer": {str(i): o for i, o in enumerate(full_objects)},
-        },
-        "types": {"detailed": "x", "semantic": "obj", "structural": structural},
-        "fullAnswer": f"The answer is {answer}.",
-    }
+from xbench.taskgen import gqa_question as question
 
 
 QUESTIONS = {
@@ -52,15 +33,9 @@ SCENES = {
 
 
 def write_gqa(root: Path, questions=QUESTIONS, split="testdev", scenes=SCENES, missing_images=()) -> Path:
-    (root / "images").mkdir(parents=True, exist_ok=True)
-    (root / f"{split}_balanced_questions.json").write_text(json.dumps(questions))
-    if scenes is not None:
-        (root / f"{split}_sceneGraphs.json").write_text(json.dumps(scenes))
     sizes = {"img1": (80, 60), "img2": (50, 40)}
-    for image_id, size in sizes.items():
-        if image_id not in missing_images:
-            Image.new("RGB", size, (120, 30, 200)).save(root / "images" / f"{image_id}.jpg")
-    return root
+    images = {i: Image.new("RGB", size, (120, 30, 200)) for i, size in sizes.items() if i not in missing_images}
+    return taskgen.write_gqa(root, questions, split, images, scenes)
 
 
 def make_task(plugins, root, split=None, **params):

@@ -11,6 +11,7 @@ from PIL import Image
 
 from xbench.answers import pope_answer
 from xbench.api import Sample, SampleError
+from xbench import taskgen
 from xbench.errors import DataError, ParameterError
 
 LINES = [
@@ -49,14 +50,8 @@ INSTANCES = {
 
 
 def write_pope(root: Path, lines=LINES, split="random", raw: str | None = None, images=True) -> Path:
-    (root / "val2014").mkdir(parents=True, exist_ok=True)
-    text = raw if raw is not None else "".join(json.dumps(line) + "\n" for line in lines)
-    (root / f"coco_pope_{split}.json").write_text(text)
-    (root / "instances_val2014.json").write_text(json.dumps(INSTANCES))
-    if images:
-        for name in {line["image"] for line in lines}:
-            Image.new("RGB", (40, 30), (10, 200, 90)).save(root / "val2014" / name)
-    return root
+    pictures = {line["image"]: Image.new("RGB", (40, 30), (10, 200, 90)) for line in lines} if images else {}
+    return taskgen.write_pope(root, lines, split, pictures, instances=INSTANCES, raw=raw)
 
 
 def make_task(plugins, root, split=None, **params):

@@ -13,40 +13,20 @@ from PIL import Image
 from xbench.answers import llava_vqa_prediction, normalise_vqa, vqa_accuracy
 from xbench.api import Sample, SampleError
 from xbench.errors import DataError, ParameterError
+from xbench.taskgen import write_vqa_v2
 
 SPLIT = "val2014"
 
 
 def write_vqa(root: Path, items: list[dict], split: str = SPLIT, image_dir: str | None = None, images: bool = True) -> Path:
-    """Official VQA v2 files for ``items`` = [{qid, image_id, question, answers, answer_type}]."""
-    root.mkdir(parents=True, exist_ok=True)
-    questions = [{"image_id": it["image_id"], "question": it["question"], "question_id": it["qid"]} for it in items]
-    annotations = [
-        {
-            "question_type": "what is",
-            "multiple_choice_answer": it["answers"][0] if it["answers"] else "",
-            "answers": [{"answer": a, "answer_confidence": "yes", "answer_id": k + 1} for k, a in enumerate(it["answers"])],
-            "image_id": it["image_id"],
-            "answer_type": it.get("answer_type", "other"),
-            "question_id": it["qid"],
-        }
-        for it in items
-        if it.get("annotated", True)
-    ]
-    (root / f"v2_OpenEnded_mscoco_{split}_questions.json").write_text(
-        json.dumps({"info": {}, "task_type": "Open-Ended", "data_type": "mscoco", "license": {}, "data_subtype": split, "questions": questions})
-    )
-    (root / f"v2_mscoco_{split}_annotations.json").write_text(
-        json.dumps({"info": {}, "license": {}, "data_subtype": split, "annotations": annotations, "data_type": "mscoco"})
-    )
-    folder = root / (split if image_dir is None else image_dir)
-    folder.mkdir(parents=True, exist_ok=True)
+    """Official VQA v2 files for ``items`` = [{qid, image_id, question, answers, answer_type}], with
+    random-pixel 48x40 images (none with ``images=False``, none for an item with ``image: False``)."""
     rng = np.random.default_rng(0)
+    pictures = {}
     for it in items:
         if images and it.get("image", True):
-            arr = rng.integers(0, 255, size=(40, 48, 3), dtype=np.uint8)
-            Image.fromarray(arr).save(folder / f"COCO_{split}_{it['image_id']:012d}.jpg")
-    return root
+            pictures[it["image_id"]] = Image.fromarray(rng.integers(0, 255, size=(40, 48, 3), dtype=np.uint8))
+    return write_vqa_v2(root, items, split, pictures, image_dir=image_dir)
 
 
 ITEMS = [

@@ -1,4 +1,4 @@
-"""``xbench fastrm labels|train|evaluate|ablate|install``: the proxy lifecycle from the command line."""
+"""``xbench fastrm labels|train|evaluate|ablate|paper|install``: the proxy lifecycle from the command line."""
 
 from __future__ import annotations
 
@@ -72,20 +72,22 @@ def _filter(text: str) -> tuple[str, list[str]]:
 # --------------------------------------------------------------------------- shared setup
 
 
-def _common(p: argparse.ArgumentParser, recipe: dict | None = TRAIN_RECIPE) -> None:
-    """The options every fastrm command shares; with a ``recipe``, the training ones too."""
+def _common(p: argparse.ArgumentParser, recipe: dict | None = TRAIN_RECIPE, task: bool = True) -> None:
+    """The options every fastrm command shares; with a ``recipe``, the training ones too; without
+    ``task``, no ``--task``/``--task-param`` (a command whose tasks are fixed sets their defaults)."""
     from xbench.runner import DEFAULT_MODEL, DEFAULT_TASK
 
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"zoo name or HF directory (default {DEFAULT_MODEL})")
-    p.add_argument("--task", default=DEFAULT_TASK, help=f"task adapter (default {DEFAULT_TASK})")
-    p.add_argument("--task-param", action="append", metavar="KEY=VALUE", help="task parameter, every split (repeatable)")
+    if task:
+        p.add_argument("--task", default=DEFAULT_TASK, help=f"task adapter (default {DEFAULT_TASK})")
+        p.add_argument("--task-param", action="append", metavar="KEY=VALUE", help="task parameter, every split (repeatable)")
     p.add_argument("--reference", default=DEFAULT_REFERENCE, help=f"reference method (default {DEFAULT_REFERENCE})")
     p.add_argument("--reference-param", action="append", metavar="KEY=VALUE", help="reference method parameter")
     p.add_argument("--threshold", "--tau", dest="tau", type=float, default=DEFAULT_TAU,
                    help=f"labelling threshold tau (default {DEFAULT_TAU})")  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="seed of sample order, proxy init and batches (default 0)")
     p.add_argument("--test-samples", type=positive_int, default=1000, help="held-out test samples (default 1000)")
-    p.add_argument("--test-split", default="test", help="held-out split (default test)")
+    p.add_argument("--test-split", default="test", help="held-out split (default %(default)s)")
     p.add_argument(
         "--confidence-samples",
         type=int,
@@ -116,7 +118,7 @@ def _training_options(p: argparse.ArgumentParser, recipe: dict) -> None:
     samples, steps = recipe["samples"], recipe["steps"]
     p.add_argument("--samples", type=positive_int, default=samples, help=f"training samples (default {samples})")
     p.add_argument("--val-samples", type=positive_int, default=2000, help="validation samples (default 2000)")
-    p.add_argument("--train-split", default="train", help="split to train on (default train)")
+    p.add_argument("--train-split", default="train", help="split to train on (default %(default)s)")
     p.add_argument(
         "--val-split",
         help="split to validate on (default: the held-out split, past the test samples and on images none "
@@ -169,8 +171,9 @@ def _plan(args):
                      **training)  # fmt: skip
 
 
-def _context(args):
-    """The labelled data of the command's split plan (:class:`xbench.fastrm.splits.FastRMData`)."""
+def _context(args, plan=None):
+    """The labelled data of the command's split plan (``plan``, default :func:`_plan`'s;
+    :class:`xbench.fastrm.splits.FastRMData`)."""
     from xbench.fastrm.splits import FastRMData, LabelSettings
     from xbench.models import load_vlm, xbench_home
     from xbench.plugins import default
@@ -182,7 +185,7 @@ def _context(args):
     plugins = default()
     reference = plugins.registries.methods.get(args.reference)(**parse_params(args.reference_param, "--reference-param"))
     settings = LabelSettings(args.label_batch_size, args.max_new_tokens, not args.no_progress, _log)
-    data = FastRMData(_plan(args), None, reference, args.cache or xbench_home() / "fastrm", settings)
+    data = FastRMData(plan or _plan(args), None, reference, args.cache or xbench_home() / "fastrm", settings)
     data.check_tasks()  # before loading the model
     data.vlm = load_vlm(
         args.model, plugins.registries, needs=frozenset(reference.needs | {"hidden_states"}), device=args.device
@@ -299,19 +302,33 @@ def _ablate(args) -> int:
     trainer = ablate.Trainer(train, val, model_identity(ctx.vlm), not args.no_progress, _log)
     base = _train_config(args, head=args.heads[0])
     grids = ablate.Grids(args.taus, args.fractions, args.step_grid, args.transfer_key, args.transfer_groups)
-    for path in ablate.write_tables(args.tables, trainer, test, base, args.heads, grids, args.out,
-                                    _ablation_setup(args, ctx, train, val, test, base), t_labels):  # fmt: skip
+    inputs = ablate.Inputs(trainer, test, base, args.heads, grids, {f"{args.task}/{args.test_split}": test})
+    command = ablate.command_line(vars(args), _defaults("ablate"))
+    for path in ablate.write_tables(args.tables, inputs, args.out,
+                                    _ablation_setup(args, ctx, train, val, test, base, command), t_labels):  # fmt: skip
         print(f"wrote {path}")
     return 0
 
 
-def _ablation_setup(args, ctx, train, val, test, base) -> dict:
-    """What every ablation table records about how it was made."""
+def _paper(args) -> int:
+    """``xbench fastrm paper`` (:func:`xbench.fastrm.paper.run`)."""
+    from xbench.fastrm import paper
+
+    return paper.run(args)
+
+
+def _defaults(*words: str) -> dict:
+    """The parsed defaults of ``xbench fastrm <words>`` (a subcommand and its required options)."""
     from xbench.cli import build_parser
+
+    return vars(build_parser().parse_args(["fastrm", *words]))
+
+
+def _ablation_setup(args, ctx, train, val, test, base, command: str) -> dict:
+    """What every ablation table records about how it was made (``command``: the one that remakes it)."""
     from xbench.fastrm import ablate
 
     heads, aux = ablate.head_setup(args.heads, args.aux_weight)
-    defaults = vars(build_parser().parse_args(["fastrm", "ablate"]))
     return {
         "model": f"{ctx.vlm.name} (model hash {ctx.vlm.model_hash})",
         "task": f"{args.task}: train {len(train)} from {args.train_split}"
@@ -324,7 +341,7 @@ def _ablation_setup(args, ctx, train, val, test, base) -> dict:
         f"BCE with positive-class weighting + map KL (weight {aux}), decision threshold by validation F1"
         + (f", weight average (decay {base.ema})" if base.ema else ", last weights"),
         "metrics": "per patch, pooled over test samples, against the reference min-max normalised and binarised at tau",
-        "command": ablate.command_line(vars(args), defaults),
+        "command": command,
     }
 
 
@@ -336,7 +353,7 @@ def _install(args) -> int:
 
 
 def _fastrm_args(p: argparse.ArgumentParser) -> None:
-    from xbench.fastrm.ablate import TABLES
+    from xbench.fastrm.ablate import ABLATE_TABLES
     from xbench.fastrm.heads import HEADS
     from xbench.fastrm.proxy_store import DEFAULT_HEAD
 
@@ -373,11 +390,7 @@ def _fastrm_args(p: argparse.ArgumentParser) -> None:
 
     ab = sub.add_parser("ablate", help="labelling threshold, training-set size, steps and transfer tables")
     _common(ab, recipe=ABLATION_RECIPE)
-    ab.add_argument("--heads", type=_names, default=sorted(HEADS.names(), key=lambda h: h != DEFAULT_HEAD))
-    ab.add_argument("--taus", type=_floats, default=[0.1, 0.2, 0.3, 0.4, 0.5])
-    ab.add_argument("--fractions", type=_floats, default=[0.1, 0.25, 0.5, 1.0])
-    ab.add_argument("--step-grid", type=_ints, default=[500, 1000, 2000, 4000])
-    ab.add_argument("--tables", type=_names, default=list(TABLES), help=f"default {','.join(TABLES)}")
+    _table_options(ab, ABLATE_TABLES)
     ab.add_argument(
         "--transfer-key", default="kind", help="sample meta field the transfer groups split on (default kind)"
     )
@@ -390,12 +403,48 @@ def _fastrm_args(p: argparse.ArgumentParser) -> None:
     ab.add_argument("--out", type=Path, default=Path("results/fastrm"))
     ab.set_defaults(fastrm_func=_ablate, head_param=None)
 
+    _paper_parser(sub)
+
     ins = sub.add_parser("install", help="make a proxy directory its model's default proxy")
     ins.add_argument("proxy", type=Path)
     ins.set_defaults(fastrm_func=_install)
 
 
+def _table_options(p: argparse.ArgumentParser, tables) -> None:
+    """The settings the ablation tables vary, and which ``tables`` to make (all by default)."""
+    from xbench.fastrm.heads import HEADS
+    from xbench.fastrm.proxy_store import DEFAULT_HEAD
+
+    p.add_argument("--heads", type=_names, default=sorted(HEADS.names(), key=lambda h: h != DEFAULT_HEAD))
+    p.add_argument("--taus", type=_floats, default=[0.1, 0.2, 0.3, 0.4, 0.5])
+    p.add_argument("--fractions", type=_floats, default=[0.1, 0.25, 0.5, 1.0])
+    p.add_argument("--step-grid", type=_ints, default=[500, 1000, 2000, 4000])
+    p.add_argument("--tables", type=_names, default=list(tables), help=f"default {','.join(tables)}")
+
+
+def _paper_parser(sub) -> None:
+    from xbench.fastrm import paper
+
+    pp = sub.add_parser(
+        "paper",
+        help="the FastRM paper's tables: train on VQA v2, score on VQA v2, GQA and POPE, with the ablations",
+        description="Label VQA v2's training split with the reference, train a proxy per head, score it on VQA v2's "
+        "held-out split, GQA and POPE, and write the transfer and ablation tables (markdown + json) under --out.",
+    )
+    _common(pp, recipe=ABLATION_RECIPE, task=False)
+    _table_options(pp, paper.PAPER_TABLES)
+    for flag, what in (("--vqa-v2", "VQA v2"), ("--gqa", "GQA"), ("--pope", "POPE")):
+        pp.add_argument(flag, type=Path, required=True, metavar="DIR", help=f"local {what} files (official layout)")
+    pp.add_argument("--gqa-split", default=paper.GQA_SPLIT, help=f"GQA split scored (default {paper.GQA_SPLIT})")
+    pp.add_argument("--pope-splits", type=_names, default=list(paper.POPE_SPLITS),
+                    help=f"POPE splits scored (default {','.join(paper.POPE_SPLITS)})")  # fmt: skip
+    pp.add_argument("--out", type=Path, default=Path("results/fastrm/paper"))
+    pp.add_argument("--proxies", type=Path, help="where every trained proxy is saved (default <out>/proxies)")
+    pp.set_defaults(fastrm_func=_paper, head_param=None, task=paper.TRAIN_TASK, task_param=None,
+                    train_split=paper.TRAIN_SPLIT, test_split=paper.HELDOUT_SPLIT)  # fmt: skip
+
+
 @command("fastrm", _fastrm_args)
 def cmd_fastrm(args: argparse.Namespace) -> int:
-    """FastRM proxies: compute labels, train, evaluate, ablate, install."""
+    """FastRM proxies: compute labels, train, evaluate, ablate, make the paper's tables, install."""
     return args.fastrm_func(args)
