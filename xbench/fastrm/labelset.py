@@ -11,13 +11,14 @@ concatenation ``[sum N_i]`` (sample order) when they differ.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
 from xbench.errors import DataError
-from xbench.fastrm.store import MemoryShard, Row, Shard
+from xbench.fastrm.store import FileShard, MemoryShard, Row, Shard, dtype_name, row_bytes
 from xbench.maps import DEFAULT_TAU, LABEL_DTYPE, binarise_each, normalise_each
 
 
@@ -184,3 +185,61 @@ class LabelSet:
                     shards.append(shard)
             refs.extend((where[id(p.shards[s])], int(r)) for s, r in p.refs)
         return cls(shards, refs, parts[0].spec)
+
+
+def store_figures(labels: LabelSet) -> dict[str, Any]:
+    """How much store ``labels`` take: samples, dtype, hidden size, mean image and answer tokens,
+    bytes per sample on disk (each shard's safetensors and JSON files shared out over its rows;
+    None for rows held in memory) and by the formula :func:`xbench.fastrm.store.row_bytes`."""
+    n = len(labels)
+    if not n:
+        return {"samples": 0}
+    shards = labels.shards
+    d = labels.hidden_size
+    per_shard = np.bincount(labels.refs[:, 0], minlength=len(shards))
+    disk = 0.0
+    for shard, used in zip(shards, per_shard):
+        if used and isinstance(shard, FileShard):
+            disk += (shard.path.stat().st_size + shard.json_path.stat().st_size) * used / len(shard)
+    on_disk = all(isinstance(shards[s], FileShard) for s in set(labels.refs[:, 0].tolist()))
+    n_patch = [shards[s].n_patches(r) for s, r in labels.refs]
+    n_query = [shards[s].n_queries(r) for s, r in labels.refs]
+    dtype = shards[labels.refs[0, 0]].dtype
+    formula = sum(row_bytes(p, q, d, dtype, labels.has_perturbed) for p, q in zip(n_patch, n_query))
+    return {
+        "samples": n,
+        "dtype": dtype_name(dtype),
+        "hidden_size": d,
+        "image_tokens": float(np.mean(n_patch)),
+        "answer_tokens": float(np.mean(n_query)),
+        "perturbed_maps": labels.has_perturbed,
+        "bytes_per_sample": disk / n if on_disk else None,
+        "formula_bytes_per_sample": formula / n,
+    }
+
+
+def describe_store(name: str, labels: LabelSet) -> str:
+    """One line of :func:`store_figures` (``xbench fastrm labels`` prints one per set)."""
+    f = store_figures(labels)
+    if not f["samples"]:
+        return f"{name}: no samples"
+    maps = "2 maps (reference, perturbed)" if f["perturbed_maps"] else "the map"
+    stored = "in memory" if f["bytes_per_sample"] is None else f"{f['bytes_per_sample']:,.0f} bytes/sample stored"
+    return (f"{name}: {f['samples']} samples, {stored}; formula ({f['image_tokens']:.1f} image + "
+            f"{f['answer_tokens']:.2f} answer tokens) x hidden {f['hidden_size']} x {f['dtype']} + {maps} = "
+            f"{f['formula_bytes_per_sample']:,.0f} bytes")  # fmt: skip
+
+
+def open_store(directory: Path) -> LabelSet:
+    """Every sample of a store directory (``shard-*.json`` files and ``spec.json``)."""
+    import json
+
+    directory = Path(directory)
+    paths = sorted(directory.glob("shard-*.json"))
+    if not paths:
+        raise DataError(f"{directory} holds no FastRM label shard (shard-*.json)")
+    try:
+        spec = json.loads((directory / "spec.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise DataError(f"FastRM label store spec {directory / 'spec.json'} is unreadable ({exc})") from None
+    return LabelSet.over([FileShard(p) for p in paths], spec)

@@ -63,6 +63,7 @@ class TrainConfig:
     aux_weight: float | None = None  # None: the head's ``aux_weight``
     ema: float | None = None  # decay of an exponential moving average of the weights, used at the end
     shuffle_buffer_mb: float = 1024.0  # states held for shuffling (a window of consecutive rows)
+    device: str = "cpu"  # where the proxy trains (batches move there; the proxy comes back on the CPU)
 
 
 def ema_decay(decay: float, n_averaged: int) -> float:
@@ -228,9 +229,9 @@ def _progress_entry(step: int, losses, started: float, proxy, val: LabelSet | No
     if val is not None and len(val):
         probs, _ = predict(proxy, val)
         vt = val.targets(tau)
-        entry["val_loss"] = float(
-            loss_fn(torch.logit(torch.from_numpy(probs).clamp(1e-6, 1 - 1e-6)), torch.from_numpy(vt.astype(np.float32)))
-        )
+        logits = torch.logit(torch.from_numpy(probs).clamp(1e-6, 1 - 1e-6))
+        entry["val_loss"] = float(torch.nn.functional.binary_cross_entropy_with_logits(
+            logits, torch.from_numpy(vt.astype(np.float32)), pos_weight=loss_fn.pos_weight.cpu()))  # fmt: skip
         m = map_metrics(probs, vt, 0.5)
         entry.update({f"val_{k}": m[k] for k in ("f1", "accuracy", "auroc")})
     return entry
@@ -291,11 +292,13 @@ def train_proxy(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         proxy = FastRMProxy(cfg.head, found.hidden_size, _proxy_grid(found, cfg), cfg.head_params, model_info)
+    device = torch.device(cfg.device)
+    proxy.to(device)
     aux_weight = proxy.head.aux_weight if cfg.aux_weight is None else cfg.aux_weight
-    aux_temp = torch.nn.Parameter(torch.ones(()))
+    aux_temp = torch.nn.Parameter(torch.ones((), device=device))
     opt = torch.optim.AdamW(list(proxy.parameters()) + [aux_temp], lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
-    loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight)
+    loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight.to(device))
     batches = training_batches(source, found.n, cfg, torch.Generator().manual_seed(cfg.seed))
     history: list[dict[str, Any]] = []
     averaged = weight_average(proxy, cfg.ema) if cfg.ema else None
@@ -305,8 +308,9 @@ def train_proxy(
         rows = next(batches)
         proxy.train()
         b = collate(rows)
-        targets, dist = _targets(rows, cfg.tau, b.patch_mask)
-        logits = proxy(b.patches, b.queries, b.query_mask, b.patch_mask)
+        targets, dist = (t.to(device) for t in _targets(rows, cfg.tau, b.patch_mask))
+        b = type(b)(*(None if t is None else t.to(device) for t in b))
+        logits = proxy(*b)
         loss = _loss(logits, targets, dist, b.patch_mask, loss_fn, aux_weight, aux_temp)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -324,7 +328,7 @@ def train_proxy(
     bar.close()
     if averaged is not None:
         proxy.load_state_dict(averaged.module.state_dict())
-    proxy.eval()
+    proxy.cpu().eval()
     val_scores, threshold_from = _set_decision_threshold(proxy, val, cfg, log)
     recipe = {"aux_weight": aux_weight, "positive_rate": pos, "pos_weight": float(pos_weight),
               "decision_threshold_from": threshold_from, "n_train": found.n}  # fmt: skip
