@@ -22,6 +22,11 @@ from xbench.fastrm.store import FileShard, MemoryShard, Row, Shard, dtype_name, 
 from xbench.maps import DEFAULT_TAU, LABEL_DTYPE, binarise_each, normalise_each
 
 
+#: rows read from a shard at a time (the shard is opened and closed around each read, so at most
+#: this many rows' pages are mapped at once)
+READ_ROWS = 64
+
+
 class Batch(NamedTuple):
     """Proxy inputs of a few samples: ``patches [B, N, d]`` float32 (zero-padded to the longest),
     ``queries [B, K, d]``, ``query_mask [B, K]``, ``patch_mask [B, N]`` (None when every sample
@@ -98,14 +103,14 @@ class LabelSet:
 
     # ------------------------------------------------------------------ reading
     def rows(self, idx: Sequence[int] | None = None, states: bool = True) -> Iterator[Row]:
-        """Rows ``idx`` (default all) in order, reading each shard's consecutive rows together;
-        without ``states``, maps and scores only."""
+        """Rows ``idx`` (default all) in order, read lazily up to :data:`READ_ROWS` rows of one
+        shard at a time; without ``states``, maps and scores only."""
         idx = range(len(self)) if idx is None else [int(i) for i in idx]
         refs = self.refs[list(idx)] if len(idx) else np.zeros((0, 2), np.int64)
         start = 0
         while start < len(refs):
-            stop = start
-            while stop < len(refs) and refs[stop, 0] == refs[start, 0]:
+            stop = start + 1
+            while stop < len(refs) and stop - start < READ_ROWS and refs[stop, 0] == refs[start, 0]:
                 stop += 1
             yield from self.shards[refs[start, 0]].read(refs[start:stop, 1].tolist(), states=states)
             start = stop

@@ -170,6 +170,7 @@ def training_batches(source: RowSource, n: int, cfg: TrainConfig, gen: torch.Gen
         pending: list[Row] = []
         for window in windows(source.passes(), limit):
             pending.extend(window[i] for i in torch.randperm(len(window), generator=gen).tolist())
+            del window  # the rows live on in ``pending`` only: one window in memory, not two
             while len(pending) >= cfg.batch_size:
                 yield pending[: cfg.batch_size]
                 pending = pending[cfg.batch_size :]
