@@ -301,3 +301,12 @@ def test_training_on_grids_that_differ(tmp_path):
         alone = loaded.predict([g])
         np.testing.assert_allclose(alone["map"][0], m, rtol=1e-5, atol=1e-6)
         assert alone["entropy"][0] == pytest.approx(e, rel=1e-5)
+
+
+def test_the_documented_llava_7b_figure_is_the_formula():
+    """results/fastrm/README.md: LLaVA-1.5-7B (576 image tokens, hidden 4096) in bf16, one answer token."""
+    from xbench.fastrm.store import row_bytes
+
+    assert row_bytes(576, 1, 4096, torch.bfloat16) == (576 + 1) * 4096 * 2 + 576 * 4 == 4_729_088
+    assert row_bytes(576, 1, 4096, torch.float32) == (576 + 1) * 4096 * 4 + 576 * 4
+    assert row_bytes(576, 1, 4096, torch.bfloat16, perturbed=True) == 4_729_088 + 576 * 4

@@ -39,7 +39,8 @@ from xbench.fastrm.labelset import Batch, LabelSet, collate
 from xbench.fastrm.store import DEFAULT_SHARD_BYTES, FileShard, Row, ShardWriter, dtype_name, store_dtype
 from xbench.maps import LABEL_DTYPE
 
-__all__ = ["Batch", "LabelSet", "LabelCache", "LABEL_DTYPE", "build_labels", "collate", "label_rows", "label_spec"]
+__all__ = ["Batch", "LabelSet", "LabelCache", "LABEL_DTYPE", "build_labels", "collate", "label_rows", "label_spec",
+           "make_row"]
 
 LABELS_VERSION = 2
 DEFAULT_NOISE = 2 / 255  # image intensity units ([0, 1] scale): about two grey levels
@@ -219,23 +220,33 @@ class _Labeller:
         return rows, skipped
 
     def _row(self, o, position: int, noisy) -> Row:
-        gen, sample = o.generation, o.sample
-        hs = gen.hidden_states  # on the model's device: cut and cast there, move only the rows kept
-        grid = np.asarray(o.rmap.grid, dtype=np.float32)
-        row = Row(
-            id=sample.id,
-            position=position,
-            patches=hs[list(gen.image_positions)].to(self.dtype).cpu(),
-            queries=hs[list(gen.query_positions)].to(self.dtype).cpu(),
-            map=grid.reshape(-1),
-            map_shape=tuple(grid.shape),
-            correct=_answer_score(self.task, sample, gen.text),
-            meta={**{k: v for k, v in sample.meta.items() if isinstance(v, (str, int, float, bool))},
-                  "answer": gen.text},  # fmt: skip
-            perturbed=None if noisy is None else np.asarray(noisy.grid, dtype=np.float32).reshape(-1),
-        )
-        row.check()
-        return row
+        sample, gen = o.sample, o.generation
+        meta = {**{k: v for k, v in sample.meta.items() if isinstance(v, (str, int, float, bool))}, "answer": gen.text}
+        score = _answer_score(self.task, sample, gen.text)
+        return make_row(gen, o.rmap, sample.id, position, score, meta, self.dtype, noisy)
+
+
+def make_row(gen: Generation, rmap, sample_id: str, position: int, correct: float, meta: dict, dtype: torch.dtype,
+             noisy=None) -> Row:  # fmt: skip
+    """The stored :class:`Row` of one explained generation: its image tokens' and query
+    positions' states cut and cast to ``dtype`` where they are (the model's device), then moved
+    to the CPU; the reference map ``rmap`` (and ``noisy``, its perturbed twin) flattened with its
+    shape. A map without one value per image token is a DataError naming the sample."""
+    hs = gen.hidden_states
+    grid = np.asarray(rmap.grid, dtype=np.float32)
+    row = Row(
+        id=sample_id,
+        position=position,
+        patches=hs[list(gen.image_positions)].to(dtype).cpu(),
+        queries=hs[list(gen.query_positions)].to(dtype).cpu(),
+        map=grid.reshape(-1),
+        map_shape=tuple(grid.shape),
+        correct=correct,
+        meta=meta,
+        perturbed=None if noisy is None else np.asarray(noisy.grid, dtype=np.float32).reshape(-1),
+    )
+    row.check()
+    return row
 
 
 def _labeller(vlm, task, reference, seed, batch_size, noise_std, max_new_tokens, dtype_name_):
