@@ -12,6 +12,8 @@ from xbench.cli import checked
 from xbench.errors import ParameterError
 from xbench.fastrm.splits import log_stderr as _log
 
+_size_mb = checked(float, lambda v: v > 0, "a positive size in MiB")
+
 
 def store_options(p: argparse.ArgumentParser) -> None:
     """How labels are stored (``labels``, ``train``, ``evaluate``)."""
@@ -19,7 +21,7 @@ def store_options(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--store-dtype", choices=sorted(STORE_DTYPES),
                    help="dtype of the stored hidden states (default: the model's; maps stay float32)")  # fmt: skip
-    p.add_argument("--shard-mb", type=checked(float, lambda v: v > 0, "a positive size in MiB"), default=256,
+    p.add_argument("--shard-mb", type=_size_mb, default=256,
                    help="label store shard size in MiB; one shard is held in memory while labelling (default 256)")  # fmt: skip
 
 
@@ -28,7 +30,7 @@ def streaming_options(p: argparse.ArgumentParser) -> None:
     from xbench.fastrm.train import TrainConfig
 
     size = TrainConfig.shuffle_buffer_mb
-    p.add_argument("--shuffle-buffer-mb", type=checked(float, lambda v: v > 0, "a positive size in MiB"),
+    p.add_argument("--shuffle-buffer-mb", type=_size_mb,
                    default=size, help="states held in memory for shuffling: a window of consecutive stored rows, "
                    f"permuted (default {size:g} MiB)")  # fmt: skip
     p.add_argument("--online", action="store_true",

@@ -28,10 +28,9 @@ def predict(proxy, labels: LabelSet, batch_size: int = 256) -> tuple[np.ndarray,
     proxy.eval()
     with torch.no_grad():
         for start in range(0, len(labels), batch_size):
-            b = labels.batch(range(start, min(start + batch_size, len(labels))))
-            device = proxy.head.bias.device
-            p = torch.sigmoid(proxy(*(None if t is None else t.to(device) for t in b))).cpu().numpy()
-            mask = None if b.patch_mask is None else b.patch_mask.numpy()
+            b = labels.batch(range(start, min(start + batch_size, len(labels))), proxy.head.bias.device)
+            p = torch.sigmoid(proxy(*b)).cpu().numpy()
+            mask = None if b.patch_mask is None else b.patch_mask.cpu().numpy()
             probs.extend(p if mask is None else [row[m] for row, m in zip(p, mask)])
             ents.append(entropy_confidence(p, mask)[0])
     if not probs:

@@ -173,7 +173,7 @@ def training_batches(source: RowSource, n: int, cfg: TrainConfig, gen: torch.Gen
             del window  # the rows live on in ``pending`` only: one window in memory, not two
             while len(pending) >= cfg.batch_size:
                 yield pending[: cfg.batch_size]
-                pending = pending[cfg.batch_size :]
+                del pending[: cfg.batch_size]
         if n < cfg.batch_size and pending:  # fewer rows than a batch: one batch of them all
             yield pending
 
@@ -308,9 +308,8 @@ def train_proxy(
     for step in bar:
         rows = next(batches)
         proxy.train()
-        b = collate(rows)
+        b = collate(rows, device)
         targets, dist = (t.to(device) for t in _targets(rows, cfg.tau, b.patch_mask))
-        b = type(b)(*(None if t is None else t.to(device) for t in b))
         logits = proxy(*b)
         loss = _loss(logits, targets, dist, b.patch_mask, loss_fn, aux_weight, aux_temp)
         opt.zero_grad(set_to_none=True)
