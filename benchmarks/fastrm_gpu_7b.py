@@ -165,7 +165,7 @@ def label_and_train(vlm, model, ids, pixels, n_image: int, args, arch) -> dict:
     memory (see the module docstring); ``results`` holds the two timed paths."""
     from xbench import cost
     from xbench.fastrm.labels import make_row
-    from xbench.fastrm.labelset import LabelSet, open_store, store_figures
+    from xbench.fastrm.labelset import open_store, store_figures
     from xbench.fastrm.proxy import model_identity
     from xbench.fastrm.store import ShardWriter, dtype_name, store_dtype
     from xbench.fastrm.train import TrainConfig, train_proxy

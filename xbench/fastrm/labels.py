@@ -249,9 +249,10 @@ def make_row(gen: Generation, rmap, sample_id: str, position: int, correct: floa
     return row
 
 
-def _labeller(vlm, task, reference, seed, batch_size, noise_std, max_new_tokens, dtype_name_):
+def _labeller(vlm, task, reference, seed, batch_size, noise_std, max_new_tokens, dtype: str | None) -> _Labeller:
+    """The labeller of one call; ``dtype`` a :data:`~xbench.fastrm.store.STORE_DTYPES` name (None: the model's)."""
     return _Labeller(vlm, task, reference, seed, batch_size, noise_std, max_new_tokens or task.max_new_tokens,
-                     store_dtype(dtype_name_, vlm.dtype))  # fmt: skip
+                     store_dtype(dtype, vlm.dtype))  # fmt: skip
 
 
 def build_labels(
@@ -309,7 +310,7 @@ def label_rows(vlm, task, reference, n: int, *, seed: int = 0, batch_size: int =
     bar.close()
 
 
-def online_spec(vlm, task, reference, seed, max_new_tokens, store_dtype_: str | None) -> dict:
+def online_spec(vlm, task, reference, seed, max_new_tokens, dtype: str | None) -> dict:
     """The spec of labels made online (what the stored ones would record)."""
-    lab = _labeller(vlm, task, reference, seed, 1, None, max_new_tokens, store_dtype_)
+    lab = _labeller(vlm, task, reference, seed, 1, None, max_new_tokens, dtype)
     return {**label_spec(vlm, task, reference, seed, lab.max_new_tokens, None, lab.dtype), "online": True}
