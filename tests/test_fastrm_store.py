@@ -288,15 +288,20 @@ def test_training_on_grids_that_differ(tmp_path):
     from xbench.fastrm.proxy import FastRMProxy
     from xbench.vlm import Generation
 
+    from xbench.image_layout import ImageLayout, grid_boxes
+
     loaded = FastRMProxy.load(tmp_path / "p")
     gens = []
-    for r in rows[:3]:  # generations whose grids differ: prompt [4 text, N image], 1 answer token
-        n = r.patches.shape[0]
-        hidden = torch.cat([torch.randn(4, 16), r.patches, torch.randn(1, 16)])
-        gens.append(Generation(r.id, "", list(range(4 + n)), [7], list(range(4, 4 + n)), r.map_shape, None, hidden))
+    layouts = [((2, 3),), ((3, 3),), ((1, 2), (2, 2))]  # the last: two grids, maps of shape (6,)
+    for grids in layouts:  # generations whose grids differ: prompt [4 text, N image], 1 answer token
+        n = sum(h * w for h, w in grids)
+        boxes = np.concatenate([grid_boxes(g, (0, 0, 12, 12)) for g in grids])
+        hidden = torch.cat([torch.randn(4, 16), torch.randn(n, 16), torch.randn(1, 16)])
+        gens.append(Generation("g", "", list(range(4 + n)), [7], list(range(4, 4 + n)),
+                               ImageLayout(grids, boxes, (12, 12)), None, hidden))  # fmt: skip
     out = loaded.predict(gens)
-    assert [m.shape for m in out["map"]] == [(2, 3), (3, 3), (2, 3)]
-    assert [t.shape for t in out["per_token"]] == [(1, 2, 3), (1, 3, 3), (1, 2, 3)]
+    assert [m.shape for m in out["map"]] == [(2, 3), (3, 3), (6,)]
+    assert [t.shape for t in out["per_token"]] == [(1, 2, 3), (1, 3, 3), (1, 6)]
     for g, m, e in zip(gens, out["map"], out["entropy"]):
         alone = loaded.predict([g])
         np.testing.assert_allclose(alone["map"][0], m, rtol=1e-5, atol=1e-6)

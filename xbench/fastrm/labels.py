@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from xbench.api import Generation, Sample
-from xbench.errors import DataError
+from xbench.errors import DataError, ParameterError
 from xbench.fastrm.labelset import Batch, LabelSet, collate
 from xbench.fastrm.store import DEFAULT_SHARD_BYTES, FileShard, Row, ShardWriter, dtype_name, store_dtype
 from xbench.maps import LABEL_DTYPE
@@ -141,6 +141,12 @@ def perturb(gen: Generation, noise_std: float, seed: int, image_std: Sequence[fl
     """A copy of ``gen`` whose pixel values carry seeded Gaussian noise of ``noise_std``
     image-intensity units (converted by the processor's per-channel ``image_std``)."""
     pv = gen.pixel_values
+    if pv is None or pv.ndim != 4 or (image_std is not None and pv.shape[1] != len(image_std)):
+        raise ParameterError(
+            f"the noise ceiling (--noise-std) adds per-channel pixel noise to channel-first pixel values "
+            f"[B, C, H, W]; sample {gen.sample_id!r} has pixel values of shape "
+            f"{None if pv is None else tuple(pv.shape)}: pass --noise-std 0 for this model"
+        )
     digest = hashlib.sha256(f"{seed}:{gen.sample_id}".encode()).digest()
     g = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
     noise = torch.randn(pv.shape, generator=g, dtype=torch.float32)
@@ -200,7 +206,10 @@ class _Labeller:
                 gens = [perturb(o.generation, self.noise_std, self.seed, image_std) for o in items]
                 return self.reference.explain(self.vlm, gens)
 
-            for o, result, _cost in call_splitting(explain_noisy, [o for o in outcomes if o.ok], self.vlm.device):
+            ready = [o for o in outcomes if o.ok]
+            if ready:  # a pixel layout the noise cannot be added to fails the command, not each sample
+                perturb(ready[0].generation, self.noise_std, self.seed, image_std)
+            for o, result, _cost in call_splitting(explain_noisy, ready, self.vlm.device):
                 noisy[id(o)] = result
         rows: list[Row] = []
         skipped: list[dict] = []
