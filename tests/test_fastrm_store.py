@@ -315,3 +315,21 @@ def test_the_documented_llava_7b_figure_is_the_formula():
     assert row_bytes(576, 1, 4096, torch.bfloat16) == (576 + 1) * 4096 * 2 + 576 * 4 == 4_729_088
     assert row_bytes(576, 1, 4096, torch.float32) == (576 + 1) * 4096 * 4 + 576 * 4
     assert row_bytes(576, 1, 4096, torch.bfloat16, perturbed=True) == 4_729_088 + 576 * 4
+
+
+def test_the_noise_ceiling_takes_channel_first_images_and_refuses_flat_patches():
+    """Pixel noise per channel on [B, C, H, W] and on crops [B, n, C, H, W]; flat patches are refused."""
+    from xbench.fastrm.labels import perturb
+    from xbench.image_layout import single_grid
+    from xbench.vlm import Generation
+
+    def gen(pv):
+        return Generation("s", "", [0], [1], [0], single_grid((1, 1), (0, 0, 4, 4), (4, 4)), pv)
+
+    std = (0.5, 0.25, 1.0)
+    for shape in [(1, 3, 4, 4), (1, 2, 3, 4, 4)]:
+        noisy = perturb(gen(torch.zeros(shape)), 0.1, 0, std).pixel_values
+        per_channel = noisy.movedim(-3, 0).reshape(3, -1).std(dim=1)
+        assert noisy.shape == shape and (per_channel[1] > per_channel[0] > per_channel[2])  # noise / std
+    with pytest.raises(ParameterError, match=r"channel-first images .* shape \(1, 16, 48\).*--noise-std 0"):
+        perturb(gen(torch.zeros(1, 16, 48)), 0.1, 0, std)

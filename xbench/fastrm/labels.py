@@ -139,19 +139,21 @@ class LabelCache:
 
 def perturb(gen: Generation, noise_std: float, seed: int, image_std: Sequence[float] | None) -> Generation:
     """A copy of ``gen`` whose pixel values carry seeded Gaussian noise of ``noise_std``
-    image-intensity units (converted by the processor's per-channel ``image_std``)."""
+    image-intensity units (converted by the processor's per-channel ``image_std``). Pixel values
+    must be channel-first images ``[..., C, H, W]`` (one image, crops or tiles); flat patch
+    layouts (Qwen2-VL) are a ParameterError."""
     pv = gen.pixel_values
-    if pv is None or pv.ndim != 4 or (image_std is not None and pv.shape[1] != len(image_std)):
+    if pv is None or pv.ndim < 4 or (image_std is not None and pv.shape[-3] != len(image_std)):
         raise ParameterError(
-            f"the noise ceiling (--noise-std) adds per-channel pixel noise to channel-first pixel values "
-            f"[B, C, H, W]; sample {gen.sample_id!r} has pixel values of shape "
+            f"the noise ceiling (--noise-std) adds per-channel pixel noise to channel-first images "
+            f"[..., C, H, W]; sample {gen.sample_id!r} has pixel values of shape "
             f"{None if pv is None else tuple(pv.shape)}: pass --noise-std 0 for this model"
         )
     digest = hashlib.sha256(f"{seed}:{gen.sample_id}".encode()).digest()
     g = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
     noise = torch.randn(pv.shape, generator=g, dtype=torch.float32)
-    std = torch.tensor(image_std if image_std is not None else [1.0] * pv.shape[1], dtype=torch.float32)
-    noise = noise * (noise_std / std).view(1, -1, 1, 1)
+    std = torch.tensor(image_std if image_std is not None else [1.0] * pv.shape[-3], dtype=torch.float32)
+    noise = noise * (noise_std / std).view(-1, 1, 1)  # per channel of [..., C, H, W] (crops, tiles)
     return dataclasses.replace(gen, pixel_values=(pv.float() + noise.to(pv.device)).to(pv.dtype), hidden_states=None)
 
 
