@@ -18,6 +18,18 @@ Plain and explained answers alternate ``--repeats`` times after a warm-up; media
 reported. Targets: FastRM map >= 1000x faster than gradient_relevancy; explained answer
 <= 1.02x plain latency and <= 1.01x plain peak GPU memory.
 
+The label store and proxy training at this size (:func:`label_and_train`):
+
+* labelling: ``--label-samples`` samples each answered with eager attention and the adapter's
+  hidden-state capture, explained by gradient_relevancy, cut into a store row on the device
+  (:func:`xbench.fastrm.labels.make_row`, the labeller's) and written by the labeller's
+  :class:`~xbench.fastrm.store.ShardWriter` in the model's dtype; throughput in samples/s;
+* store bytes per sample: on disk, and by the formula (image + answer tokens) x hidden x
+  dtype size + the map;
+* proxy training: ``--train-steps`` steps of ``xbench.fastrm.train.train_proxy`` on the device,
+  batch ``--train-batch``, streaming from a store of the labelled rows repeated to
+  ``4 x batch`` rows (step time does not depend on values); median step time and peak GPU memory.
+
     python benchmarks/fastrm_gpu_7b.py            # on a CUDA machine -> results/fastrm/gpu_7b-<device>.{json,md}
     python benchmarks/fastrm_gpu_7b.py --tiny     # tiny config on any device: checks the script runs
 """
@@ -47,6 +59,9 @@ def main(argv=None) -> int:
     p.add_argument("--answer-len", type=int, default=8)
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--head", default=None, help="FastRM proxy head (default: the default proxy's)")
+    p.add_argument("--label-samples", type=int, default=None, help="samples labelled (default 8; tiny 3)")
+    p.add_argument("--train-steps", type=int, default=None, help="proxy training steps timed (default 20; tiny 4)")
+    p.add_argument("--train-batch", type=int, default=None, help="proxy training batch (default 64; tiny 4)")
     p.add_argument("--out", type=Path, default=ROOT / "results" / "fastrm")
     args = p.parse_args(argv)
     sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
@@ -98,6 +113,8 @@ def main(argv=None) -> int:
         results[label] = arch.measure(lambda: method.explain(vlm, [gen]), args.device, max(3, args.repeats // 3))
         if args.device.startswith("cuda"):
             torch.cuda.empty_cache()
+    store = label_and_train(vlm, model, ids, pixels, n_image, args, arch)
+    results.update(store.pop("results"))
     plain, explained_r, fmap = results["plain_answer"], results["fastrm_explained_answer"], results["fastrm_map"]
     ratios = {
         "map_speedup": results["gradient_relevancy_map"]["seconds"] / fmap["seconds"],
@@ -124,6 +141,7 @@ def main(argv=None) -> int:
         "hidden_size": model.config.text_config.hidden_size,
         "n_parameters": sum(q.numel() for q in model.parameters()),
         "confidence_extra": state["map"].extras,
+        "store": store,
         "results": results,
         "ratios": ratios,
         "targets": TARGETS,
@@ -142,6 +160,75 @@ def main(argv=None) -> int:
     return 0
 
 
+def label_and_train(vlm, model, ids, pixels, n_image: int, args, arch) -> dict:
+    """Labelling throughput, store bytes per sample, proxy training step time and peak GPU
+    memory (see the module docstring); ``results`` holds the two timed paths."""
+    from xbench import cost
+    from xbench.fastrm.labels import make_row
+    from xbench.fastrm.labelset import open_store, store_figures
+    from xbench.fastrm.proxy import model_identity
+    from xbench.fastrm.store import ShardWriter, dtype_name, store_dtype
+    from xbench.fastrm.train import TrainConfig, train_proxy
+    from xbench.plugins import default
+
+    n_label = args.label_samples or (3 if args.tiny else 8)
+    steps, batch = args.train_steps or (4 if args.tiny else 20), args.train_batch or (4 if args.tiny else 64)
+    dtype = store_dtype(None, vlm.dtype)  # the model's, as `xbench fastrm labels` stores by default
+    reference = default().registries.methods.get("gradient_relevancy")()
+    generate = arch.generator(model, ids, pixels, args.answer_len)
+    tmp = tempfile.TemporaryDirectory()
+    labels_dir, train_dir = Path(tmp.name) / "labels", Path(tmp.name) / "train"
+    writer = ShardWriter(labels_dir, dtype, 0, 0)
+
+    def label(i: int):
+        captured: list = []
+        with vlm._capture_last_hidden(captured):
+            seq = generate()
+        answer = seq[0, len(ids) :].tolist()
+        hidden = torch.cat(captured, dim=1)[0, : len(ids) + len(answer) - 1]
+        gen = arch.generation(ids, answer, n_image, pixels, hidden)
+        rmap = reference.explain(vlm, [gen])[0]
+        writer.add([make_row(gen, rmap, f"bench-{i}", i, 1.0, {}, dtype)], [], i + 1)
+
+    model.set_attn_implementation("eager")  # labelling explains with gradient_relevancy
+    label(0)  # warm-up, not kept apart: the store holds n_label + 1 rows
+    calls = [arch.timed(lambda i=i: label(i), args.device) for i in range(1, n_label + 1)]
+    writer.close()
+    identity = model_identity(vlm)
+    for d in (labels_dir, train_dir):
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "spec.json").write_text(json.dumps({"model": identity, "store_dtype": dtype_name(dtype)}))
+    labelled = open_store(labels_dir)
+    rows = list(labelled.rows())
+    repeat = ShardWriter(train_dir, dtype, 0, 0)
+    for i in range(max(4 * batch, len(rows))):
+        repeat.add([rows[i % len(rows)]], [], i + 1)
+    repeat.close()
+    cfg = TrainConfig(steps=steps, batch_size=batch, eval_every=steps, warmup=1, device=args.device)
+    with cost.measure(args.device) as m:
+        proxy, _ = train_proxy(open_store(train_dir), None, cfg, identity, progress=False)
+    step = proxy.info["train"]["seconds"] / steps
+    figures = store_figures(labelled)
+    tmp.cleanup()
+    labelling = arch.summarise(calls)
+    return {
+        "results": {
+            "labelling_per_sample": labelling,
+            "proxy_training_step": {"seconds": step, "all_seconds": [step], "peak_gpu_gib": None if m.peak_gpu_bytes is None else m.peak_gpu_bytes / 2**30},
+        },
+        "label_samples": n_label,
+        "labelling_samples_per_second": 1.0 / labelling["seconds"],
+        "store_dtype": dtype_name(dtype),
+        "bytes_per_sample": figures["bytes_per_sample"],
+        "formula_bytes_per_sample": figures["formula_bytes_per_sample"],
+        "image_tokens": figures["image_tokens"],
+        "answer_tokens": figures["answer_tokens"],
+        "train_steps": steps,
+        "train_batch": batch,
+        "train_rows": max(4 * batch, len(rows)),
+    }
+
+
 def markdown(r: dict) -> str:
     from tabulate import tabulate
 
@@ -149,7 +236,7 @@ def markdown(r: dict) -> str:
     rows = [[k, fmt(v["seconds"] * 1e3, ".3f"), fmt(v["peak_gpu_gib"], ".3f")] for k, v in r["results"].items()]
     table = tabulate(rows, headers=["path", "ms (median)", "peak GPU GiB"], tablefmt="github")
     word = lambda b: "n/a (no GPU)" if b is None else ("met" if b else "NOT met")  # noqa: E731
-    ra, t, met = r["ratios"], r["targets"], r["met"]
+    ra, t, met, st = r["ratios"], r["targets"], r["met"], r["store"]
     return (
         f"# {r['what']}\n\n"
         f"Device: {r['device_name']}; dtype {r['dtype']}; prompt {r['prompt_len']} tokens ({r['image_tokens']} image), "
@@ -161,7 +248,12 @@ def markdown(r: dict) -> str:
         f"- explained / plain answer latency: {ra['latency_ratio']:.4f}x; target <= {t['latency_ratio']}x: "
         f"{word(met['latency_ratio']) if not r['tiny'] else 'n/a (tiny)'}\n"
         f"- explained / plain answer peak GPU memory: {fmt(ra['memory_ratio'], '.4f')}{'' if ra['memory_ratio'] is None else 'x'}; target <= {t['memory_ratio']}x: "
-        f"{word(met['memory_ratio'])}\n\n"
+        f"{word(met['memory_ratio'])}\n"
+        f"- label store ({st['store_dtype']}, {st['image_tokens']:.0f} image + {st['answer_tokens']:.0f} answer tokens): "
+        f"{st['bytes_per_sample']:,.0f} bytes/sample on disk, {st['formula_bytes_per_sample']:,.0f} by the formula; "
+        f"labelling {st['labelling_samples_per_second']:.3f} samples/s (median of {st['label_samples']}); proxy training "
+        f"{r['results']['proxy_training_step']['seconds'] * 1e3:.1f} ms/step at batch {st['train_batch']} "
+        f"(peak GPU {fmt(r['results']['proxy_training_step']['peak_gpu_gib'], '.3f')} GiB)\n\n"
         f"git {r['environment']['git_sha']}, torch {r['environment']['torch']}, transformers {r['environment']['transformers']}, "
         f"{r['finished']}\n"
     )

@@ -70,7 +70,7 @@ class FastRM(Method):
         return [
             RelevanceMap(
                 out["map"][i],
-                out["per_token"][i, : len(gen.answer_ids)],
+                out["per_token"][i][: len(gen.answer_ids)],
                 {
                     "entropy": float(out["entropy"][i]),
                     "confidence": float(out["confidence"][i]),

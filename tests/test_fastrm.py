@@ -66,8 +66,11 @@ def generations(tiny_vlm, easyvqa_samples):
 
 def test_labels_hold_states_maps_and_meta(train_labels, tiny_vlm, test_labels):
     n, d = 32, tiny_vlm.model.config.text_config.hidden_size
-    assert len(train_labels) == n and train_labels.patches.shape == (n, 64, d)
-    assert train_labels.maps.shape == (n, 8, 8) and train_labels.offsets[-1] == len(train_labels.queries)
+    rows = list(train_labels.rows())
+    assert len(train_labels) == n and len(rows) == n and {r.patches.shape for r in rows} == {(64, d)}
+    assert {r.patches.dtype for r in rows} == {torch.float32}  # the tiny model is float32, so is its store
+    assert train_labels.maps.shape == (n, 8, 8) and train_labels.grid == (8, 8)
+    assert all(r.queries.shape == (2, d) for r in rows)  # two answer tokens (max_new_tokens 2, never stops)
     assert train_labels.perturbed is None and test_labels.perturbed.shape == (8, 8, 8)
     assert {m["kind"] for m in train_labels.meta} <= {"colour", "shape", "yes/no colour", "yes/no shape"}
     assert train_labels.spec["reference"] == REFERENCE and train_labels.spec["model_hash"] == tiny_vlm.model_hash
@@ -81,13 +84,12 @@ def test_labels_match_the_reference_and_the_generation(train_labels, tiny_vlm, r
     gens = tiny_vlm.generate(samples, [task.prompt(s) for s in samples], 2, frozenset({"hidden_states", "attentions"}))
     maps = reference.explain(tiny_vlm, gens)
     assert train_labels.ids[:3] == [s.id for s in samples]
+    rows = list(train_labels.rows(range(3)))
     for i, (g, m) in enumerate(zip(gens, maps)):
         np.testing.assert_allclose(train_labels.maps[i], m.grid, atol=1e-5)
-        np.testing.assert_allclose(
-            train_labels.patches[i].numpy(), g.hidden_states[g.image_positions].numpy(), atol=1e-5
-        )
-        q = train_labels.queries[train_labels.offsets[i] : train_labels.offsets[i + 1]]
-        np.testing.assert_allclose(q.numpy(), g.hidden_states[g.query_positions].numpy(), atol=1e-5)
+        np.testing.assert_allclose(rows[i].patches.numpy(), g.hidden_states[g.image_positions].numpy(), atol=1e-5)
+        np.testing.assert_allclose(rows[i].queries.numpy(), g.hidden_states[g.query_positions].numpy(), atol=1e-5)
+        assert rows[i].map_shape == (8, 8)
 
 
 def test_label_cache_hit_and_extension(plugins, tiny_vlm, reference, label_root, train_labels, monkeypatch):
@@ -99,7 +101,9 @@ def test_label_cache_hit_and_extension(plugins, tiny_vlm, reference, label_root,
     )
     again = build_labels(tiny_vlm, task, reference, 32, cache_root=label_root, batch_size=8, progress=False, **SHORT)
     assert calls == []  # served from disk
-    assert again.ids == train_labels.ids and torch.equal(again.patches, train_labels.patches)
+    assert again.ids == train_labels.ids
+    for a, b in zip(again.rows(), train_labels.rows()):
+        assert torch.equal(a.patches, b.patches) and torch.equal(a.queries, b.queries)
     np.testing.assert_array_equal(again.maps, train_labels.maps)
     prefix = build_labels(tiny_vlm, task, reference, 25, cache_root=label_root, batch_size=8, progress=False, **SHORT)
     assert calls == [] and prefix.ids == train_labels.ids[:25]
@@ -107,8 +111,8 @@ def test_label_cache_hit_and_extension(plugins, tiny_vlm, reference, label_root,
     assert sum(calls) == 4 and more.ids[:32] == train_labels.ids and len(more) == 36
     files = [p.suffix for p in (label_root / "labels").rglob("*") if p.is_file()]
     assert set(files) <= {".json", ".safetensors"}  # never pickle
-    chunk = json.loads(next((label_root / "labels").rglob("chunk-00000.json")).read_text())
-    assert chunk["torch_threads"] == torch.get_num_threads()  # the maps' last bits depend on it
+    shard = json.loads(next((label_root / "labels").rglob("shard-00000.json")).read_text())
+    assert shard["torch_threads"] == torch.get_num_threads()  # the maps' last bits depend on it
 
 
 def test_label_cache_remembers_where_the_task_ran_out(tiny_vlm, reference, tmp_path, monkeypatch):

@@ -259,10 +259,11 @@ def _label_rows(ids, images):
     import torch
 
     from xbench.fastrm.labels import LabelSet
+    from xbench.fastrm.store import Row
 
-    n = len(ids)
-    return LabelSet(list(ids), torch.zeros(n, 1, 1), torch.zeros(n, 1), torch.arange(n + 1), np.zeros((n, 1, 1)),
-                    np.ones(n), [{"image_id": i} for i in images])  # fmt: skip
+    rows = [Row(i, k, torch.zeros(1, 1), torch.zeros(1, 1), np.zeros(1, np.float32), (1, 1), 1.0, {"image_id": image})
+            for k, (i, image) in enumerate(zip(ids, images))]  # fmt: skip
+    return LabelSet.from_rows(rows)
 
 
 @pytest.mark.parametrize("images, expect", [([1, 2, 3, 1], ["test-2"]), ([1, 2, 2, 1], None)])

@@ -184,7 +184,8 @@ def _context(args, plan=None):
         torch.set_num_threads(args.threads)
     plugins = default()
     reference = plugins.registries.methods.get(args.reference)(**parse_params(args.reference_param, "--reference-param"))
-    settings = LabelSettings(args.label_batch_size, args.max_new_tokens, not args.no_progress, _log)
+    settings = LabelSettings(args.label_batch_size, args.max_new_tokens, not args.no_progress, _log,
+                             getattr(args, "store_dtype", None), int(getattr(args, "shard_mb", 256) * 2**20))  # fmt: skip
     data = FastRMData(plan or _plan(args), None, reference, args.cache or xbench_home() / "fastrm", settings)
     data.check_tasks()  # before loading the model
     data.vlm = load_vlm(
@@ -193,7 +194,8 @@ def _context(args, plan=None):
     return data
 
 
-def _train_config(args, head: str | None = None):
+def _train_config(args, head: str | None = None, device: str = "cpu"):
+    """The training recipe of the command line; the proxy trains on ``device``."""
     from xbench.fastrm.train import TrainConfig
 
     return TrainConfig(
@@ -208,66 +210,12 @@ def _train_config(args, head: str | None = None):
         eval_every=min(args.eval_every, args.steps),
         aux_weight=args.aux_weight,
         ema=args.ema or None,
+        shuffle_buffer_mb=getattr(args, "shuffle_buffer_mb", TrainConfig.shuffle_buffer_mb),
+        device=device,
     )
 
 
 # --------------------------------------------------------------------------- subcommands
-
-
-def _labels(args) -> int:
-    ctx = _context(args)
-    started = time.perf_counter()
-    train, val = ctx.train_val()
-    te = ctx.test()
-    print(
-        f"labels: {len(train)} {args.train_split} + {len(val)} validation ({ctx.plan.val_from()}) + {len(te)} "
-        f"{args.test_split} samples in "
-        f"{time.perf_counter() - started:.1f} s (cache {ctx.cache})"
-    )
-    return 0
-
-
-def _train(args) -> int:
-    from xbench.fastrm.evaluate import evaluate, score_report
-    from xbench.fastrm.proxy import model_identity
-    from xbench.fastrm.proxy_store import install
-    from xbench.fastrm.train import train_proxy
-
-    ctx = _context(args)
-    t0 = time.perf_counter()
-    train, val = ctx.train_val()
-    test = ctx.test()
-    if args.train_filter:
-        train, val = train.where(*args.train_filter), val.where(*args.train_filter)
-    if args.eval_filter:
-        test = test.where(*args.eval_filter)
-    t_labels = time.perf_counter() - t0
-    _log(f"training on {len(train)} samples, validating on {len(val)}, testing on {len(test)}")
-    proxy, _ = train_proxy(
-        train, val, _train_config(args), model_identity(ctx.vlm), progress=not args.no_progress, log=_log
-    )
-    t_train = time.perf_counter() - t0 - t_labels
-    proxy.info["train"].update(augment=args.augment or [], val_from=ctx.plan.val_from())
-    res = evaluate(proxy, test, args.tau)
-    proxy.info["test"] = res
-    proxy.info["seconds"] = {"labels": t_labels, "train": t_train}
-    out = proxy.save(args.out)
-    res["confidence_task"] = ctx.confidence(out, args.confidence_samples)
-    if res["confidence_task"] is not None:
-        proxy.info["test"] = res
-        proxy.save(args.out)
-    (out / "metrics.json").write_text(json.dumps(res, indent=2) + "\n")
-    v = proxy.info.get("val")
-    if v:
-        print(
-            f"validation ({len(val)} samples: {ctx.plan.val_from()}; decision threshold {v['threshold']}): "
-            + "  ".join(f"{k}={v[k]:.4f}" for k in ("accuracy", "f1", "auroc") if v[k] is not None)
-        )
-    print(score_report(f"FastRM {proxy.head_name} vs {ctx.reference.label} on {args.task}/{args.test_split}", res))
-    print(f"labels {t_labels:.1f} s, training {t_train:.1f} s; proxy written to {out}")
-    if args.install:
-        print(f"installed as the default {proxy.head_name} proxy of {ctx.vlm.name}: {install(out)}")
-    return 0
 
 
 def _evaluate(args) -> int:
@@ -354,16 +302,20 @@ def _install(args) -> int:
 
 def _fastrm_args(p: argparse.ArgumentParser) -> None:
     from xbench.fastrm.ablate import ABLATE_TABLES
+    from xbench.fastrm.cli_train import labels_command, store_options, streaming_options, train_command
     from xbench.fastrm.heads import HEADS
     from xbench.fastrm.proxy_store import DEFAULT_HEAD
 
     sub = p.add_subparsers(dest="fastrm_command", required=True)
     lab = sub.add_parser("labels", help="compute (or find cached) reference labels and hidden states")
     _common(lab)
-    lab.set_defaults(fastrm_func=_labels)
+    store_options(lab)
+    lab.set_defaults(fastrm_func=labels_command)
 
     tr = sub.add_parser("train", help="train a proxy, score it on held-out samples, save it")
     _common(tr)
+    store_options(tr)
+    streaming_options(tr)
     tr.add_argument(
         "--head",
         default=DEFAULT_HEAD,
@@ -379,10 +331,11 @@ def _fastrm_args(p: argparse.ArgumentParser) -> None:
     tr.add_argument(
         "--eval-filter", type=_filter, metavar="KEY=V1,V2", help="score only samples whose meta[KEY] is listed"
     )
-    tr.set_defaults(fastrm_func=_train)
+    tr.set_defaults(fastrm_func=train_command)
 
     ev = sub.add_parser("evaluate", help="score a proxy against the reference on held-out samples")
     _common(ev, recipe=None)
+    store_options(ev)
     ev.add_argument("--proxy", type=Path, required=True)
     ev.add_argument("--eval-filter", type=_filter, metavar="KEY=V1,V2")
     ev.add_argument("--output", type=Path, help="write the scores as JSON")

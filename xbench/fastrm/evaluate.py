@@ -15,23 +15,29 @@ from typing import Any
 import numpy as np
 import torch
 
-from xbench.fastrm.labels import LABEL_DTYPE, LabelSet
-from xbench.maps import DEFAULT_TAU, binarise_each, normalise_each
+from xbench.fastrm.labels import LabelSet
+from xbench.maps import DEFAULT_TAU
 
 
 def predict(proxy, labels: LabelSet, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """``(probabilities [n, N], entropy [n])`` of ``proxy`` on cached features."""
+    """``(probabilities, entropy [n])`` of ``proxy`` on stored features; the probabilities are
+    ``[n, N]``, or flat ``[sum N_i]`` when the samples' grids differ (as :meth:`LabelSet.targets`)."""
     from xbench.fastrm.proxy import entropy_confidence
 
     probs, ents = [], []
     proxy.eval()
     with torch.no_grad():
         for start in range(0, len(labels), batch_size):
-            patches, queries, mask = labels.batch(range(start, min(start + batch_size, len(labels))))
-            p = torch.sigmoid(proxy(patches, queries, mask)).numpy()
-            probs.append(p)
-            ents.append(entropy_confidence(p)[0])
-    return np.concatenate(probs).astype(np.float32), np.concatenate(ents).astype(np.float64)
+            b = labels.batch(range(start, min(start + batch_size, len(labels))), proxy.head.bias.device)
+            p = torch.sigmoid(proxy(*b)).cpu().numpy()
+            mask = None if b.patch_mask is None else b.patch_mask.cpu().numpy()
+            probs.extend(p if mask is None else [row[m] for row, m in zip(p, mask)])
+            ents.append(entropy_confidence(p, mask)[0])
+    if not probs:
+        return np.zeros((0, 1), np.float32), np.zeros(0)
+    flat = labels.grid is None
+    out = np.concatenate(probs) if flat else np.stack(probs)
+    return out.astype(np.float32), np.concatenate(ents).astype(np.float64)
 
 
 def map_metrics(probs: np.ndarray, targets: np.ndarray, threshold: float = 0.5) -> dict[str, Any]:
@@ -80,12 +86,11 @@ def confidence_metrics(entropy: np.ndarray, correct: np.ndarray) -> dict[str, An
 def noise_ceiling(labels: LabelSet, tau: float = DEFAULT_TAU) -> dict[str, Any] | None:
     """The reference against itself under pixel noise: binarised perturbed maps vs binarised maps
     (F1, IoU, accuracy...) and AUROC of the normalised perturbed map; None without perturbed maps."""
-    if labels.perturbed is None:
+    if not labels.has_perturbed:
         return None
     targets = labels.targets(tau)
-    scores = normalise_each(labels.perturbed, LABEL_DTYPE)
-    out = map_metrics(scores, targets, threshold=tau)
-    out["predicted_rate"] = float(binarise_each(labels.perturbed, tau, LABEL_DTYPE).mean())
+    out = map_metrics(labels.normalised(perturbed=True), targets, threshold=tau)
+    out["predicted_rate"] = float(labels.targets(tau, perturbed=True).mean())
     return out
 
 

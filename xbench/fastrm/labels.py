@@ -1,19 +1,23 @@
 """Training data for FastRM: reference maps plus the hidden states the proxy reads.
 
 For each sample the model answers once (keeping its last-layer hidden states), the
-reference method (default ``gradient_relevancy``) explains that answer, and we keep:
-the image tokens' states ``[N, d]``, the answer tokens' query states ``[K, d]``, the
-reference map ``[h, w]`` as the method returned it, whether the answer was right, and
-optionally the reference map under a tiny pixel-noise perturbation (for the noise ceiling).
+reference method (default ``gradient_relevancy``) explains that answer, and we keep a
+:class:`~xbench.fastrm.store.Row`: the image tokens' states ``[N, d]`` and the answer tokens'
+query states ``[K, d]`` in the store dtype (the model's unless ``store_dtype`` says otherwise),
+the reference map (flat, with its shape), whether the answer was right, and optionally the
+reference map under a tiny pixel-noise perturbation (for the noise ceiling). States are cut
+and cast on the model's device; only those rows travel to the CPU.
 
-Labels are cached on disk under ``<cache>/labels/<key>/`` as safetensors chunks plus JSON
-(never pickle); the key hashes the model hash, task, task parameters and data hash, split,
-seed, reference method and its parameters, answer length and noise. Samples come in the
-task's seeded order, so a cache holding the first ``m`` samples serves any ``n <= m`` and
-is extended, not recomputed, for ``n > m`` (unless it recorded that the task has no more).
-Each chunk records the torch thread count it was computed with: the reference maps depend on
-it in the last float bits, and a proxy trained on them ends at the same weights only from
-labels made with the same count.
+Labels are stored under ``<cache>/labels/<key>/`` in shards (:mod:`xbench.fastrm.store`),
+each written as soon as it is full; the key hashes the model hash, task, task parameters and
+data hash, split, seed, reference method and its parameters, answer length, noise and store
+dtype. Samples come in the task's seeded order, so a store holding the first ``m`` samples
+serves any ``n <= m`` and is extended, not recomputed, for ``n > m`` (unless it recorded that
+the task has no more). Each shard records the torch thread count it was computed with: the
+reference maps depend on it in the last float bits, and a proxy trained on them ends at the
+same weights only from labels made with the same count.
+
+:func:`label_rows` makes the same rows without storing them (``xbench fastrm train --online``).
 """
 
 from __future__ import annotations
@@ -22,106 +26,33 @@ import dataclasses
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 
 from xbench.api import Generation, Sample
-from xbench.errors import DataError
-from xbench.maps import DEFAULT_TAU, LABEL_DTYPE, binarise_each
+from xbench.errors import DataError, ParameterError
+from xbench.fastrm.labelset import Batch, LabelSet, collate
+from xbench.fastrm.store import DEFAULT_SHARD_BYTES, FileShard, Row, ShardWriter, dtype_name, store_dtype
+from xbench.maps import LABEL_DTYPE
 
-LABELS_VERSION = 1
+__all__ = ["Batch", "LabelSet", "LabelCache", "LABEL_DTYPE", "build_labels", "collate", "label_rows", "label_spec",
+           "make_row"]
+
+LABELS_VERSION = 2
 DEFAULT_NOISE = 2 / 255  # image intensity units ([0, 1] scale): about two grey levels
+#: spec fields recorded beside the labels but left out of the cache key (a model's name may change)
+UNKEYED = ("model",)
 
 
-@dataclass
-class LabelSet:
-    """Cached features and reference maps of ``n`` samples (row ``i`` = ``ids[i]``)."""
+def label_spec(vlm, task, reference, seed: int, max_new_tokens: int, noise_std: float | None,
+               dtype: torch.dtype | None = None) -> dict[str, Any]:  # fmt: skip
+    """Everything the labels depend on (its hash is the cache key), and the model's identity."""
+    from xbench.fastrm.proxy import model_identity
 
-    ids: list[str]
-    patches: torch.Tensor  # [n, N, d] float32
-    queries: torch.Tensor  # [sum K_i, d] float32
-    offsets: torch.Tensor  # [n + 1] int64: sample i's queries are queries[offsets[i]:offsets[i+1]]
-    maps: np.ndarray  # [n, h, w] float32 reference maps
-    correct: np.ndarray  # [n] float32 answer score (1 = right)
-    meta: list[dict[str, Any]]
-    perturbed: np.ndarray | None = None  # [n, h, w] reference maps under pixel noise
-    spec: dict[str, Any] = field(default_factory=dict)
-    positions: list[int] = field(default_factory=list)  # each row's place in the task's seeded order
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    @property
-    def grid(self) -> tuple[int, int]:
-        return tuple(self.maps.shape[1:])
-
-    def targets(self, tau: float = DEFAULT_TAU) -> np.ndarray:
-        """``[n, N]`` booleans: the reference maps binarised at ``tau`` (:func:`xbench.maps.binarise_each`)."""
-        return binarise_each(self.maps, tau, LABEL_DTYPE)
-
-    def batch(self, idx: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(patches [B, N, d], queries [B, K, d], mask [B, K])`` for rows ``idx``."""
-        from xbench.fastrm.proxy import pad_queries
-
-        idx = [int(i) for i in idx]
-        qs = [self.queries[self.offsets[i] : self.offsets[i + 1]] for i in idx]
-        return (self.patches[idx],) + pad_queries(qs)
-
-    def subset(self, idx: Sequence[int]) -> "LabelSet":
-        idx = [int(i) for i in idx]
-        qs = [self.queries[self.offsets[i] : self.offsets[i + 1]] for i in idx]
-        lengths = torch.tensor([0] + [len(q) for q in qs])
-        return LabelSet(
-            ids=[self.ids[i] for i in idx],
-            patches=self.patches[idx],
-            queries=torch.cat(qs) if qs else self.queries[:0],
-            offsets=lengths.cumsum(0),
-            maps=self.maps[idx],
-            correct=self.correct[idx],
-            meta=[self.meta[i] for i in idx],
-            perturbed=None if self.perturbed is None else self.perturbed[idx],
-            spec=self.spec,
-            positions=[self.positions[i] for i in idx] if self.positions else [],
-        )
-
-    def where(self, key: str, values: Sequence[str]) -> "LabelSet":
-        """The rows whose ``meta[key]`` is one of ``values``."""
-        values = set(values)
-        return self.subset([i for i, m in enumerate(self.meta) if m.get(key) in values])
-
-    @classmethod
-    def concat(cls, parts: Sequence["LabelSet"]) -> "LabelSet":
-        parts = [p for p in parts if len(p)]
-        if not parts:
-            raise DataError("no labelled samples")
-        offsets = [parts[0].offsets]
-        for p in parts[1:]:
-            offsets.append(p.offsets[1:] + offsets[-1][-1])
-        perturbed = None if any(p.perturbed is None for p in parts) else np.concatenate([p.perturbed for p in parts])
-        return cls(
-            ids=[i for p in parts for i in p.ids],
-            patches=torch.cat([p.patches for p in parts]),
-            queries=torch.cat([p.queries for p in parts]),
-            offsets=torch.cat(offsets),
-            maps=np.concatenate([p.maps for p in parts]),
-            correct=np.concatenate([p.correct for p in parts]),
-            meta=[m for p in parts for m in p.meta],
-            perturbed=perturbed,
-            spec=parts[0].spec,
-            positions=[q for p in parts for q in p.positions] if all(p.positions for p in parts) else [],
-        )
-
-
-# --------------------------------------------------------------------------- cache
-
-
-def label_spec(vlm, task, reference, seed: int, max_new_tokens: int, noise_std: float | None) -> dict[str, Any]:
-    """Everything the labels depend on (its hash is the cache key)."""
     return {
         "version": LABELS_VERSION,
         "model_hash": vlm.model_hash,
@@ -134,15 +65,18 @@ def label_spec(vlm, task, reference, seed: int, max_new_tokens: int, noise_std: 
         "reference_params": reference.params,
         "max_new_tokens": max_new_tokens,
         "noise_std": noise_std,
+        "store_dtype": dtype_name(dtype if dtype is not None else store_dtype(None, vlm.dtype)),
+        "model": model_identity(vlm),
     }
 
 
 def spec_key(spec: dict) -> str:
-    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    keyed = {k: v for k, v in spec.items() if k not in UNKEYED}
+    return hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 class LabelCache:
-    """One cache directory: ``spec.json``, ``chunk-NNNNN.safetensors`` / ``.json`` pairs, and
+    """One store directory: ``spec.json``, ``shard-NNNNN.safetensors`` / ``.json`` pairs, and
     ``end.json`` once the task ran out of samples (only for tasks with a data hash, whose samples
     cannot change under the same key)."""
 
@@ -150,13 +84,17 @@ class LabelCache:
         self.spec = spec
         self.dir = Path(root) / "labels" / spec_key(spec)
 
-    def chunks(self) -> list[Path]:
-        return sorted(self.dir.glob("chunk-*.json"))
+    @property
+    def remedy(self) -> str:
+        return f"; delete {self.dir}"
+
+    def shard_paths(self) -> list[Path]:
+        return sorted(self.dir.glob("shard-*.json"))
 
     def consumed(self) -> int:
-        """How many positions of the task's seeded order the cache covers."""
-        chunks = self.chunks()
-        return json.loads(chunks[-1].read_text())["end"] if chunks else 0
+        """How many positions of the task's seeded order the store covers."""
+        paths = self.shard_paths()
+        return FileShard(paths[-1], self.remedy).info["end"] if paths else 0
 
     def ended(self) -> int | None:
         """The task's sample count when an earlier call ran out of samples (else None)."""
@@ -166,7 +104,7 @@ class LabelCache:
         try:
             return int(json.loads(path.read_text())["samples"])
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise DataError(f"FastRM label cache file {path} is unreadable ({exc}); delete {self.dir}") from None
+            raise DataError(f"FastRM label cache file {path} is unreadable ({exc}){self.remedy}") from None
 
     def mark_end(self, samples: int) -> None:
         if self.spec.get("data_hash") is None:
@@ -177,87 +115,23 @@ class LabelCache:
         os.replace(tmp, self.dir / "end.json")
 
     def read(self, n: int) -> LabelSet | None:
-        from safetensors import SafetensorError
-        from safetensors.numpy import load_file
-
-        parts = []
-        for meta_path in self.chunks():
-            try:
-                info = json.loads(meta_path.read_text())
-                arrays = load_file(str(meta_path.with_suffix(".safetensors")))
-            except (OSError, ValueError, SafetensorError) as exc:
-                raise DataError(
-                    f"FastRM label cache chunk {meta_path} is unreadable ({exc}); delete {self.dir}"
-                ) from None
-            part = _chunk_to_set(arrays, info, self.spec)
-            keep = [i for i, pos in enumerate(info["positions"]) if pos < n]
-            parts.append(part.subset(keep) if len(keep) < len(part) else part)
-            if info["end"] >= n:
+        """The stored samples of the first ``n`` task positions (None when there is none)."""
+        shards, refs = [], []
+        for path in self.shard_paths():
+            shard = FileShard(path, self.remedy)
+            keep = [i for i, pos in enumerate(shard.info["positions"]) if pos < n]
+            if keep:
+                refs.extend((len(shards), i) for i in keep)
+                shards.append(shard)
+            if shard.info["end"] >= n:
                 break
-        parts = [p for p in parts if len(p)]
-        return LabelSet.concat(parts) if parts else None
+        return LabelSet(shards, refs, self.spec) if refs else None
 
-    def write(self, index: int, start: int, end: int, rows: list[dict], skipped: list[dict]) -> None:
-        from safetensors.numpy import save_file
-
+    def writer(self, dtype: torch.dtype, shard_bytes: int = DEFAULT_SHARD_BYTES) -> ShardWriter:
+        """A writer appending shards after the stored ones."""
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "spec.json").write_text(json.dumps(self.spec, indent=2, sort_keys=True, default=str))
-        base = self.dir / f"chunk-{index:05d}"
-        arrays = {}
-        if rows:
-            arrays = {
-                "patches": np.stack([r["patches"] for r in rows]).astype(np.float32),
-                "queries": np.concatenate([r["queries"] for r in rows]).astype(np.float32),
-                "lengths": np.array([len(r["queries"]) for r in rows], dtype=np.int64),
-                "maps": np.stack([r["map"] for r in rows]).astype(np.float32),
-                "correct": np.array([r["correct"] for r in rows], dtype=np.float32),
-            }
-            if all(r.get("perturbed") is not None for r in rows):
-                arrays["perturbed"] = np.stack([r["perturbed"] for r in rows]).astype(np.float32)
-        tmp = base.with_name(base.name + f".{os.getpid()}.tmp")
-        save_file(arrays, str(tmp))
-        os.replace(tmp, base.with_suffix(".safetensors"))
-        info = {
-            "start": start,
-            "end": end,
-            "ids": [r["id"] for r in rows],
-            "positions": [r["position"] for r in rows],
-            "meta": [r["meta"] for r in rows],
-            "skipped": skipped,
-            # reductions split across threads round differently: maps made with another thread
-            # count differ by ~1e-8, enough for training to end at different weights
-            "torch_threads": torch.get_num_threads(),
-        }
-        base.with_suffix(".json").write_text(json.dumps(info, default=str))  # written last: marks the chunk done
-
-
-def _chunk_to_set(arrays: dict, info: dict, spec: dict) -> LabelSet:
-    if not info["ids"]:
-        empty = torch.zeros(0)
-        return LabelSet(
-            [],
-            empty,
-            empty,
-            torch.zeros(1, dtype=torch.long),
-            np.zeros((0, 1, 1), np.float32),
-            np.zeros(0, np.float32),
-            [],
-            None,
-            spec,
-        )
-    lengths = torch.from_numpy(arrays["lengths"])
-    return LabelSet(
-        ids=list(info["ids"]),
-        patches=torch.from_numpy(arrays["patches"]),
-        queries=torch.from_numpy(arrays["queries"]),
-        offsets=torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)]),
-        maps=arrays["maps"],
-        correct=arrays["correct"],
-        meta=list(info["meta"]),
-        perturbed=arrays.get("perturbed"),
-        spec=spec,
-        positions=list(info["positions"]),
-    )
+        return ShardWriter(self.dir, dtype, len(self.shard_paths()), self.consumed(), shard_bytes)
 
 
 # --------------------------------------------------------------------------- computing labels
@@ -265,13 +139,21 @@ def _chunk_to_set(arrays: dict, info: dict, spec: dict) -> LabelSet:
 
 def perturb(gen: Generation, noise_std: float, seed: int, image_std: Sequence[float] | None) -> Generation:
     """A copy of ``gen`` whose pixel values carry seeded Gaussian noise of ``noise_std``
-    image-intensity units (converted by the processor's per-channel ``image_std``)."""
+    image-intensity units (converted by the processor's per-channel ``image_std``). Pixel values
+    must be channel-first images ``[..., C, H, W]`` (one image, crops or tiles); flat patch
+    layouts (Qwen2-VL) are a ParameterError."""
     pv = gen.pixel_values
+    if pv is None or pv.ndim < 4 or (image_std is not None and pv.shape[-3] != len(image_std)):
+        raise ParameterError(
+            f"the noise ceiling (--noise-std) adds per-channel pixel noise to channel-first images "
+            f"[..., C, H, W]; sample {gen.sample_id!r} has pixel values of shape "
+            f"{None if pv is None else tuple(pv.shape)}: pass --noise-std 0 for this model"
+        )
     digest = hashlib.sha256(f"{seed}:{gen.sample_id}".encode()).digest()
     g = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
     noise = torch.randn(pv.shape, generator=g, dtype=torch.float32)
-    std = torch.tensor(image_std if image_std is not None else [1.0] * pv.shape[1], dtype=torch.float32)
-    noise = noise * (noise_std / std).view(1, -1, 1, 1)
+    std = torch.tensor(image_std if image_std is not None else [1.0] * pv.shape[-3], dtype=torch.float32)
+    noise = noise * (noise_std / std).view(-1, 1, 1)  # per channel of [..., C, H, W] (crops, tiles)
     return dataclasses.replace(gen, pixel_values=(pv.float() + noise.to(pv.device)).to(pv.dtype), hidden_states=None)
 
 
@@ -279,6 +161,109 @@ def _answer_score(task, sample: Sample, text: str) -> float:
     scores = task.score(sample, text)
     value = scores.get("accuracy", next(iter(scores.values()), 0.0))
     return float(value)
+
+
+@dataclasses.dataclass
+class _Labeller:
+    """How rows are made: the model, task, reference and their settings (one per call)."""
+
+    vlm: Any
+    task: Any
+    reference: Any
+    seed: int
+    batch_size: int
+    noise_std: float | None
+    max_new_tokens: int
+    dtype: torch.dtype
+
+    def batches(self, start: int, n: int, bar) -> Iterator[tuple[list[Row], list[dict], int, bool]]:
+        """``(rows, skipped, end, exhausted)`` per batch of task positions ``start .. n``
+        (``exhausted``: the task had no more samples than those)."""
+        stream = islice(self.task.samples(limit=n, seed=self.seed), start, None)
+        keep = frozenset(set(self.reference.needs) | {"hidden_states"})
+        pos = start
+        while pos < n:
+            wanted = min(self.batch_size, n - pos)
+            block = list(islice(stream, wanted))
+            rows, skipped = self._label(block, pos, keep) if block else ([], [])
+            pos += len(block)
+            bar.update(len(block))
+            yield rows, skipped, pos, len(block) < wanted
+            if len(block) < wanted:
+                return
+
+    def _label(self, block, start: int, keep) -> tuple[list[Row], list[dict]]:
+        """Rows of ``block`` (task positions from ``start``) through the one generate -> explain
+        path (:func:`xbench.pipeline.generate_explain`); a sample that fails anywhere is skipped
+        with its error."""
+        from xbench.batching import call_splitting, describe
+        from xbench.pipeline import generate_explain
+
+        outcomes = generate_explain(self.vlm, self.task, self.reference, block, self.max_new_tokens, keep)
+        noisy: dict[int, Any] = {}
+        if self.noise_std:
+            image_std = self.vlm.image_std
+
+            def explain_noisy(items):
+                gens = [perturb(o.generation, self.noise_std, self.seed, image_std) for o in items]
+                return self.reference.explain(self.vlm, gens)
+
+            ready = [o for o in outcomes if o.ok]
+            if ready:  # a pixel layout the noise cannot be added to fails the command, not each sample
+                perturb(ready[0].generation, self.noise_std, self.seed, image_std)
+            for o, result, _cost in call_splitting(explain_noisy, ready, self.vlm.device):
+                noisy[id(o)] = result
+        rows: list[Row] = []
+        skipped: list[dict] = []
+        for position, o in enumerate(outcomes, start=start):
+            error = o.error if not o.ok else None
+            if error is None and isinstance(noisy.get(id(o)), Exception):
+                error = describe(noisy[id(o)])
+            if error is None:
+                try:
+                    rows.append(self._row(o, position, noisy.get(id(o))))
+                except DataError as exc:  # a map that does not fit the image tokens: this sample's problem
+                    error = str(exc)
+            if error is not None:
+                skipped.append({"id": o.sample.id, "error": error})
+            if o.ok:
+                o.sample.image = None  # free the decoded image
+        return rows, skipped
+
+    def _row(self, o, position: int, noisy) -> Row:
+        sample, gen = o.sample, o.generation
+        meta = {**{k: v for k, v in sample.meta.items() if isinstance(v, (str, int, float, bool))}, "answer": gen.text}
+        score = _answer_score(self.task, sample, gen.text)
+        return make_row(gen, o.rmap, sample.id, position, score, meta, self.dtype, noisy)
+
+
+def make_row(gen: Generation, rmap, sample_id: str, position: int, correct: float, meta: dict, dtype: torch.dtype,
+             noisy=None) -> Row:  # fmt: skip
+    """The stored :class:`Row` of one explained generation: its image tokens' and query
+    positions' states cut and cast to ``dtype`` where they are (the model's device), then moved
+    to the CPU; the reference map ``rmap`` (and ``noisy``, its perturbed twin) flattened with its
+    shape. A map without one value per image token is a DataError naming the sample."""
+    hs = gen.hidden_states
+    grid = np.asarray(rmap.grid, dtype=np.float32)
+    row = Row(
+        id=sample_id,
+        position=position,
+        patches=hs[list(gen.image_positions)].to(dtype).cpu(),
+        queries=hs[list(gen.query_positions)].to(dtype).cpu(),
+        map=grid.reshape(-1),
+        map_shape=tuple(grid.shape),
+        correct=correct,
+        meta=meta,
+        perturbed=None if noisy is None else np.asarray(noisy.grid, dtype=np.float32).reshape(-1),
+    )
+    row.check()
+    return row
+
+
+def _labeller(vlm, task, reference, seed, batch_size, noise_std, max_new_tokens, dtype: str | None) -> _Labeller:
+    """The labeller of one call; ``dtype`` a :data:`~xbench.fastrm.store.STORE_DTYPES` name (None: the model's)."""
+    return _Labeller(vlm, task, reference, seed, batch_size, noise_std, max_new_tokens or task.max_new_tokens,
+                     store_dtype(dtype, vlm.dtype))  # fmt: skip
 
 
 def build_labels(
@@ -292,39 +277,29 @@ def build_labels(
     batch_size: int = 16,
     noise_std: float | None = None,
     max_new_tokens: int | None = None,
-    chunk_size: int = 512,
+    store_dtype: str | None = None,
+    shard_bytes: int = DEFAULT_SHARD_BYTES,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
 ) -> LabelSet:
-    """Labels of the first ``n`` samples of ``task`` (seeded order), from the cache when present."""
+    """Labels of the first ``n`` samples of ``task`` (seeded order), from the store when present;
+    missing ones are labelled and written shard by shard."""
     from tqdm.auto import tqdm
 
-    max_new_tokens = max_new_tokens or task.max_new_tokens
-    spec = label_spec(vlm, task, reference, seed, max_new_tokens, noise_std)
-    cache = LabelCache(cache_root, spec)
+    lab = _labeller(vlm, task, reference, seed, batch_size, noise_std, max_new_tokens, store_dtype)
+    cache = LabelCache(cache_root, label_spec(vlm, task, reference, seed, lab.max_new_tokens, noise_std, lab.dtype))
     done, ended = cache.consumed(), cache.ended()
     if done < n and (ended is None or done < ended):
-        keep = frozenset(set(reference.needs) | {"hidden_states"})
-        image_std = vlm.image_std
-        index = len(cache.chunks())
         if log:
             log(f"labelling {n - done} {task.name}/{task.split} samples with {reference.label} -> {cache.dir}")
-        stream = islice(task.samples(limit=n, seed=seed), done, None)
+        writer = cache.writer(lab.dtype, shard_bytes)
         bar = tqdm(total=n - done, desc=f"labels {task.split}", unit="sample", disable=not progress, leave=False)
-        pos = done
-        while pos < n:
-            block = list(islice(stream, min(chunk_size, n - pos)))
-            if not block:
-                cache.mark_end(pos)  # the task has fewer samples than asked: later calls need not look again
-                break
-            rows, skipped = _label_block(vlm, task, reference, block, pos, keep, max_new_tokens, batch_size,
-                                         noise_std, seed, image_std, bar)  # fmt: skip
-            cache.write(index, pos, pos + len(block), rows, skipped)
-            index += 1
-            pos += len(block)
-            if len(block) < chunk_size and pos < n:
-                cache.mark_end(pos)  # the task has fewer samples than asked
-                break
+        for rows, skipped, end, exhausted in lab.batches(done, n, bar):
+            writer.add(rows, skipped, end)
+            if exhausted:  # the task has fewer samples than asked: later calls need not look again
+                writer.close()
+                cache.mark_end(end)
+        writer.close()
         bar.close()
     labels = cache.read(n)
     if labels is None:
@@ -332,53 +307,21 @@ def build_labels(
     return labels
 
 
-def _label_block(vlm, task, reference, block, start, keep, max_new_tokens, batch_size, noise_std, seed,
-                 image_std, bar):  # fmt: skip
-    """Label rows of ``block`` (task positions from ``start``) through the one generate -> explain
-    path (:func:`xbench.pipeline.generate_explain`); a sample that fails anywhere is skipped with its error."""
-    from xbench.batching import call_splitting, describe
-    from xbench.pipeline import generate_explain
+def label_rows(vlm, task, reference, n: int, *, seed: int = 0, batch_size: int = 16, noise_std: float | None = None,
+               max_new_tokens: int | None = None, store_dtype: str | None = None,
+               progress: bool = True) -> Iterator[Row]:  # fmt: skip
+    """The rows :func:`build_labels` would store for the first ``n`` samples, made as they are
+    read and never written (``--online``); skipped samples are left out as there."""
+    from tqdm.auto import tqdm
 
-    rows: list[dict] = []
-    skipped: list[dict] = []
-    for b in range(0, len(block), batch_size):
-        chunk = block[b : b + batch_size]
-        outcomes = generate_explain(vlm, task, reference, chunk, max_new_tokens, keep)
-        explained = [o for o in outcomes if o.ok]
-        noisy: dict[int, Any] = {}
-        if noise_std:
-
-            def explain_noisy(items):
-                return reference.explain(vlm, [perturb(o.generation, noise_std, seed, image_std) for o in items])
-
-            for o, result, _cost in call_splitting(explain_noisy, explained, vlm.device):
-                noisy[id(o)] = result
-        for position, o in enumerate(outcomes, start=start + b):
-            error = o.error if not o.ok else None
-            if error is None and isinstance(noisy.get(id(o)), Exception):
-                error = describe(noisy[id(o)])
-            if error is not None:
-                skipped.append({"id": o.sample.id, "error": error})
-                continue
-            rows.append(_label_row(task, o, position, noisy.get(id(o))))
-            o.sample.image = None  # free the decoded image
-        bar.update(len(chunk))
-    return rows, skipped
+    lab = _labeller(vlm, task, reference, seed, batch_size, noise_std, max_new_tokens, store_dtype)
+    bar = tqdm(total=n, desc=f"labels {task.split} (online)", unit="sample", disable=not progress, leave=False)
+    for rows, _skipped, _end, _exhausted in lab.batches(0, n, bar):
+        yield from rows
+    bar.close()
 
 
-def _label_row(task, o, position: int, noisy) -> dict:
-    gen, sample = o.generation, o.sample
-    hs = gen.hidden_states.float().cpu()
-    return {
-        "id": sample.id,
-        "position": position,
-        "patches": hs[gen.image_positions].numpy(),
-        "queries": hs[gen.query_positions].numpy(),
-        "map": np.asarray(o.rmap.grid, dtype=np.float32),
-        "perturbed": None if noisy is None else np.asarray(noisy.grid, dtype=np.float32),
-        "correct": _answer_score(task, sample, gen.text),
-        "meta": {
-            **{k: v for k, v in sample.meta.items() if isinstance(v, (str, int, float, bool))},
-            "answer": gen.text,
-        },
-    }
+def online_spec(vlm, task, reference, seed, max_new_tokens, dtype: str | None) -> dict:
+    """The spec of labels made online (what the stored ones would record)."""
+    lab = _labeller(vlm, task, reference, seed, 1, None, max_new_tokens, dtype)
+    return {**label_spec(vlm, task, reference, seed, lab.max_new_tokens, None, lab.dtype), "online": True}

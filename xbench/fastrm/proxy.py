@@ -2,9 +2,11 @@
 
 A proxy directory holds ``proxy.safetensors`` (the weights) and ``proxy.json`` (the head,
 its parameters, the patch grid, the decision threshold and the VLM it was trained for:
-id, hidden size, config hash, model hash). Loading checks every file and names the one
-at fault; :meth:`FastRMProxy.check_compatible` refuses a model other than the one the
-proxy was trained for.
+id, hidden size, config hash, model hash). The grid is the map shape every training sample
+had (``(h, w)`` or ``(N,)``), or null when their grids differed (only a head without
+position embeddings trains then); a proxy's maps always take each generation's own grid.
+Loading checks every file and names the one at fault; :meth:`FastRMProxy.check_compatible`
+refuses a model other than the one the proxy was trained for.
 """
 
 from __future__ import annotations
@@ -49,12 +51,13 @@ def model_identity(vlm) -> dict[str, Any]:
     }
 
 
-def features(generations: Sequence) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """``(patches [B, N, d], queries [B, K, d], query_mask [B, K] or None)`` from generations' kept states.
+def features(generations: Sequence) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """``(patches [B, N, d], queries [B, K, d], query_mask [B, K] or None, patch_mask [B, N] or None)``
+    from generations' kept states.
 
-    Patches are the image tokens' states; queries the states at the answer tokens' query
-    positions, zero-padded to the longest answer with a mask (None when every answer has
-    the same length). Raises :class:`ProxyError` when the hidden states were not kept.
+    Patches are the image tokens' states, queries the states at the answer tokens' query
+    positions, each zero-padded to the longest with a mask (None when every generation has
+    the same count). Raises :class:`ProxyError` when the hidden states were not kept.
     """
     patches, queries = [], []
     for gen in generations:
@@ -66,9 +69,8 @@ def features(generations: Sequence) -> tuple[torch.Tensor, torch.Tensor, torch.T
             )
         patches.append(hs[_index(gen.image_positions)])
         queries.append(hs[_index(gen.query_positions)])
-    if len({q.shape[0] for q in queries}) == 1:
-        return torch.stack(patches), torch.stack(queries), None
-    return (torch.stack(patches),) + pad_queries(queries)
+    (patches, patch_mask), (queries, query_mask) = pad_stack(patches), pad_stack(queries)
+    return patches, queries, query_mask, patch_mask
 
 
 def _index(positions: Sequence[int]):
@@ -78,8 +80,16 @@ def _index(positions: Sequence[int]):
     return list(positions)
 
 
+def pad_stack(tensors: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Stack ``[L_i, d]`` tensors into ``[B, L, d]``: as they are when every ``L_i`` is the same
+    (mask None), else zero-padded with a boolean mask ``[B, L]`` (:func:`pad_queries`)."""
+    if len({t.shape[0] for t in tensors}) == 1:
+        return torch.stack(list(tensors)), None
+    return pad_queries(tensors)
+
+
 def pad_queries(queries: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack ``[K_i, d]`` query states into ``[B, K, d]`` with a boolean mask ``[B, K]``."""
+    """Stack ``[K_i, d]`` states into ``[B, K, d]`` with a boolean mask ``[B, K]`` (always)."""
     k_max = max(q.shape[0] for q in queries)
     out = queries[0].new_zeros(len(queries), k_max, queries[0].shape[-1])
     mask = torch.zeros(len(queries), k_max, dtype=torch.bool, device=out.device)
@@ -107,12 +117,17 @@ def single_cpu_thread(device):
         torch.set_num_threads(before)
 
 
-def entropy_confidence(probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def entropy_confidence(probs: np.ndarray, patch_mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``(entropy [n], confidence [n])`` of maps ``[n, N]``: the entropy in nats of each map
     normalised to a distribution over its patches (:func:`xbench.maps.entropy_each` times
-    ``log(N)``) and ``confidence = 1 - entropy / log(N)`` (1: all mass on one patch, 0: uniform)."""
-    normalised = entropy_each(probs)
-    return normalised * np.log(np.asarray(probs).shape[-1]), 1.0 - normalised
+    ``log(N)``) and ``confidence = 1 - entropy / log(N)`` (1: all mass on one patch, 0: uniform).
+    With ``patch_mask [n, N]`` each map counts only its real patches."""
+    probs = np.asarray(probs)
+    if patch_mask is None or patch_mask.all():
+        normalised = entropy_each(probs)
+        return normalised * np.log(probs.shape[-1]), 1.0 - normalised
+    normalised = np.array([entropy_each(p[m][None])[0] for p, m in zip(probs, patch_mask)])
+    return normalised * np.log(patch_mask.sum(axis=1)), 1.0 - normalised
 
 
 class FastRMProxy(nn.Module):
@@ -122,7 +137,7 @@ class FastRMProxy(nn.Module):
         self,
         head: str,
         hidden_size: int,
-        grid: Sequence[int],
+        grid: Sequence[int] | None,
         head_params: dict | None = None,
         model: dict | None = None,
         decision_threshold: float = 0.5,
@@ -131,9 +146,10 @@ class FastRMProxy(nn.Module):
         super().__init__()
         if head not in HEADS:
             raise ProxyError(HEADS.unknown_message(head))
-        self.grid = (int(grid[0]), int(grid[1]))
+        self.grid = None if grid is None else tuple(int(g) for g in grid)
+        n_patches = None if self.grid is None else int(np.prod(self.grid))
         try:
-            self.head = HEADS.get(head)(int(hidden_size), self.grid[0] * self.grid[1], **(head_params or {}))
+            self.head = HEADS.get(head)(int(hidden_size), n_patches, **(head_params or {}))
         except ParameterError as exc:
             raise ProxyError(f"FastRM {head!r} head: {exc}") from None
         self.head_name = head
@@ -144,13 +160,14 @@ class FastRMProxy(nn.Module):
         self.source: str | None = None  # the directory it was loaded from
 
     # ------------------------------------------------------------------ prediction
-    def token_logits(self, patches, queries) -> torch.Tensor:
+    def token_logits(self, patches, queries, patch_mask=None) -> torch.Tensor:
         """Logits ``[B, K, N]`` per answer token (differentiable: training and scoring)."""
-        return self.head(patches, queries)
+        return self.head(patches, queries, patch_mask)
 
-    def forward(self, patches, queries, query_mask=None) -> torch.Tensor:
-        """Per-patch logits ``[B, N]``: the per-token logits averaged over each sample's answer tokens."""
-        return self.combine(self.token_logits(patches, queries), query_mask)
+    def forward(self, patches, queries, query_mask=None, patch_mask=None) -> torch.Tensor:
+        """Per-patch logits ``[B, N]``: the per-token logits averaged over each sample's answer
+        tokens (0 at padded patches)."""
+        return self.combine(self.token_logits(patches, queries, patch_mask), query_mask)
 
     @staticmethod
     def combine(token_logits: torch.Tensor, query_mask: torch.Tensor | None) -> torch.Tensor:
@@ -160,21 +177,24 @@ class FastRMProxy(nn.Module):
         w = query_mask.to(token_logits.dtype).unsqueeze(-1)
         return (token_logits * w).sum(dim=1) / w.sum(dim=1).clamp_min(1.0)
 
-    def predict(self, generations: Sequence) -> dict[str, np.ndarray]:
-        """Maps for generations: ``map [B, h, w]`` (sigmoid probabilities), ``per_token [B, K, h, w]``
-        (K: the longest answer), ``entropy [B]``, ``confidence [B]``.
+    def predict(self, generations: Sequence) -> dict[str, Any]:
+        """Maps for generations: ``map`` (sigmoid probabilities, ``[B, *grid]``), ``per_token``
+        (``[B, K, *grid]``, K: the longest answer), ``entropy [B]``, ``confidence [B]``. When the
+        generations' grids differ, ``map`` and ``per_token`` are lists, one array per generation
+        on its own grid.
 
         Kept lean (it is the whole cost of a FastRM map): one conversion to numpy, the
         sigmoid and entropy in numpy.
         """
         param = self.head.bias
         with torch.inference_mode(), single_cpu_thread(param.device):
-            patches, queries, mask = features(generations)
-            self.check_states(patches)
+            patches, queries, mask, patch_mask = features(generations)
+            self.check_states(patches, generations)
             if patches.dtype != param.dtype or patches.device != param.device:
                 patches, queries = patches.to(param), queries.to(param)
                 mask = None if mask is None else mask.to(param.device)
-            token_logits = self.head.infer(patches, queries)
+                patch_mask = None if patch_mask is None else patch_mask.to(param.device)
+            token_logits = self.head.infer(patches, queries, patch_mask)
             if token_logits.shape[1] == 1:  # one answer token: its map is the map
                 both = token_logits.float().cpu().numpy()
             else:
@@ -185,27 +205,36 @@ class FastRMProxy(nn.Module):
                     .numpy()
                 )
         probs = 1.0 / (1.0 + np.exp(-both))
-        entropy, confidence = entropy_confidence(probs[:, 0])
-        h, w = self.grid
-        return {
-            "map": probs[:, 0].reshape(-1, h, w),
-            "per_token": (probs if probs.shape[1] == 1 else probs[:, 1:]).reshape(len(generations), -1, h, w),
-            "entropy": entropy,
-            "confidence": confidence,
-        }
+        pm = None if patch_mask is None else patch_mask.cpu().numpy()
+        entropy, confidence = entropy_confidence(probs[:, 0], pm)
+        per_token = probs if probs.shape[1] == 1 else probs[:, 1:]
+        grids = [tuple(g.grid) for g in generations]
+        if pm is None and len(set(grids)) == 1:
+            maps = probs[:, 0].reshape(len(generations), *grids[0])
+            per_token = per_token.reshape(len(generations), -1, *grids[0])
+        else:
+            n = [int(np.prod(g)) for g in grids]
+            maps = [probs[i, 0, : n[i]].reshape(g) for i, g in enumerate(grids)]
+            per_token = [per_token[i, :, : n[i]].reshape(-1, *g) for i, g in enumerate(grids)]
+        return {"map": maps, "per_token": per_token, "entropy": entropy, "confidence": confidence}
 
     # ------------------------------------------------------------------ checks
-    def check_states(self, patches: torch.Tensor) -> None:
+    def check_states(self, patches: torch.Tensor, generations: Sequence = ()) -> None:
+        """The states must have the proxy's hidden size; a head with position embeddings reads
+        only its own grid (a :class:`~xbench.errors.ParameterError` otherwise)."""
         if patches.shape[-1] != self.hidden_size:
             raise ProxyError(
                 f"FastRM proxy for model {self.model_info.get('id')!r} expects hidden size {self.hidden_size}, "
                 f"but the model's hidden states have size {patches.shape[-1]}"
             )
-        if patches.shape[1] != self.grid[0] * self.grid[1]:
-            raise ProxyError(
-                f"FastRM proxy expects a {self.grid[0]}x{self.grid[1]} patch grid, "
-                f"the model gave {patches.shape[1]} patches"
-            )
+        if self.head.positional:
+            other = sorted({tuple(g.grid) for g in generations} - {self.grid})
+            if other:
+                raise ParameterError(
+                    f"FastRM {self.head_name!r} proxy has position embeddings for the {self.grid} grid it was "
+                    f"trained on; generation(s) have grid(s) {other[:3]}. Train a proxy for this layout, or use "
+                    "the attention head with pos=false, which reads any grid"
+                )
 
     def check_compatible(self, vlm, where: str = "") -> None:
         """Raise :class:`ProxyError` unless ``vlm`` is the model this proxy was trained for, or the
@@ -234,7 +263,7 @@ class FastRMProxy(nn.Module):
             "head": self.head_name,
             "head_params": self.head.params,
             "hidden_size": self.hidden_size,
-            "grid": list(self.grid),
+            "grid": None if self.grid is None else list(self.grid),
             "decision_threshold": self.decision_threshold,
             "model": self.model_info,
             "info": self.info,

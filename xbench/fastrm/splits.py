@@ -60,12 +60,15 @@ def log_stderr(msg: str) -> None:
 
 @dataclass
 class LabelSettings:
-    """How labels are made: batch size, answer length, progress bar, log."""
+    """How labels are made: batch size, answer length, progress bar, log, store dtype (None: the
+    model's) and shard size (:func:`xbench.fastrm.labels.build_labels`)."""
 
     batch_size: int = 16
     max_new_tokens: int | None = None
     progress: bool = True
     log: Callable[[str], None] = log_stderr
+    store_dtype: str | None = None
+    shard_bytes: int = 256 * 2**20
 
 
 class FastRMData:
@@ -112,6 +115,8 @@ class FastRMData:
             batch_size=st.batch_size,
             noise_std=self.plan.noise_std if noise else None,
             max_new_tokens=st.max_new_tokens,
+            store_dtype=st.store_dtype,
+            shard_bytes=st.shard_bytes,
             progress=st.progress,
             log=st.log,
         )
