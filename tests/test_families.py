@@ -21,13 +21,6 @@ _REGISTRIES = build().registries
 FAMILY_MODELS = sorted(n for n in _REGISTRIES.models.names() if n.startswith("tiny-random-"))
 METHODS = sorted(_REGISTRIES.methods.names())
 N = 4
-#: family model -> why no FastRM proxy could be installed for it (its fastrm tests are skipped with that reason)
-NO_PROXY: dict[str, str] = {}
-
-
-def skip_without_proxy(model: str, method_name: str) -> None:
-    if method_name == "fastrm" and model in NO_PROXY:
-        pytest.skip(f"no FastRM proxy for {model}: {NO_PROXY[model]}")
 
 
 def module_hooks(model) -> dict:
@@ -55,11 +48,7 @@ def family(request, plugins):
     samples = list(task.samples(limit=N, seed=0))
     prompts = [task.prompt(s) for s in samples]
     # fixed-grid proxies for the grid of these samples' images (some families' grids vary per image)
-    grid = vlm.generate(samples[:1], prompts[:1], 1)[0].grid
-    if len(grid) == 2:
-        install_random_proxies_for(vlm, grid=grid)
-    else:  # maps over several grids are (N,): FastRM's fixed-grid heads take one (h, w) grid
-        NO_PROXY[name] = f"its maps have shape {grid}, and FastRM's fixed-grid heads take one (h, w) grid"
+    install_random_proxies_for(vlm, grid=vlm.generate(samples[:1], prompts[:1], 1)[0].grid)
     return name, vlm, samples, prompts
 
 
@@ -155,8 +144,7 @@ def test_gradient_relevancy_equals_a_plain_implementation(family, batched):
 
 @pytest.mark.parametrize("method_name", METHODS)
 def test_method_contract(plugins, family, batched, singles, method_name):
-    name, vlm, _, _ = family
-    skip_without_proxy(name, method_name)
+    _, vlm, _, _ = family
     method = plugins.registries.methods.get(method_name)()
     method.check(vlm)
     hooks = module_hooks(vlm.model)
@@ -175,7 +163,6 @@ def test_a_run_of_four_samples_has_no_error_record(plugins, family, tmp_path, me
     from xbench.records import read_records
     from xbench.runner import RunConfig, run
 
-    skip_without_proxy(family[0], method_name)
     config = RunConfig(method=method_name, model=family[0], limit=N, batch_size=2, out=tmp_path / "run", warmup=0,
                        progress=False, device="cpu")
     summary = run(config, plugins)
