@@ -302,6 +302,30 @@ class VLM:
         total = (pv * used).sum(dim=axes, keepdim=True)
         return total / used.sum(dim=axes, keepdim=True).clamp(min=1)
 
+    def pixel_channels(self, generation: Generation) -> "torch.Tensor":
+        """Long tensor broadcastable to ``generation.pixel_values`` (same ndim): the colour channel
+        of each element (default: the index along :attr:`pixel_channel_dim`)."""
+        import torch
+
+        pv, dim = generation.pixel_values, self.pixel_channel_dim
+        if dim is None:
+            raise self._cannot("tell the colour channel of its pixel values")
+        shape = [1] * pv.ndim
+        shape[dim] = pv.shape[dim]
+        return torch.arange(pv.shape[dim], device=pv.device).reshape(shape)
+
+    def add_pixel_noise(self, generation: Generation, std: float, generator: "torch.Generator") -> "torch.Tensor":
+        """``pixel_values`` plus Gaussian noise of ``std`` image-intensity units ([0, 1] scale), drawn from
+        ``generator``, in the normalised space (divided by the processor's per-channel ``image_std``)."""
+        import torch
+
+        pv = generation.pixel_values
+        noise = torch.randn(pv.shape, generator=generator, dtype=torch.float32)
+        scale = torch.tensor(self.image_std or (1.0,), dtype=torch.float32)
+        channel = self.pixel_channels(generation).cpu().expand(pv.shape) if self.image_std else torch.zeros((), dtype=torch.long)
+        noisy = pv.float() + (noise * std / scale[channel]).to(pv.device)
+        return noisy.to(pv.dtype)
+
     def perturb(self, generation: Generation, keep: "torch.Tensor", fill: "torch.Tensor | float") -> "torch.Tensor":
         """``[B, ...]`` images: copy ``b`` keeps cell ``c`` with weight ``keep[b, c]`` in [0, 1] and
         shows ``fill`` (a float or a tensor broadcastable to ``pixel_values``) with the rest;

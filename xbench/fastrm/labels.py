@@ -137,24 +137,19 @@ class LabelCache:
 # --------------------------------------------------------------------------- computing labels
 
 
-def perturb(gen: Generation, noise_std: float, seed: int, image_std: Sequence[float] | None) -> Generation:
+def perturb(vlm, gen: Generation, noise_std: float, seed: int) -> Generation:
     """A copy of ``gen`` whose pixel values carry seeded Gaussian noise of ``noise_std``
-    image-intensity units (converted by the processor's per-channel ``image_std``). Pixel values
-    must be channel-first images ``[..., C, H, W]`` (one image, crops or tiles); flat patch
-    layouts (Qwen2-VL) are a ParameterError."""
-    pv = gen.pixel_values
-    if pv is None or pv.ndim < 4 or (image_std is not None and pv.shape[-3] != len(image_std)):
-        raise ParameterError(
-            f"the noise ceiling (--noise-std) adds per-channel pixel noise to channel-first images "
-            f"[..., C, H, W]; sample {gen.sample_id!r} has pixel values of shape "
-            f"{None if pv is None else tuple(pv.shape)}: pass --noise-std 0 for this model"
-        )
+    image-intensity units, added through the adapter (``vlm.add_pixel_noise``: per colour channel,
+    whatever its pixel layout); a layout that cannot tell channels apart is a ParameterError."""
+    from xbench.errors import ModelCapabilityError
+
     digest = hashlib.sha256(f"{seed}:{gen.sample_id}".encode()).digest()
     g = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
-    noise = torch.randn(pv.shape, generator=g, dtype=torch.float32)
-    std = torch.tensor(image_std if image_std is not None else [1.0] * pv.shape[-3], dtype=torch.float32)
-    noise = noise * (noise_std / std).view(-1, 1, 1)  # per channel of [..., C, H, W] (crops, tiles)
-    return dataclasses.replace(gen, pixel_values=(pv.float() + noise.to(pv.device)).to(pv.dtype), hidden_states=None)
+    try:
+        noisy = vlm.add_pixel_noise(gen, noise_std, g)
+    except ModelCapabilityError as exc:
+        raise ParameterError(f"the noise ceiling (--noise-std) cannot be added: {exc}; pass --noise-std 0") from None
+    return dataclasses.replace(gen, pixel_values=noisy, hidden_states=None)
 
 
 def _answer_score(task, sample: Sample, text: str) -> float:
@@ -202,15 +197,14 @@ class _Labeller:
         outcomes = generate_explain(self.vlm, self.task, self.reference, block, self.max_new_tokens, keep)
         noisy: dict[int, Any] = {}
         if self.noise_std:
-            image_std = self.vlm.image_std
 
             def explain_noisy(items):
-                gens = [perturb(o.generation, self.noise_std, self.seed, image_std) for o in items]
+                gens = [perturb(self.vlm, o.generation, self.noise_std, self.seed) for o in items]
                 return self.reference.explain(self.vlm, gens)
 
             ready = [o for o in outcomes if o.ok]
             if ready:  # a pixel layout the noise cannot be added to fails the command, not each sample
-                perturb(ready[0].generation, self.noise_std, self.seed, image_std)
+                perturb(self.vlm, ready[0].generation, self.noise_std, self.seed)
             for o, result, _cost in call_splitting(explain_noisy, ready, self.vlm.device):
                 noisy[id(o)] = result
         rows: list[Row] = []

@@ -150,6 +150,11 @@ class Qwen2VLAdapter(HFAdapter):
         """``[1, L, 1]``: every element of a patch row feeds that row's cell."""
         return self.patch_cells(generation).to(generation.pixel_values.device)[None, :, None]
 
+    def pixel_channels(self, generation: Generation) -> torch.Tensor:
+        """``[1, 1, C*T*p*p]``: each row is ``C x T x p x p``, channel-major."""
+        width = generation.pixel_values.shape[-1] // self.channels
+        return torch.arange(self.channels, device=generation.pixel_values.device).repeat_interleave(width)[None, None]
+
     def fill_value(self, generation: Generation, fill: str) -> torch.Tensor:
         """``"mean"``: per colour channel (each row is ``C x T x p x p``), over every patch row."""
         if fill != "mean":
