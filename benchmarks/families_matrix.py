@@ -7,7 +7,8 @@ Per family (each ``tiny-random-*`` zoo model mirrors one public checkpoint with 
 shrunk), a fresh process times ``load_vlm`` (eager attention, CPU: ``load_s``, after the zoo
 directory is built) and the first sample through ``generate`` and ``gradient_relevancy``
 (``first_sample_s``). Then each (method, family) run goes through the runner with default metrics;
-its error records are counted (by stage) and the map shape of the first record kept. Writes
+its error records are counted (by stage) and the map shape of the first record kept. ``fastrm`` runs
+with a small proxy trained for that model first (:data:`PROXY_RECIPE`; its command and time recorded). Writes
 ``matrix.json`` and ``matrix.md`` (the machine named) into ``--out``. Random weights: the answers
 are noise, the figures are about whether each pair runs correctly, not about quality.
 """
@@ -55,7 +56,25 @@ def time_family(name: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def run_pair(plugins, model: str, method: str, limit: int, root: Path) -> dict:
+#: a small proxy per model (a random-weight model has no trained one): ``xbench fastrm train`` options
+PROXY_RECIPE = ["--samples", "48", "--val-samples", "16", "--test-samples", "16", "--steps", "60", "--no-progress"]
+
+
+def train_proxy(model: str, root: Path) -> dict:
+    """Train FastRM's default head for ``model`` with :data:`PROXY_RECIPE` into ``root``."""
+    import time
+
+    from xbench.cli import main as xbench
+
+    out = root / f"proxy-{model}"
+    argv = ["fastrm", "train", "--model", model, *PROXY_RECIPE, "--cache", str(root / "fastrm-cache"), "--out", str(out)]
+    t0 = time.perf_counter()
+    code = xbench(argv)
+    return {"command": "xbench " + " ".join(argv[:-4] + ["--out", "DIR"]), "exit": code, "seconds": time.perf_counter() - t0,
+            "dir": str(out) if code == 0 else None}
+
+
+def run_pair(plugins, model: str, method: str, limit: int, root: Path, params: dict | None = None) -> dict:
     from xbench.errors import XbenchError
     from xbench.records import read_records
     from xbench.runner import RunConfig, run
@@ -63,7 +82,7 @@ def run_pair(plugins, model: str, method: str, limit: int, root: Path) -> dict:
     out = root / f"{model}--{method}"
     try:
         summary = run(RunConfig(method=method, model=model, limit=limit, out=out, warmup=0, progress=False,
-                                device="cpu"), plugins)
+                                device="cpu", method_params=params or {}), plugins)
     except XbenchError as exc:
         return {"refused": str(exc)}
     records = read_records(out / "samples.jsonl")
@@ -78,6 +97,8 @@ def markdown(result: dict) -> str:
     lines = [f"# Model families x methods ({result['machine']})", "",
              f"`python benchmarks/families_matrix.py --limit {result['limit']}`: error records of "
              f"`xbench run --method M --model F --limit {result['limit']}` (0 = every sample explained and scored).", "",
+             "Load: `load_vlm` in a fresh process once the plugin registry is built (zoo directory already built); "
+             "first sample: one `generate` + `gradient_relevancy`.", "",
              "| family (zoo model) | mirrors | image tokens | map shape | load s | first sample s |",
              "|---|---|---|---|---|---|"]
     for f in families:
@@ -87,6 +108,10 @@ def markdown(result: dict) -> str:
             continue
         lines.append(f"| {t['family']} ({f}) | {result['mirrors'][f]} | {t['image_tokens']} | {t['grid']} | "
                      f"{t['load_s']:.2f} | {t['first_sample_s']:.2f} |")
+    trained = [p for p in result.get("proxies", {}).values() if p]
+    if trained:
+        lines += ["", f"fastrm runs with a proxy trained per model first: `{trained[0]['command']}` "
+                  f"({min(p['seconds'] for p in trained):.0f}-{max(p['seconds'] for p in trained):.0f} s each)."]
     lines += ["", "| method | " + " | ".join(families) + " |", "|---" * (len(families) + 1) + "|"]
     for m in methods:
         cells = []
@@ -121,12 +146,15 @@ def main() -> None:
     from xbench.provenance import cpu_model
 
     result = {"machine": f"{cpu_model()}, {os.cpu_count()} cores, CPU only", "limit": args.limit,
-              "families": families, "methods": methods, "timing": {}, "runs": {},
+              "families": families, "methods": methods, "timing": {}, "runs": {}, "proxies": {},
               "mirrors": {f: plugins.registries.models.get(f).description for f in families}}
     with tempfile.TemporaryDirectory() as tmp:
         for f in families:
             result["timing"][f] = time_family(f)
-            result["runs"][f] = {m: run_pair(plugins, f, m, args.limit, Path(tmp)) for m in methods}
+            result["proxies"][f] = train_proxy(f, Path(tmp)) if "fastrm" in methods else None
+            proxy = (result["proxies"][f] or {}).get("dir")
+            result["runs"][f] = {m: run_pair(plugins, f, m, args.limit, Path(tmp),
+                                             {"proxy": proxy} if m == "fastrm" and proxy else None) for m in methods}
             print(f, {m: c.get("errors", "refused") for m, c in result["runs"][f].items()}, flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "matrix.json").write_text(json.dumps(result, indent=1) + "\n")
