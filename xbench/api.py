@@ -73,7 +73,7 @@ class Sample:
 
             from PIL import Image, UnidentifiedImageError
 
-            from xbench.datafiles import check_image_size, open_regular
+            from xbench.datafiles import check_image_size, check_still_image, open_regular
 
             if self.image_path is None:
                 raise BadImageError(f"sample {self.id!r} has neither an image nor an image path")
@@ -82,11 +82,7 @@ class Sample:
                     warnings.simplefilter("error", Image.DecompressionBombWarning)
                     with open_regular(self.image_path) as fh, Image.open(fh) as im:
                         check_image_size(im.size, self.image_path)
-                        if getattr(im, "n_frames", 1) > 1:
-                            raise BadImageError(
-                                f"image {self.image_path} has {im.n_frames} frames (an animation or video); "
-                                "xbench explains one still image per prompt"
-                            )
+                        check_still_image(im, self.image_path)
                         im.load()
                         self.image = to_rgb(im, self.image_path)
             except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:

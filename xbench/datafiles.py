@@ -62,6 +62,15 @@ def open_regular(path: str | Path) -> BinaryIO:
         raise
 
 
+def check_still_image(image, source: Any) -> None:
+    """Refuse (:class:`BadImageError`) a file of several frames (an animation or a video): the
+    model adapters lay out one still image per prompt, and PIL would silently read the first."""
+    frames = getattr(image, "n_frames", 1)
+    if frames > 1:
+        raise BadImageError(f"image {source} has {frames} frames (an animation or video); "
+                            "xbench explains one still image per prompt")
+
+
 def check_image_size(size: tuple[int, int], source: Any) -> None:
     """Refuse (:class:`BadImageError`) an image whose header claims more than :data:`MAX_IMAGE_PIXELS`
     pixels or an aspect ratio above :data:`MAX_ASPECT_RATIO`, before it is decoded."""
