@@ -48,3 +48,27 @@ def test_bad_setting_is_refused(benchmark_script, capsys):
     with pytest.raises(SystemExit):
         bench.main(["--methods", "uniform,gradcam"])
     assert "--methods: unknown ['gradcam']" in capsys.readouterr().err
+
+
+def test_paired_difference_interval_equals_a_plain_bootstrap(benchmark_script):
+    """The vectorised interval equals xbench.stats.bootstrap over the same draws with sklearn's AUROC."""
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    from xbench import stats
+
+    bench = benchmark_script("confidence_corrupted")
+    rng = np.random.default_rng(1)
+    records = [{"scores": {"accuracy": float(rng.random() > 0.3)},
+                "metrics": {"confidence_auroc": float(np.round(rng.random(), 1)), "answer_prob_auroc": float(rng.random())}}
+               for _ in range(60)]  # fmt: skip
+
+    def plain(idx):
+        wrong = [records[i]["scores"]["accuracy"] < 0.5 for i in idx]
+        if all(wrong) or not any(wrong):
+            return {"d": None}
+        auc = lambda key: roc_auc_score(wrong, [records[i]["metrics"][key] for i in idx])  # noqa: E731
+        return {"d": auc("confidence_auroc") - auc("answer_prob_auroc")}
+
+    want = stats.bootstrap(plain, len(records), seed=4)["d"]
+    assert bench.paired_difference(records, seed=4) == pytest.approx(want, abs=1e-12)
