@@ -59,13 +59,17 @@ def per_sample(run_dir: Path) -> dict[str, dict]:
 
 def chance_levels(limit: int, seed: int, grid: tuple[int, int]) -> dict:
     """Uniform-map energy and random-patch pointing from the task's masks alone."""
-    from xbench.models.layout import centre_crop_cover
+    from xbench.image_layout import single_grid
     from xbench.plugins import default
 
     task = default().registries.tasks.get("easyvqa")()
     area, touch = [], []
     for s in task.samples(limit, seed):
-        cover = centre_crop_cover(task.ground_truth_mask(s), grid)
+        mask = task.ground_truth_mask(s)
+        H, W = mask.shape
+        side = min(H, W)  # CLIP's resize-shortest-edge + centre crop
+        region = ((H - side) / 2, (W - side) / 2, (H + side) / 2, (W + side) / 2)
+        cover = single_grid(grid, region, (H, W)).cover(mask)
         area.append(float(cover.mean()))
         touch.append(float((cover > 0).mean()))
     return {"energy_in_mask": float(np.mean(area)), "pointing_game": float(np.mean(touch)), "n": len(area)}

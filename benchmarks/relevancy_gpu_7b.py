@@ -102,10 +102,13 @@ def generator(model, ids: list[int], pixels, answer_len: int):
 def generation(ids: list[int], answer: list[int], n_image: int, pixels, hidden_states=None):
     """The :class:`~xbench.api.Generation` of the benchmark prompt and its answer."""
     from xbench.api import Generation
+    from xbench.image_layout import single_grid
 
     side = int(n_image**0.5)
+    size = tuple(pixels.shape[-2:])
     return Generation(sample_id="bench", text="", prompt_ids=ids, answer_ids=answer,
-                      image_positions=[i for i, t in enumerate(ids) if t == IMAGE_TOKEN], grid=(side, side),
+                      image_positions=[i for i, t in enumerate(ids) if t == IMAGE_TOKEN],
+                      layout=single_grid((side, side), (0, 0, *size), size),
                       pixel_values=pixels, hidden_states=hidden_states)
 
 

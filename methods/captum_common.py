@@ -17,6 +17,10 @@ the pooling of pixel attributions onto the patch grid. Not a plugin itself.
   gradient's absolute value themselves under ``abs`` (SmoothGrad: the mean of |gradient|
   over the noise draws), not under ``signed``. Layer methods whose output is already on the
   grid have no ``pool``.
+* Perturbation methods (occlusion, feature ablation) attribute to the cells themselves: Captum
+  perturbs a presence weight per cell (1: shown, baseline 0: replaced by the constant
+  ``baseline`` image value) and ``vlm.perturb`` turns it into an image
+  (:func:`cells_logprob_fn`), so no method assumes how cells tile the pixels.
 * Randomness (noise, baseline draws) is seeded per sample from :meth:`Method.rng`, so a
   sample's map does not depend on the batch it came in.
 """
@@ -61,6 +65,20 @@ def answer_logprob_fn(vlm, generation: Generation, target: str) -> Callable[[tor
     return forward
 
 
+def cells_logprob_fn(vlm, generation: Generation, target: str, fill: float) -> Callable[..., torch.Tensor]:
+    """``f(*presence) -> [B]``: the answer log-probability (``target`` as in :func:`answer_logprob_fn`)
+    when each cell is shown with weight ``presence`` in [0, 1] and the constant ``fill`` (normalised
+    pixel space) covers the rest (``vlm.perturb``). ``presence`` is one ``[B, h, w]`` tensor per grid
+    of the layout (or one ``[B, N]``), in cell order."""
+    logprob = answer_logprob_fn(vlm, generation, target)
+
+    def forward(*presence: torch.Tensor) -> torch.Tensor:
+        keep = torch.cat([p.reshape(len(p), -1) for p in presence], dim=1)
+        return logprob(vlm.perturb(generation, keep, fill))
+
+    return forward
+
+
 def pool_to_grid(vlm, attribution: torch.Tensor, generation: Generation, pool: str = "abs") -> np.ndarray:
     """Sum of the attribution (``abs``: its absolute value; ``signed``: itself) over channels and
     each grid cell's pixels (``vlm.pixels_to_grid``): float32 ``[h, w]`` (``pool`` one of :data:`POOLS`)."""
@@ -84,33 +102,37 @@ def seeded(seed: int, device):
 
 
 class CaptumMethod(Method):
-    """A method computed by one Captum attribution algorithm on the image input.
+    """A method computed by one Captum attribution algorithm.
 
-    Subclasses implement :meth:`attribute` (``forward, pixel_values, generation, vlm ->``
-    attribution tensor) and declare their own parameters over :data:`TARGET` and :data:`POOL`
-    (:attr:`parameters`); ``on_grid = True`` when the attribution already is ``[1, 1, h, w]``
-    (such a method has no ``pool``).
+    Pixel methods implement :meth:`attribute` (``forward, pixel_values, generation, vlm ->`` an
+    attribution shaped like ``pixel_values``, pooled onto the cells by ``pool``); cell methods
+    (``on_cells = True``) implement :meth:`attribute_cells` (``vlm, generation ->`` a map of shape
+    ``generation.grid``, to which ``pool`` applies ``abs`` or nothing). Each declares its parameters
+    over :data:`TARGET` and :data:`POOL` (:attr:`parameters`).
     """
 
     needs = frozenset({GRADIENTS})
     requires = ("captum",)
-    on_grid: ClassVar[bool] = False
+    on_cells: ClassVar[bool] = False
     parameters = {"target": TARGET, "pool": POOL}
 
     def attribute(self, forward, pixel_values: torch.Tensor, generation: Generation, vlm) -> torch.Tensor:
         raise NotImplementedError
 
+    def attribute_cells(self, vlm, generation: Generation) -> torch.Tensor:
+        raise NotImplementedError
+
     def explain(self, vlm, generations):
         maps = []
         for gen in generations:
-            forward = answer_logprob_fn(vlm, gen, self.params["target"])
             seed = int(self.rng(gen.sample_id).integers(2**62))
-            pixel_values = gen.pixel_values.detach().clone().requires_grad_(True)
             with torch.enable_grad(), seeded(seed, vlm.device):
-                attribution = self.attribute(forward, pixel_values, gen, vlm)
-            if self.on_grid:
-                grid = attribution.detach()[0, 0].float().cpu().numpy()
-            else:
-                grid = pool_to_grid(vlm, attribution, gen, self.params["pool"])
-            maps.append(RelevanceMap(grid))
+                if self.on_cells:
+                    cells = self.attribute_cells(vlm, gen).detach().float()
+                    grid = (cells.abs() if self.params.get("pool", "signed") == "abs" else cells).cpu().numpy()
+                else:
+                    forward = answer_logprob_fn(vlm, gen, self.params["target"])
+                    pixel_values = gen.pixel_values.detach().clone().requires_grad_(True)
+                    grid = pool_to_grid(vlm, self.attribute(forward, pixel_values, gen, vlm), gen, self.params["pool"])
+            maps.append(RelevanceMap(np.asarray(grid, dtype=np.float32)))
         return maps

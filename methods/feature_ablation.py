@@ -1,35 +1,39 @@
-"""Feature ablation through Captum with one feature per image patch, pooled onto the grid.
+"""Feature ablation through Captum with one feature per image cell.
 
-The feature mask (``vlm.pixel_cells``) gives every pixel (all channels) of a patch the patch's index; each patch
-in turn is set to the constant ``baseline`` (normalised pixel space) and the change of the
-target is its attribution. ``perturbations_per_eval`` patches per forward. Target and
-pooling: see :mod:`xbench.methods.captum_common`.
+Captum ablates a presence weight per layout cell (:func:`~xbench.methods.captum_common.cells_logprob_fn`):
+each cell in turn is replaced by the constant ``baseline`` (normalised pixel space, through
+``vlm.perturb``) and the change of the target is its attribution. ``perturbations_per_eval``
+cells per forward. Target and pooling (``abs`` / ``signed`` of the per-cell change): see
+:mod:`xbench.methods.captum_common`.
 """
 
+import torch
+
 from xbench.hookspecs import hookimpl
-from xbench.methods.captum_common import BASELINE, CaptumMethod, count
+from xbench.methods.captum_common import BASELINE, CaptumMethod, cells_logprob_fn, count
 
 
 class FeatureAblationMethod(CaptumMethod):
     name = "feature_ablation"
-    description = "Captum FeatureAblation, one feature per image patch"
+    description = "Captum FeatureAblation, one feature per image cell"
     needs = frozenset()
+    on_cells = True
 
     parameters = {
         **CaptumMethod.parameters,
         "baseline": BASELINE,
-        "perturbations_per_eval": count(16, "ablated patches per forward"),
+        "perturbations_per_eval": count(16, "ablated cells per forward"),
     }
 
-    def attribute(self, forward, pixel_values, generation, vlm):
+    def attribute_cells(self, vlm, generation):
         from captum.attr import FeatureAblation
 
-        return FeatureAblation(forward).attribute(
-            pixel_values,
-            baselines=self.params["baseline"],
-            feature_mask=vlm.pixel_cells(generation),
-            perturbations_per_eval=self.params["perturbations_per_eval"],
+        forward = cells_logprob_fn(vlm, generation, self.params["target"], self.params["baseline"])
+        presence = torch.ones(1, generation.layout.n_cells, device=vlm.device)
+        attribution = FeatureAblation(forward).attribute(
+            presence, baselines=0.0, perturbations_per_eval=self.params["perturbations_per_eval"]
         )
+        return attribution.reshape(generation.grid)
 
 
 @hookimpl

@@ -62,20 +62,43 @@ def _propagate(row: torch.Tensor, attentions: Sequence[torch.Tensor], grads: Seq
     return row
 
 
-def _vision_row(image_row: torch.Tensor, vision_positions: torch.Tensor, n_vision: int) -> torch.Tensor:
-    """A vision-token row, zero but at the image tokens' vision positions."""
-    row = image_row.new_zeros(n_vision)
-    row[vision_positions] = image_row
-    return row
+def _vision_seed(image_row: torch.Tensor, members: torch.Tensor, n_vision: int) -> torch.Tensor:
+    """A row over the (crop-major) vision tokens, zero but at the tokens each image token is made of
+    (``members [N, k]``, -1 padding), which carry that image token's relevance."""
+    row = image_row.new_zeros(n_vision + 1)  # the last slot absorbs padding
+    row[members.where(members >= 0, n_vision).reshape(-1)] = image_row.repeat_interleave(members.shape[1])
+    return row[:n_vision]
+
+
+def _vision_read(row: torch.Tensor, members: torch.Tensor) -> torch.Tensor:
+    """Each image token's relevance: the mean over the vision tokens it is made of."""
+    valid = members >= 0
+    picked = row[members.clamp(min=0)] * valid
+    return picked.sum(dim=1) / valid.sum(dim=1)
+
+
+def _propagate_crops(row: torch.Tensor, attentions, grads) -> torch.Tensor:
+    """:func:`_propagate` within each crop: attentions ``[C, heads, n, n]``, row over ``C * n`` tokens."""
+    crops, n = attentions[0].shape[0], attentions[0].shape[-1]
+    rows = row.reshape(crops, n)
+    for attention, grad in zip(reversed(attentions), reversed(grads)):
+        cam = (grad.float() * attention.detach().float()).clamp_(min=0).mean(dim=1)  # [C, n, n]
+        rows = rows + torch.bmm(rows[:, None, :], cam)[:, 0]
+    return rows.reshape(-1)
+
+
+def _members(positions: list[list[int]], device) -> torch.Tensor:
+    """``[N, k]`` long: each image token's vision tokens, right-padded with -1."""
+    k = max(len(p) for p in positions)
+    return torch.tensor([p + [-1] * (k - len(p)) for p in positions], device=device)
 
 
 def answer_relevancy(vlm, generation: Generation, tokens: Sequence[int] | None = None, scope: str = "llm") -> np.ndarray:
-    """Relevancy maps ``[len(tokens), h, w]`` (float32) of answer tokens ``tokens`` (default: all);
+    """Relevancy maps ``[len(tokens), *grid]`` (float32) of answer tokens ``tokens`` (default: all);
     ``scope`` one of :data:`SCOPES`."""
     tokens = list(range(len(generation.answer_ids))) if tokens is None else list(tokens)
     last = max(tokens)
     gen = replace(generation, answer_ids=generation.answer_ids[: last + 1])
-    h, w = gen.grid
     image_positions = torch.tensor(gen.image_positions, device=vlm.device)
     with torch.enable_grad():
         if scope == "all":
@@ -88,7 +111,7 @@ def answer_relevancy(vlm, generation: Generation, tokens: Sequence[int] | None =
         vision = []
         if scope == "all":
             vision = list(out.vision_attentions[: vlm.vision_layers_read()])
-            vision_positions = torch.tensor(vlm.vision_token_positions(gen), device=vlm.device)
+            members = _members(vlm.vision_token_positions(gen), vlm.device)
         logits = out.logits[0]  # row k: the logits at query position of answer token k
         del out
         n_llm = len(attentions)
@@ -100,10 +123,11 @@ def answer_relevancy(vlm, generation: Generation, tokens: Sequence[int] | None =
             row[gen.query_positions[k]] = 1.0
             image_row = _propagate(row, attentions, grads[:n_llm])[image_positions]
             if vision:
-                row = _vision_row(image_row, vision_positions, vision[0].shape[-1])
-                image_row = _propagate(row, vision, grads[n_llm:])[vision_positions]
+                n_vision = vision[0].shape[0] * vision[0].shape[-1]
+                row = _vision_seed(image_row, members, n_vision)
+                image_row = _vision_read(_propagate_crops(row, vision, grads[n_llm:]), members)
             del grads
-            maps.append(image_row.reshape(h, w).cpu().numpy())
+            maps.append(image_row.reshape(gen.grid).cpu().numpy())
     return np.stack(maps).astype(np.float32)
 
 

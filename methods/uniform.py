@@ -1,4 +1,4 @@
-"""Baseline ``uniform``: every patch gets 1 / (h * w), the map that prefers no patch."""
+"""Baseline ``uniform``: every cell gets 1 / N (N image cells), the map that prefers no patch."""
 
 import numpy as np
 
@@ -11,7 +11,7 @@ class UniformMap(Method):
     description = "baseline: the same relevance for every patch"
 
     def explain(self, vlm, generations):
-        return [RelevanceMap(np.full(g.grid, 1.0 / (g.grid[0] * g.grid[1]), dtype=np.float32)) for g in generations]
+        return [RelevanceMap(np.full(g.grid, 1.0 / g.layout.n_cells, dtype=np.float32)) for g in generations]
 
 
 @hookimpl

@@ -319,10 +319,10 @@ MODEL_CASES = [
     Case("model-config-not-object", model_case(lambda m: (m / "config.json").write_text("[]")), ("config.json holds a JSON list, not an object",)),
     Case("model-type-unsupported", model_case(edit_json("config.json", lambda c: c.update(model_type="bert"))), ("has model_type 'bert', which no model family supports (supported: ['llava'])",)),
     Case("model-type-absent", model_case(edit_json("config.json", lambda c: c.pop("model_type"))), ("has model_type None, which no model family supports",)),
-    Case("model-weights-corrupt", model_case(lambda m: (m / "model.safetensors").write_bytes(b"\x00" * 64)), ("cannot load LLaVA model from", "SafetensorError")),
+    Case("model-weights-corrupt", model_case(lambda m: (m / "model.safetensors").write_bytes(b"\x00" * 64)), ("cannot load LlavaForConditionalGeneration from", "SafetensorError")),
     Case("model-weights-missing-tensors", model_case(drop_tensors), ("do not match its config.json: missing lm_head.weight",)),
     Case("model-weights-wrong-shape", model_case(edit_json("config.json", lambda c: c["text_config"].update(hidden_size=32))), ("do not match its config.json", "in the weights")),
-    Case("model-tokenizer-bad-json", model_case(lambda m: (m / "tokenizer.json").write_text("{")), ("cannot load LLaVA model from",)),
+    Case("model-tokenizer-bad-json", model_case(lambda m: (m / "tokenizer.json").write_text("{")), ("cannot load the processor of", "JSONDecodeError")),
 ]
 
 #: FastRM proxy checkpoints (missing file, corrupt weights, wrong hidden size for the model,

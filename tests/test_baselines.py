@@ -3,10 +3,12 @@
 import numpy as np
 
 from xbench.api import Generation
+from xbench.image_layout import single_grid
 
 
 def _gen(sample_id, grid=(3, 4)):
-    return Generation(sample_id=sample_id, text="", prompt_ids=[1], answer_ids=[2], image_positions=[], grid=grid)
+    layout = single_grid(grid, (0, 0, grid[0], grid[1]), grid)
+    return Generation(sample_id=sample_id, text="", prompt_ids=[1], answer_ids=[2], image_positions=[], layout=layout)
 
 
 def _random(plugins, seed):

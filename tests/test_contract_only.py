@@ -122,7 +122,7 @@ def test_a_family_without_a_hook_point_is_refused_by_name_before_the_work(plugin
         family = "bare"
 
     bare = Bare(ModelIdentity("bare-model"), "cpu", None, "sdpa")
-    calls = [bare.image_features_as_leaf, bare.vision_layers_read, bare.patch_embedding, lambda: bare.randomized(0),
+    calls = [bare.image_features_as_leaf, bare.vision_layers_read, bare.patch_features, lambda: bare.randomized(0),
              lambda: bare.num_layers, lambda: bare.hidden_size, lambda: bare.attention("eager")]  # fmt: skip
     for call in calls:
         with pytest.raises(ModelCapabilityError, match=r"^model family 'bare' \(model 'bare-model'\) cannot "):

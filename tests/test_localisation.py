@@ -4,12 +4,20 @@ import numpy as np
 import pytest
 
 from xbench.api import MetricContext, RelevanceMap, Sample
-from xbench.models.layout import centre_crop_cover
+from xbench.image_layout import single_grid
 from xbench.metrics.localisation import EnergyInMask, PointingGame
 
 
 def _sample(mask):
     return Sample("s", "q", ["a"], gt_mask=mask)
+
+
+def centre_crop_cover(mask, grid):
+    """A centre-cropped square's cover of ``grid`` through the layout (what CLIP's processing shows)."""
+    H, W = mask.shape
+    side = min(H, W)
+    region = ((H - side) / 2, (W - side) / 2, (H + side) / 2, (W + side) / 2)
+    return single_grid(grid, region, (H, W)).cover(mask)
 
 
 def test_centre_crop_cover_block_fractions():
@@ -29,11 +37,12 @@ def test_centre_crop_cover_non_divisible_sizes_keep_total_fraction():
     mask = np.zeros((10, 10), bool)
     mask[:5] = True
     grid = centre_crop_cover(mask, (3, 3))
-    assert grid.shape == (3, 3) and grid.mean() == pytest.approx(0.5, abs=0.02)
+    assert grid.shape == (3, 3) and grid.mean() == pytest.approx(0.5, abs=1e-9)  # area-exact at fractional edges
+    np.testing.assert_allclose(grid[:, 0], [1.0, 0.5, 0.0])
 
 
 def test_energy_in_mask_hand_computed(tiny_vlm):
-    gen, ctx = SimpleNamespace(grid=(2, 2)), MetricContext(vlm=tiny_vlm)  # the LLaVA adapter lays the mask
+    gen, ctx = SimpleNamespace(grid=(2, 2), layout=single_grid((2, 2), (0, 0, 4, 4), (4, 4))), MetricContext(vlm=tiny_vlm)  # the LLaVA adapter lays the mask
     mask = np.zeros((4, 4), bool)
     mask[:2, :2] = True  # top-left patch fully covered
     rmap = RelevanceMap(np.array([[3.0, 1.0], [-5.0, 0.0]], np.float32))
@@ -45,7 +54,7 @@ def test_energy_in_mask_hand_computed(tiny_vlm):
 
 
 def test_pointing_game_hand_computed(tiny_vlm):
-    gen, ctx = SimpleNamespace(grid=(2, 2)), MetricContext(vlm=tiny_vlm)
+    gen, ctx = SimpleNamespace(grid=(2, 2), layout=single_grid((2, 2), (0, 0, 4, 4), (4, 4))), MetricContext(vlm=tiny_vlm)
     mask = np.zeros((4, 4), bool)
     mask[3, 3] = True  # touches only the bottom-right patch
     hit = RelevanceMap(np.array([[0, 0], [0, 1.0]], np.float32))

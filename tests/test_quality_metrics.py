@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from xbench.api import Generation, MetricContext, RelevanceMap, Sample
+from xbench.api import VLM, Generation, MetricContext, ModelIdentity, RelevanceMap, Sample
+from xbench.image_layout import single_grid
 from xbench.errors import ParameterError, XbenchError
 from xbench.metrics.agreement import (
     AgreementAccuracy,
@@ -166,11 +167,18 @@ def test_agreement_without_reference_names_why():
 
 
 # ----------------------------------------------------------------------------- faithfulness
-class FakeVLM:
-    """Answer probability s = 0.1 + 0.2 * sum(pixels) at every query position (2-word vocabulary)."""
+class FakeVLM(VLM):
+    """Answer probability s = 0.1 + 0.2 * sum(pixels) at every query position (2-word vocabulary);
+    one pixel per cell, so the base class's perturbation and fill apply."""
+
+    family = "fake"
 
     def __init__(self):
+        super().__init__(ModelIdentity("fake"), "cpu", torch.float32, "eager")
         self.batches = []
+
+    def pixel_cells(self, generation):
+        return torch.arange(4).reshape(1, 1, 2, 2)
 
     def forward(self, generation, pixel_values=None, **kw):
         pv = generation.pixel_values if pixel_values is None else pixel_values
@@ -189,7 +197,7 @@ class FakeVLM:
 
 def _faith_setup(answer_ids=(0,)):
     pv = torch.tensor([[[[2.0, 1.0], [0.5, 0.5]]]])  # 1 channel, 2x2 pixels, one pixel per patch; sum 4
-    gen = Generation("s", "x", [5, 6, 7], list(answer_ids), [], (2, 2), pixel_values=pv)
+    gen = Generation("s", "x", [5, 6, 7], list(answer_ids), [], single_grid((2, 2), (0, 0, 2, 2), (2, 2)), pixel_values=pv)
     rmap = RelevanceMap(np.array([[4, 3], [2, 1]], np.float32))  # order: patch 0, 1, 2, 3
     return Sample("s", "q", ["a"]), gen, rmap
 
@@ -262,7 +270,7 @@ def test_top_region_iou_hand_computed(tiny_vlm):
 
     from xbench.api import MetricContext
 
-    gen, ctx = SimpleNamespace(grid=(2, 2)), MetricContext(vlm=tiny_vlm)
+    gen, ctx = SimpleNamespace(grid=(2, 2), layout=single_grid((2, 2), (0, 0, 4, 4), (4, 4))), MetricContext(vlm=tiny_vlm)
     mask = np.zeros((4, 4), bool)
     mask[:2, :2] = True  # top-left patch fully covered
     mask[0, 2] = True  # top-right patch covered 1/4: below min_cover 0.5

@@ -185,11 +185,30 @@ def test_overlay_is_one_hue_over_greyscale():
     assert np.abs(out[10, 40] - expected).max() <= 1  # most relevant: the hue at full opacity
 
 
+def test_overlay_paints_each_cell_over_the_box_it_covers():
+    """A 2x2 map over the centre square of a 32x64 (H x W) image: the cell (0, 1) tints only its box
+    (rows 0-16, cols 32-48 of the original; the image is drawn whole, stretched to 64x64)."""
+    import numpy as np
+    from PIL import Image
+
+    from xbench.image_layout import from_record, single_grid, to_record
+    from xbench.overlays import GREY, overlay
+
+    layout = single_grid((2, 2), (0, 16, 32, 48), (32, 64))
+    assert from_record(to_record(layout)) == layout
+    out = np.asarray(overlay(Image.new("RGB", (64, 32), (GREY,) * 3), np.array([[0.0, 1.0], [0.0, 0.0]]), size=64,
+                             layout=layout)).astype(int)
+    tinted = np.abs(out - GREY).max(axis=-1) > 2
+    want = np.zeros((64, 64), bool)
+    want[0:32, 32:48] = True
+    assert np.array_equal(tinted, want)
+
+
 def test_show_writes_one_png_of_a_samples_maps(runs, tmp_path, capsys):
     import numpy as np
     from PIL import Image
 
-    from xbench.overlays import overlay, record_map, sample_images
+    from xbench.overlays import overlay, record_layout, record_map, sample_images
     from xbench.show import _panels
 
     raw = runs / "raw"
@@ -205,14 +224,16 @@ def test_show_writes_one_png_of_a_samples_maps(runs, tmp_path, capsys):
     assert [t for t, _ in panels] == ["image", "raw_attention",
                                       "reference: rollout — computed in the run, map not recorded",
                                       "control map (--control)"]
-    assert np.array_equal(np.asarray(panels[1][1]), np.asarray(overlay(image, record_map(raw, record))))
-    assert np.array_equal(np.asarray(panels[3][1]), np.asarray(overlay(image, np.asarray(record["control_map"]))))
+    layout = record_layout(record)
+    assert layout is not None and layout.grids == ((8, 8),)
+    assert np.array_equal(np.asarray(panels[1][1]), np.asarray(overlay(image, record_map(raw, record), layout=layout)))
+    assert np.array_equal(np.asarray(panels[3][1]), np.asarray(overlay(image, np.asarray(record["control_map"]), layout=layout)))
     # a reference read from another run (--reference-run): its map for the same sample id
     summary["reference"] = {"method": "rollout", "params": None, "source": str(runs / "rollout")}
     ref = next(r for r in read_records(runs / "rollout" / "samples.jsonl") if r["id"] == record["id"])
     panels = _panels(raw, summary, record, image)
     assert panels[2][0] == "reference: rollout"
-    assert np.array_equal(np.asarray(panels[2][1]), np.asarray(overlay(image, record_map(runs / "rollout", ref))))
+    assert np.array_equal(np.asarray(panels[2][1]), np.asarray(overlay(image, record_map(runs / "rollout", ref), layout=layout)))
     own = _panels(runs / "rollout", json.loads((runs / "rollout" / "summary.json").read_text()), ref, image)
     assert own[2][0] == "reference: rollout (this run)" and len(own) == 3  # no control recorded there
 

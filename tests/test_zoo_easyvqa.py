@@ -67,7 +67,7 @@ def test_loads_offline(plugins, no_network):
     from xbench.models import load_vlm
 
     vlm = load_vlm(NAME, plugins.registries, needs=frozenset({"attentions"}), device="cpu")
-    assert vlm.attn_implementation == "eager" and vlm.grid == (8, 8)
+    assert vlm.attn_implementation == "eager" and vlm.patch_grid == (8, 8)
     assert (
         sum(p.numel() for p in vlm.model.parameters())
         == json.loads((vlm.path / "training.json").read_text())["parameters"]
@@ -95,7 +95,7 @@ def test_answers_200_fixed_test_questions(plugins, shipped_vlm):
         scores += [task.score(s, g.text)["accuracy"] for s, g in zip(batch, gens)]
     assert len(scores) == 200
     assert sum(scores) / 200 >= 0.93
-    assert all(g.answer_ids[-1] != shipped_vlm.eos_id for g in gens)  # one word, then it stopped
+    assert all(g.answer_ids[-1] not in shipped_vlm.eos_ids for g in gens)  # one word, then it stopped
 
 
 def test_training_evaluator_matches_the_adapter(shipped_vlm):

@@ -24,6 +24,7 @@ import numpy as np
 from xbench.columns import group_column
 from xbench.errors import BadImageError, MapValidationError
 from xbench.params import Param, resolve
+from xbench.image_layout import ImageLayout  # noqa: F401  (re-exported)
 from xbench.vlm import VLM, ForwardOutput, Generation, ModelIdentity  # noqa: F401  (the model contract, re-exported)
 
 # --------------------------------------------------------------------------- needs
@@ -81,6 +82,11 @@ class Sample:
                     warnings.simplefilter("error", Image.DecompressionBombWarning)
                     with open_regular(self.image_path) as fh, Image.open(fh) as im:
                         check_image_size(im.size, self.image_path)
+                        if getattr(im, "n_frames", 1) > 1:
+                            raise BadImageError(
+                                f"image {self.image_path} has {im.n_frames} frames (an animation or video); "
+                                "xbench explains one still image per prompt"
+                            )
                         im.load()
                         self.image = to_rgb(im, self.image_path)
             except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -136,8 +142,9 @@ DECISION_THRESHOLD = "decision_threshold"
 class RelevanceMap:
     """A method's answer: relevance over the image-patch grid.
 
-    ``grid`` is float32 ``[h, w]`` (the common currency of all metrics);
-    ``per_token`` optionally ``[T, h, w]`` for each answer token; ``extras`` holds
+    ``grid`` is float32 of the generation's map shape (``Generation.grid``: ``[h, w]`` on a
+    one-grid layout, ``[N]`` over the cells of several; the common currency of all metrics);
+    ``per_token`` optionally ``[T, *grid]`` for each answer token; ``extras`` holds
     scalars such as a confidence. A method whose map comes with its own calibrated cut
     (a patch is relevant when ``grid >= t``) puts ``t`` in ``extras[DECISION_THRESHOLD]``.
     Validation happens in :meth:`validate`.
@@ -147,7 +154,7 @@ class RelevanceMap:
     per_token: np.ndarray | None = None
     extras: dict[str, float] = field(default_factory=dict)
 
-    def validate(self, expected_grid: tuple[int, int], method: str) -> "RelevanceMap":
+    def validate(self, expected_grid: tuple[int, ...], method: str) -> "RelevanceMap":
         """Coerce to float32 and check shape and finiteness; errors name ``method``."""
         grid = np.asarray(self.grid, dtype=np.float32)
         if grid.shape != tuple(expected_grid):
@@ -159,10 +166,10 @@ class RelevanceMap:
         self.grid = grid
         if self.per_token is not None:
             pt = np.asarray(self.per_token, dtype=np.float32)
-            if pt.ndim != 3 or pt.shape[1:] != tuple(expected_grid) or not np.all(np.isfinite(pt)):
+            if pt.ndim != 1 + len(expected_grid) or pt.shape[1:] != tuple(expected_grid) or not np.all(np.isfinite(pt)):
                 raise MapValidationError(
                     f"method {method!r} returned per-token maps of shape {pt.shape} "
-                    f"(expected [T, {expected_grid[0]}, {expected_grid[1]}], finite)"
+                    f"(expected [T, {', '.join(map(str, expected_grid))}], finite)"
                 )
             self.per_token = pt
         for key, value in self.extras.items():

@@ -21,12 +21,11 @@ TOKEN_PARAM = Param("mean", choices=TOKEN_CHOICES, doc="which answer tokens make
 def rows_to_token_maps(rows, generation: Generation) -> np.ndarray:
     """``rows``: ``[K, T]`` relevance of each answer token's query position over all positions.
 
-    Returns ``[K, h, w]`` float32: the image-token columns laid on the patch grid.
+    Returns ``[K, *generation.grid]`` float32: the image-token columns (cell order) as maps.
     """
-    h, w = generation.grid
     cols = rows[:, generation.image_positions]
     arr = cols.detach().float().cpu().numpy() if hasattr(cols, "detach") else np.asarray(cols, dtype=np.float32)
-    return arr.reshape(len(arr), h, w).astype(np.float32)
+    return arr.reshape(len(arr), *generation.grid).astype(np.float32)
 
 
 def combine_tokens(per_token: np.ndarray, how: str) -> np.ndarray:

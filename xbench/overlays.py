@@ -57,16 +57,38 @@ def blend(grey: np.ndarray, relevance: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
-def overlay(image, grid: np.ndarray, size: int = CELL_PX):
-    """The scaled map in one hue over the image in greyscale (over mid-grey without an image)."""
+def overlay(image, grid: np.ndarray, size: int = CELL_PX, layout=None):
+    """The scaled map in one hue over the image in greyscale (over mid-grey without an image).
+
+    With the record's ``layout`` (:class:`~xbench.image_layout.ImageLayout`) each cell is painted
+    over the box of the original image it covers (the whole image, stretched to ``size``; pixels
+    no cell covers stay untinted); without one (runs recorded before layouts) the map is laid over
+    the image's centre square, as CLIP-style processors show it."""
     from PIL import Image
 
-    relevance = Image.fromarray((scaled(grid) * 255).astype(np.uint8)).resize((size, size), Image.Resampling.NEAREST)
-    if image is None:
+    if layout is not None:
+        painted = np.nan_to_num(layout.paint(scaled(np.asarray(grid).reshape(-1)), size=(size, size)), nan=0.0)
+        view = image.convert("L") if image is not None else None
+    else:
+        painted = np.asarray(Image.fromarray((scaled(grid) * 255).astype(np.uint8)).resize(
+            (size, size), Image.Resampling.NEAREST), dtype=np.float64) / 255
+        view = centre_square(image.convert("L")) if image is not None else None
+    if view is None:
         grey = np.full((size, size), GREY, dtype=np.uint8)
     else:
-        grey = np.asarray(centre_square(image.convert("L")).resize((size, size), Image.Resampling.BICUBIC))
-    return Image.fromarray(blend(grey, np.asarray(relevance, dtype=np.float64) / 255))
+        grey = np.asarray(view.resize((size, size), Image.Resampling.BICUBIC))
+    return Image.fromarray(blend(grey, painted))
+
+
+def record_layout(record: dict):
+    """The :class:`~xbench.image_layout.ImageLayout` a record carries, or None (older runs, or a
+    malformed one: the overlay then falls back to the centre square)."""
+    from xbench.image_layout import from_record
+
+    try:
+        return from_record(record["layout"]) if isinstance(record.get("layout"), dict) else None
+    except ValueError:
+        return None
 
 
 def colour_bar(width: int = 256, height: int = 14):

@@ -22,7 +22,17 @@ ENTRY_POINT_GROUP = "xbench"
 #: Every built-in plugin module, registered exactly like an outside plugin.
 BUILTIN_PLUGINS: tuple[str, ...] = (
     "xbench.models.llava",
+    "xbench.models.llava_next",
+    "xbench.models.llava_onevision",
+    "xbench.models.idefics3",
+    "xbench.models.qwen2_vl",
+    "xbench.models.paligemma",
+    "xbench.models.gemma3",
     "xbench.zoo",
+    "xbench.zoo.llava_next",
+    "xbench.zoo.idefics3",
+    "xbench.zoo.qwen2_vl",
+    "xbench.zoo.gemma",
     "xbench.metrics.localisation",
     "xbench.metrics.agreement",
     "xbench.metrics.faithfulness",

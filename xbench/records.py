@@ -47,6 +47,7 @@ FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "extras": (dict,),
     "meta": (dict,),
     "grid": (list,),
+    "layout": (dict,),
     "map": (list, type(None)),
     "map_file": (str,),
     "generate_ms": (int, float),
@@ -132,7 +133,7 @@ class Summary(TypedDict):
     run_id: str
     method: dict[str, Any]  # name, label, params
     task: dict[str, Any]  # name, split, params, data_hash
-    model: dict[str, Any]  # id, config_hash, model_hash, dtype, attn_implementation
+    model: dict[str, Any]  # id, config_hash, model_hash, dtype, attn_implementation, family, prompt_format
     n_records: int
     n_ok: int
     n_errors: int

@@ -26,7 +26,7 @@ import numpy as np
 from xbench.errors import ParameterError, XbenchError
 from xbench.escaping import html_text as esc
 from xbench.escaping import mathtext
-from xbench.overlays import CELL_PX, centre_square, colour_bar, overlay, png_data_uri, record_map, sample_images
+from xbench.overlays import CELL_PX, centre_square, colour_bar, overlay, png_data_uri, record_layout, record_map, sample_images
 from xbench.records import SAMPLES, SUMMARY, method_label, read_records
 from xbench.shared_samples import read_summary, summary_paths, warn
 
@@ -226,7 +226,7 @@ def _answer_cell(record: dict | None, run_dir: Path, image, sample_id: str) -> s
     grid = record_map(run_dir, record)
     if grid is None:
         return f"<td>map unreadable ({esc(record.get('map_file', '?'))})</td>"
-    uri = png_data_uri(overlay(image, grid))
+    uri = png_data_uri(overlay(image, grid, layout=record_layout(record)))
     acc = (record.get("scores") or {}).get("accuracy")
     mark = "" if acc is None else (" <span class='ok'>✓</span>" if acc >= 1 else " <span class='bad'>✗</span>")
     return (f"<td><img src='{uri}' alt='map for {esc(sample_id)}'>answer: <b>{esc(record.get('answer', ''))}</b>"

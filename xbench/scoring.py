@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from xbench import image_layout
 from xbench.api import CONTROL, Generation, Metric, MetricContext, RelevanceMap, Sample
 from xbench.batching import describe
 from xbench.columns import control_column
@@ -93,6 +94,7 @@ class Scorer:
             "generate_rss_peak_mib": o.generate.rss_peak_mib,
             "explain_rss_peak_mib": o.explain.rss_peak_mib,
             "grid": list(rmap.grid.shape),
+            "layout": image_layout.to_record(gen.layout),
         }
         record.update(self._map_fields(s.id, rmap))
         if self.with_control:

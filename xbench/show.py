@@ -17,7 +17,7 @@ import numpy as np
 
 from xbench.errors import ParameterError
 from xbench.escaping import mathtext
-from xbench.overlays import centre_square, colour_bar, overlay, record_map, sample_images
+from xbench.overlays import centre_square, colour_bar, overlay, record_layout, record_map, sample_images
 from xbench.records import SAMPLES, SUMMARY, iter_records, method_label
 from xbench.shared_samples import is_reference_of, read_summary
 
@@ -52,14 +52,16 @@ def reference_map(run_dir: Path, summary: dict, record: dict) -> tuple[np.ndarra
 def _panels(run_dir: Path, summary: dict, record: dict, image) -> list[tuple[str, object]]:
     """``[(title, PIL image or reason)]`` of the figure's panels."""
     panels: list[tuple[str, object]] = []
-    panels.append(("image", centre_square(image) if image is not None else "image not available here"))
+    layout = record_layout(record)
+    whole = image if layout is not None else (centre_square(image) if image is not None else None)
+    panels.append(("image", whole if whole is not None else "image not available here"))
     own = record_map(run_dir, record)
-    panels.append((method_label(summary), overlay(image, own) if own is not None else "map unreadable"))
+    panels.append((method_label(summary), overlay(image, own, layout=layout) if own is not None else "map unreadable"))
     ref, title = reference_map(run_dir, summary, record)
-    panels.append((title, overlay(image, ref) if ref is not None else title.split(" — ")[-1]))
+    panels.append((title, overlay(image, ref, layout=layout) if ref is not None else title.split(" — ")[-1]))
     control = record_map(run_dir, record, "control_map")
     if control is not None:
-        panels.append(("control map (--control)", overlay(image, control)))
+        panels.append(("control map (--control)", overlay(image, control, layout=layout)))
     return panels
 
 

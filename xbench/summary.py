@@ -151,6 +151,8 @@ def identity(run_id: str, method, task, vlm) -> dict[str, Any]:
             "model_hash": vlm.model_hash,
             "dtype": str(vlm.dtype).replace("torch.", ""),
             "attn_implementation": getattr(vlm, "attn_implementation", None),
+            "family": vlm.family,
+            "prompt_format": vlm.prompt_format,
         },
     }
 

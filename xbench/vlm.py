@@ -14,11 +14,12 @@ below (the hook points a method uses are optional: the default refuses with a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, ContextManager, Mapping, Sequence
 
-from xbench.errors import ModelCapabilityError
+from xbench.errors import ModelCapabilityError, ParameterError
+from xbench.image_layout import ImageLayout
 
 if TYPE_CHECKING:  # pragma: no cover - annotations only
     import numpy as np
@@ -34,11 +35,16 @@ class Generation:
     * ``prompt_ids``: the unpadded prompt token ids (image placeholders expanded);
     * ``answer_ids``: generated ids up to (excluding) end-of-sequence; when the model
       ends at once this holds that single end token, so there is always a target;
-    * ``image_positions``: indices into ``prompt_ids`` of the image tokens, row-major
-      over ``grid`` (h, w);
-    * ``pixel_values``: the processed image tensor for re-forwards (its layout is the
-      adapter's: pixel maps and masks go through :meth:`VLM.pixels_to_grid` and
+    * ``image_positions``: indices into ``prompt_ids`` of the image tokens, in the cell order of
+      ``layout`` (:class:`~xbench.image_layout.ImageLayout`: its grids and the box of the
+      original image each cell covers); every map of this generation has shape ``grid``
+      (``layout.map_shape``);
+    * ``pixel_values``: the processed image for re-forwards, in the adapter's layout with a
+      leading batch dimension of 1 (pixel maps, perturbations and masks go through
+      :meth:`VLM.pixel_cells`, :meth:`VLM.pixels_to_grid`, :meth:`VLM.perturb` and
       :meth:`VLM.mask_to_grid`);
+    * ``image_inputs``: the adapter's own other per-image inputs for re-forwards (image sizes,
+      patch grids...); only the adapter reads them;
     * ``hidden_states``: last-layer hidden states ``[len(prompt_ids) + len(answer_ids) - 1, d]``
       computed during generation, kept only when the method needs them.
 
@@ -51,9 +57,15 @@ class Generation:
     prompt_ids: list[int]
     answer_ids: list[int]
     image_positions: list[int]
-    grid: tuple[int, int]
+    layout: ImageLayout
     pixel_values: Any = None
     hidden_states: Any = None
+    image_inputs: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def grid(self) -> tuple[int, ...]:
+        """The shape of this generation's maps: ``(h, w)`` for one grid, ``(N,)`` for several."""
+        return self.layout.map_shape
 
     @property
     def prompt_len(self) -> int:
@@ -73,9 +85,11 @@ class ForwardOutput:
       positions without it);
     * ``attentions``: with ``output_attentions``, one ``[B, heads, T, T]`` tensor per
       language-model layer, first to last; else None;
-    * ``vision_attentions``: with ``output_attentions``, one ``[B, heads, N, N]`` tensor per
-      vision-tower layer, first to last (None when the family has no such tower); the
-      vision-token index of image token ``i`` is ``VLM.vision_token_positions(g)[i]``.
+    * ``vision_attentions``: with ``output_attentions``, one ``[C, heads, n, n]`` tensor per
+      vision-tower layer, first to last, for a forward of one generation whose image the tower
+      reads as ``C`` crops (tiles) of ``n`` tokens each (None when the family exposes no such
+      attentions); vision token ``c * n + j`` is token ``j`` of crop ``c``, the index space of
+      ``VLM.vision_token_positions``.
     """
 
     logits: Any
@@ -131,6 +145,13 @@ class VLM:
         self.device = device
         self.dtype = dtype
         self.attn_implementation = attn_implementation
+
+    @classmethod
+    def accepts(cls, config: Mapping[str, Any]) -> bool:
+        """Whether this family serves a checkpoint whose ``config.json`` is ``config`` (its
+        ``model_type`` is already one of :attr:`model_types`); families sharing a model_type
+        (LLaVA with a Pixtral tower) tell theirs apart here."""
+        return True
 
     @classmethod
     def load(cls, path: Path, *, identity: ModelIdentity, device: str, dtype: Any, attn_implementation: str) -> "VLM":
@@ -222,33 +243,94 @@ class VLM:
         when the features do not follow one path through the tower."""
         raise self._cannot("follow its image features into a vision tower")
 
-    def vision_token_positions(self, generation: Generation) -> list[int]:
-        """For each image token of ``generation`` (row-major over its grid), its index in the
-        vision tower's token sequence (the axes of ``ForwardOutput.vision_attentions``)."""
+    def vision_token_positions(self, generation: Generation) -> list[list[int]]:
+        """For each image token of ``generation`` (cell order), the vision-tower tokens it is made
+        of (one for LLaVA; the patches merged or pooled into it for Qwen2-VL, Gemma 3, SmolVLM),
+        as indices into the crop-major token space of ``ForwardOutput.vision_attentions``."""
         raise self._cannot("map its image tokens to vision-tower tokens")
 
-    def patch_embedding(self) -> "torch.nn.Module":
-        """The vision tower's patch-embedding module, whose output ``[B, D, h, w]`` lies on the grid."""
-        raise self._cannot("expose a patch-embedding convolution")
+    def patch_features(self) -> tuple["torch.nn.Module", Any]:
+        """``(module, view)`` for Grad-CAM: a vision-tower module whose output holds one feature
+        vector per vision patch, and ``view(output, generation) -> [D, P]`` those features for
+        the ``P`` patches of ``generation`` (the cell of each patch: :meth:`patch_cells`)."""
+        raise self._cannot("expose per-patch vision features")
+
+    def patch_cells(self, generation: Generation) -> "torch.Tensor":
+        """``[P]`` long: the layout cell of each patch of :meth:`patch_features` (-1: none)."""
+        raise self._cannot("map its vision patches to cells")
 
     # ---------------------------------------------------------------- pixel layout
-    def patch_size(self, generation: Generation) -> int:
-        """Side in pixels of ``generation.pixel_values`` covered by one grid cell."""
-        raise self._cannot("report a square patch size")
+    def pixel_cells(self, generation: Generation) -> "torch.Tensor":
+        """Long tensor with as many dims as ``generation.pixel_values`` (leading dim 1), broadcastable
+        to it: the layout cell each element feeds, -1 where it feeds none (padding). The one
+        pixel-layout primitive an adapter provides; pooling and perturbation derive from it."""
+        raise self._cannot("map pixels to cells")
 
     def pixels_to_grid(self, attribution: "torch.Tensor", generation: Generation) -> "np.ndarray":
-        """A per-pixel map shaped like ``generation.pixel_values`` summed over channels and
-        over the pixels of each grid cell: float32 ``[h, w]`` on ``generation.grid``."""
-        raise self._cannot("pool pixel maps onto its grid")
+        """A per-element map shaped like ``generation.pixel_values`` (any leading batch) summed
+        over every element feeding each cell: float32 of shape ``generation.grid``."""
+        import numpy as np
+        import torch
 
-    def pixel_cells(self, generation: Generation) -> "torch.Tensor":
-        """``[1, 1, H, W]`` long: the row-major grid cell index of every pixel of ``pixel_values``."""
-        raise self._cannot("map pixels to grid cells")
+        a = attribution.detach().float()
+        a = a.reshape(-1, *a.shape[1:]).sum(dim=0, keepdim=True)
+        cells = self.pixel_cells(generation).to(a.device).expand_as(a).reshape(-1)
+        values = a.reshape(-1)
+        keep = cells >= 0
+        n = generation.layout.n_cells
+        sums = torch.zeros(n, dtype=torch.float64, device=a.device).index_add_(0, cells[keep], values[keep].double())
+        return sums.cpu().numpy().astype(np.float32).reshape(generation.grid)
+
+    #: the dim of ``pixel_values`` holding colour channels (None: no separate channel dim), for
+    #: the per-channel ``"mean"`` fill; an adapter whose layout mixes them overrides :meth:`fill_value`
+    pixel_channel_dim: ClassVar[int | None] = 1
+
+    def fill_value(self, generation: Generation, fill: str) -> "torch.Tensor":
+        """The fill of perturbations, broadcastable to ``pixel_values``: ``"mean"`` the per-channel
+        mean of the processed image over the elements feeding a cell, ``"zero"`` zero in the
+        normalised space (the dataset mean colour)."""
+        import torch
+
+        pv = generation.pixel_values
+        if fill == "zero":
+            return pv.new_zeros(())
+        if fill != "mean":
+            raise ParameterError(f"unknown fill {fill!r} (mean or zero)")
+        used = (self.pixel_cells(generation).to(pv.device) >= 0).expand_as(pv).to(pv.dtype)
+        dim = self.pixel_channel_dim
+        axes = tuple(d for d in range(pv.ndim) if d != dim)
+        total = (pv * used).sum(dim=axes, keepdim=True)
+        return total / used.sum(dim=axes, keepdim=True).clamp(min=1)
+
+    def perturb(self, generation: Generation, keep: "torch.Tensor", fill: "torch.Tensor | float") -> "torch.Tensor":
+        """``[B, ...]`` images: copy ``b`` keeps cell ``c`` with weight ``keep[b, c]`` in [0, 1] and
+        shows ``fill`` (a float or a tensor broadcastable to ``pixel_values``) with the rest;
+        elements feeding no cell are unchanged."""
+        import torch
+
+        pv = generation.pixel_values
+        cells = self.pixel_cells(generation).to(pv.device)
+        keep = torch.as_tensor(keep, device=pv.device).to(pv.dtype)
+        padded = torch.cat([keep, keep.new_ones(len(keep), 1)], dim=1)  # index -1: untouched
+        weight = padded[:, cells.clamp(min=-1).reshape(-1)].reshape(len(keep), *cells.shape[1:])
+        fill = torch.as_tensor(fill, device=pv.device, dtype=pv.dtype)
+        return weight * pv + (1 - weight) * fill
 
     def mask_to_grid(self, mask: "np.ndarray", generation: Generation) -> "np.ndarray":
-        """Fraction of each grid cell covered by a boolean mask on the original image's pixels
-        (``H x W``), float32 on ``generation.grid``, following the processor's resize/crop."""
-        raise self._cannot("lay image masks on its grid")
+        """Fraction of each cell's box covered by a boolean mask on the original image's pixels
+        (``H x W``): float32 of shape ``generation.grid`` (``generation.layout.cover``)."""
+        return generation.layout.cover(mask)
+
+    # ---------------------------------------------------------------- prompts
+    def render_prompt(self, instruction: str) -> str:
+        """The prompt for one image and ``instruction``, as the checkpoint formats it (its chat
+        template); refused at load when the format cannot be determined."""
+        raise self._cannot("render a prompt")
+
+    @property
+    def prompt_format(self) -> str:
+        """The rendered prompt with ``{prompt}`` where the instruction goes (recorded in summaries)."""
+        return self.render_prompt("{prompt}")
 
     @property
     def image_std(self) -> tuple[float, ...] | None:

@@ -49,3 +49,27 @@ def install_random_proxies(model_id: str, path: Path, heads=tuple(HEADS.names())
         for head in heads:
             out.append(install(random_proxy(identity, grid, head, seed).save(Path(tmp) / head)))
     return out
+
+
+def install_random_proxies_for(vlm, heads=tuple(HEADS.names()), seed: int = 0, grid=None) -> list[Path]:
+    """Install random-weight proxies of ``heads`` as the defaults of a loaded model (any family), for
+    ``grid`` (default: the model's fixed patch grid; a model whose grid varies with the image needs it)."""
+    import tempfile
+
+    from xbench.fastrm.proxy import model_identity
+    from xbench.fastrm.proxy_store import install
+
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for head in heads:
+            proxy = random_proxy(model_identity(vlm), tuple(grid) if grid else _one_grid(vlm), head, seed)
+            out.append(install(proxy.save(Path(tmp) / head)))
+    return out
+
+
+def _one_grid(vlm) -> tuple[int, int]:
+    """The patch grid of a one-grid model (what the fixed-grid heads need)."""
+    grid = getattr(vlm, "patch_grid", None)
+    if grid is None:
+        raise ValueError(f"model {vlm.name!r} has no fixed patch grid for a fixed-grid FastRM head")
+    return tuple(grid)

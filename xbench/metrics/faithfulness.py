@@ -9,7 +9,8 @@ all-fill image and reveals the patches in the same order: higher is better.
 
 * ``fill="mean"`` (default): the per-channel mean of the processed image (normalised
   space), i.e. the image's average colour; ``fill="zero"``: zero in normalised space,
-  i.e. the vision encoder's dataset-mean colour.
+  i.e. the vision encoder's dataset-mean colour (``vlm.fill_value``; the adapter's
+  ``vlm.perturb`` lays the cells on its pixels).
 * ``score="answer"`` (default): the probability of the whole generated answer (product of
   its tokens' probabilities); ``score="first"``: of its first token only.
 * Ties in a map are broken in a random order fixed by the run seed and sample id.
@@ -30,12 +31,7 @@ from xbench.api import Metric
 from xbench.hookspecs import hookimpl
 from xbench.params import Param
 
-#: ``fill`` -> the ``[1, C, 1, 1]`` fill of processed pixel values ``[1, C, H, W]``
-FILL_VALUES = {
-    "mean": lambda pixel_values: pixel_values.mean(dim=(2, 3), keepdim=True),
-    "zero": lambda pixel_values: pixel_values.new_zeros(pixel_values.shape[:2] + (1, 1)),
-}
-FILLS = tuple(FILL_VALUES)
+FILLS = ("mean", "zero")
 SCORES = ("answer", "first")
 
 
@@ -52,29 +48,13 @@ def step_masks(order: np.ndarray, steps: int) -> np.ndarray:
     return rank[None, :] < step_counts(n, steps)[:, None]
 
 
-def patch_index(height: int, width: int, grid: tuple[int, int]) -> np.ndarray:
-    """``[H, W]``: the row-major patch id of each pixel (patch rows/cols split evenly)."""
-    h, w = grid
-    rows = (np.arange(height) * h) // height
-    cols = (np.arange(width) * w) // width
-    return rows[:, None] * w + cols[None, :]
-
-
-def fill_value(pixel_values, fill: str):
-    """``[1, C, 1, 1]`` fill (one of :data:`FILLS`) in the processed (normalised) pixel space."""
-    return FILL_VALUES[fill](pixel_values)
-
-
-def perturbed_images(pixel_values, masks: np.ndarray, grid, fill: str, mode: str):
-    """``[S, C, H, W]``: deletion fills the marked patches, insertion keeps only them."""
+def perturbed_images(vlm, generation, masks: np.ndarray, fill: str, mode: str):
+    """``[S, ...]`` images (``vlm.perturb``): deletion fills the marked cells, insertion keeps only them."""
     import torch
 
-    _, _, H, W = pixel_values.shape
-    marked = torch.as_tensor(masks[:, patch_index(H, W, grid)], device=pixel_values.device)[:, None]
-    base = fill_value(pixel_values, fill).expand_as(pixel_values)
-    if mode == "deletion":
-        return torch.where(marked, base, pixel_values)
-    return torch.where(marked, pixel_values, base)
+    marked = torch.as_tensor(masks, dtype=torch.float32)
+    keep = 1.0 - marked if mode == "deletion" else marked
+    return vlm.perturb(generation, keep, vlm.fill_value(generation, fill))
 
 
 def answer_probability(vlm, generation, images, score: str, chunk: int) -> np.ndarray:
@@ -135,7 +115,7 @@ class Perturbation(Metric):
         key = ("faithfulness", self.mode, steps, p["fill"], p["score"], order.tobytes())
         if key not in context.cache:
             masks = step_masks(order, steps)
-            images = perturbed_images(generation.pixel_values, masks, rmap.grid.shape, p["fill"], self.mode)
+            images = perturbed_images(context.vlm, generation, masks, p["fill"], self.mode)
             context.cache[key] = answer_probability(context.vlm, generation, images, p["score"], chunk)
         return context.cache[key]
 

@@ -148,6 +148,27 @@ def check_device(device: str) -> str:
     return device
 
 
+def check_torchvision() -> None:
+    """Refuse, with the fix, a torchvision that is installed but does not import beside this torch
+    (PyPI's CUDA torchvision beside a CPU torch wheel: 'operator torchvision::nms does not exist'):
+    transformers then fails on every image processor with an unhelpful message. xbench's adapters
+    need no torchvision (transformers' PIL image processors serve every family)."""
+    import importlib.util
+
+    if importlib.util.find_spec("torchvision") is None:
+        return
+    try:
+        import torchvision  # noqa: F401
+    except Exception as exc:
+        import torch
+
+        raise ModelLoadError(
+            f"torchvision is installed but does not import beside torch {torch.__version__} "
+            f"({type(exc).__name__}: {exc}); uninstall it (`pip uninstall torchvision`: xbench's image processors do "
+            "not need it) or install the torchvision build made for this torch"
+        ) from None
+
+
 def load_vlm(
     name_or_path: str,
     registries: Registries,
@@ -162,10 +183,18 @@ def load_vlm(
     from xbench.api import ATTENTIONS, ModelIdentity
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    check_torchvision()
     model_id, path = resolve_model(name_or_path, registries)
     config = check_model_dir(path)
     model_type = config.get("model_type")
-    families = [e.obj for e in registries.model_families if model_type in e.obj.model_types]
+    typed = [e.obj for e in registries.model_families if model_type in e.obj.model_types]
+    families = [f for f in typed if f.accepts(config)]
+    if typed and not families:
+        tower = (config.get("vision_config") or {}).get("model_type")
+        raise ModelLoadError(
+            f"model {model_id!r} has model_type {model_type!r} with a {tower!r} vision tower, which none of the "
+            f"families serving {model_type!r} ({', '.join(f.family for f in typed)}) accepts"
+        )
     if not families:
         known = sorted({t for e in registries.model_families for t in e.obj.model_types})
         raise ModelLoadError(

@@ -1,56 +1,67 @@
-"""Layout helpers for adapters whose image is one square-patch tiling of one processed image.
+"""Layout helpers for adapters (never for methods or metrics, which go through the adapter).
 
-Used by adapters only (LLaVA-1.5 style: ``pixel_values [1, C, H, W]`` with ``H = h * patch``,
-one grid cell per patch); methods and metrics reach them through the adapter's
-:class:`~xbench.vlm.VLM` methods, never directly, so another layout is another adapter.
+* :func:`processed_region`: the box of the original image that a CLIP/SigLIP-style processor's
+  pad-to-square, resize and centre crop turn into its square tensor;
+* :func:`square_cells`, :func:`patch_region`: the cell of every pixel of an image cut into square
+  patches, and the part of the region those patches read.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
-import numpy as np
 import torch
 
-from xbench.errors import ParameterError
+
+def _size_of(value: Any) -> tuple[float | None, float | None, float | None]:
+    """``(shortest_edge, height, width)`` of a processor's ``size`` / ``crop_size`` setting."""
+    if value is None:
+        return None, None, None
+    if isinstance(value, (int, float)):
+        return float(value), None, None
+    get = value.get if hasattr(value, "get") else lambda k, d=None: getattr(value, k, d)
+    edge, h, w = get("shortest_edge", None), get("height", None), get("width", None)
+    return (None if edge is None else float(edge)), (None if h is None else float(h)), (None if w is None else float(w))
 
 
-def sum_per_cell(values: torch.Tensor, grid: Sequence[int]) -> np.ndarray:
-    """``[..., H, W] -> [h, w]`` float32: the sum over leading dims and over each cell's pixels.
+def processed_region(image_processor, image_size: Sequence[int]) -> tuple[float, float, float, float]:
+    """``(top, left, bottom, right)`` in original pixels of the region the processor's output shows:
+    optional pad to a centred square (``do_pad``), resize (shortest edge, or to height x width),
+    optional centre crop. Boxes outside the image (padding) are clipped by the layout."""
+    H, W = float(image_size[0]), float(image_size[1])
+    top, left, h, w = 0.0, 0.0, H, W
+    if getattr(image_processor, "do_pad", False) and getattr(image_processor, "pad_size", None) is None:
+        side = max(h, w)
+        top, left, h, w = top - (side - h) / 2, left - (side - w) / 2, side, side
+    scale_y = scale_x = 1.0
+    if getattr(image_processor, "do_resize", True):
+        edge, rh, rw = _size_of(getattr(image_processor, "size", None))
+        if edge is not None:
+            scale_y = scale_x = edge / min(h, w)
+        elif rh is not None and rw is not None:
+            scale_y, scale_x = rh / h, rw / w
+    if getattr(image_processor, "do_center_crop", False):
+        _, ch, cw = _size_of(getattr(image_processor, "crop_size", None))
+        if ch is not None and cw is not None:
+            top += (h * scale_y - ch) / 2 / scale_y
+            left += (w * scale_x - cw) / 2 / scale_x
+            h, w = ch / scale_y, cw / scale_x
+    return top, left, top + h, left + w
 
-    A :class:`ParameterError` when ``H x W`` does not tile the ``h x w`` grid exactly.
-    """
-    h, w = grid
-    a = values.detach().float()
-    a = a.reshape(-1, *a.shape[-2:]).sum(dim=0)
-    H, W = a.shape
-    if H % h or W % w:
-        raise ParameterError(f"pixel attribution of size {H}x{W} does not tile a {h}x{w} patch grid")
-    return a.reshape(h, H // h, w, W // w).sum(dim=(1, 3)).cpu().numpy().astype(np.float32)
+
+def square_cells(grid: Sequence[int], patch: int, pixels: Sequence[int], first_cell: int = 0, device=None) -> torch.Tensor:
+    """``[H, W]`` long: the row-major cell (offset by ``first_cell``) of every pixel of an ``H x W``
+    image cut into ``patch x patch`` patches on the ``h x w`` ``grid`` from its top-left corner;
+    -1 for pixels past the last whole patch (a stride-``patch`` convolution never reads them)."""
+    h, w = int(grid[0]), int(grid[1])
+    rows = torch.arange(int(pixels[0]), device=device) // patch
+    cols = torch.arange(int(pixels[1]), device=device) // patch
+    cells = first_cell + rows[:, None] * w + cols[None, :]
+    return torch.where((rows[:, None] < h) & (cols[None, :] < w), cells, torch.full_like(cells, -1))
 
 
-def cell_index(grid: Sequence[int], patch: int, device=None) -> torch.Tensor:
-    """``[1, 1, h * patch, w * patch]`` long: the row-major cell index of every pixel."""
-    h, w = grid
-    ids = torch.arange(h * w, device=device).reshape(h, w)
-    return ids.repeat_interleave(patch, dim=0).repeat_interleave(patch, dim=1)[None, None]
-
-
-def centre_crop_cover(mask: np.ndarray, grid: Sequence[int]) -> np.ndarray:
-    """Fraction of each cell covered by a pixel mask, ``[h, w]`` float32.
-
-    The mask is centre-cropped to a square first, matching CLIP's resize-shortest-edge +
-    centre-crop preprocessing, then area-averaged onto the grid.
-    """
-    from PIL import Image
-
-    mask = np.asarray(mask, dtype=bool)
-    H, W = mask.shape
-    side = min(H, W)
-    top, left = (H - side) // 2, (W - side) // 2
-    square = mask[top : top + side, left : left + side].astype(np.float32)
-    h, w = grid
-    if side % h == 0 and side % w == 0:
-        return square.reshape(h, side // h, w, side // w).mean(axis=(1, 3))
-    img = Image.fromarray(square, mode="F").resize((w, h), Image.Resampling.BOX)
-    return np.asarray(img, dtype=np.float32)
+def patch_region(region: Sequence[float], covered: Sequence[float]) -> tuple[float, float, float, float]:
+    """The part of ``region`` (top, left, bottom, right) whose processed pixels the patches read:
+    the leading ``covered = (fy, fx)`` fraction of each side (e.g. 27 x 14 / 384 for SigLIP-384)."""
+    top, left, bottom, right = (float(v) for v in region)
+    return top, left, top + (bottom - top) * covered[0], left + (right - left) * covered[1]

@@ -9,9 +9,16 @@ from xbench.models import ModelSpec
 
 
 def _build_tiny_random(out_dir: Path) -> None:
+    from xbench.zoo.llava_variants import LLAVA15_TEMPLATE
     from xbench.zoo.tiny import build_tiny_llava
 
-    build_tiny_llava(out_dir, seed=0)
+    build_tiny_llava(out_dir, seed=0, chat_template=LLAVA15_TEMPLATE, public_layout=True)
+
+
+def _build_interleave(out_dir: Path) -> None:
+    from xbench.zoo.llava_variants import build_interleave
+
+    build_interleave(out_dir, seed=0)
 
 
 def _shipped_easyvqa() -> Path:
@@ -30,8 +37,18 @@ def _build_easyvqa_random(out_dir: Path) -> None:
 
 TINY_RANDOM_LLAVA = ModelSpec(
     name="tiny-random-llava",
-    description="random-weight LLaVA (CLIP 64px/patch 8, Llama 2x64), word-level easy-vqa tokenizer; for tests",
+    description="mirrors llava-hf/llava-1.5-7b-hf (CLIP 64px/patch 8 with CLS, default strategy, Llama 2x64, "
+    "its chat template), random weights, word-level easy-vqa tokenizer",
     build=_build_tiny_random,
+    version="3",
+)
+
+TINY_RANDOM_LLAVA_INTERLEAVE = ModelSpec(
+    name="tiny-random-llava-interleave",
+    description="mirrors llava-hf/llava-interleave-qwen-0.5b-hf (SigLIP 64px/patch 14: 4x4 over 56px, no CLS, "
+    "full strategy, Qwen2 2x64, ChatML template), random weights",
+    build=_build_interleave,
+    version="3",
 )
 
 TINY_LLAVA_EASYVQA = ModelSpec(
@@ -52,5 +69,6 @@ TINY_LLAVA_EASYVQA_RANDOM = ModelSpec(
 @hookimpl
 def xbench_register_models(registry):
     registry.register(TINY_RANDOM_LLAVA)
+    registry.register(TINY_RANDOM_LLAVA_INTERLEAVE)
     registry.register(TINY_LLAVA_EASYVQA)
     registry.register(TINY_LLAVA_EASYVQA_RANDOM)

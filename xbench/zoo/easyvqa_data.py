@@ -105,7 +105,7 @@ def load_split(split: str, processor, max_images: int | None = None, max_questio
         if img not in row_of:
             continue
         if sample.question not in prompt_cache:
-            text = LlavaAdapter.template.format(prompt=task.prompt(sample))
+            text = LlavaAdapter.fallback_prompt.format(prompt=task.prompt(sample))
             prompt_cache[sample.question] = list(processor(images=[blank], text=[text])["input_ids"][0])
         rows.append(row_of[img])
         data.q_prompt.append(prompt_cache[sample.question])

@@ -23,11 +23,12 @@ def words_of(text: str) -> list[str]:
     return _WORD.findall(text.lower())
 
 
-def easyvqa_vocabulary() -> list[str]:
-    """Every word of easy-vqa's questions and answers plus the prompt templates, sorted."""
+def easyvqa_vocabulary(extra_text: str = "") -> list[str]:
+    """Every word of easy-vqa's questions and answers, the prompt templates and ``extra_text``
+    (a chat template's words, say), sorted."""
     import easy_vqa
 
-    words: set[str] = set(words_of(TEMPLATE_TEXT))
+    words: set[str] = set(words_of(TEMPLATE_TEXT + " " + extra_text))
     for questions, answers, _ in (easy_vqa.get_train_questions(), easy_vqa.get_test_questions()):
         for q in questions:
             words.update(words_of(q))
@@ -36,20 +37,29 @@ def easyvqa_vocabulary() -> list[str]:
     return sorted(words)
 
 
-def build_tokenizer(words: list[str]):
-    """A word-level fast tokenizer (lower-casing, whitespace/punctuation split)."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+def build_tokenizer(
+    words: list[str], special_tokens: tuple[str, ...] = ("<image>",), *, pad: str = "<pad>", unk: str = "<unk>",
+    bos: str | None = "<s>", eos: str = "</s>",
+):
+    """A word-level fast tokenizer (lower-casing, whitespace/punctuation split) over ``words``.
+
+    ``pad``, ``unk``, ``bos``, ``eos`` and ``special_tokens`` come first in the vocabulary, in that
+    order, and are never split or lower-cased (a chat template's markers, image placeholders)."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {tok: i for i, tok in enumerate(list(SPECIAL_TOKENS) + [w for w in words if w not in SPECIAL_TOKENS])}
-    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    named = [t for t in (pad, unk, bos, eos) if t is not None]
+    specials = list(dict.fromkeys(named + list(special_tokens)))
+    vocab = {tok: i for i, tok in enumerate(specials + [w for w in words if w not in specials])}
+    core = Tokenizer(models.WordLevel(vocab, unk_token=unk))
     core.normalizer = normalizers.Lowercase()
     core.pre_tokenizer = pre_tokenizers.Whitespace()
     core.decoder = decoders.WordPiece()
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=core, pad_token="<pad>", unk_token="<unk>", bos_token="<s>", eos_token="</s>"
-    )
-    tok.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    core.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, pad_token=pad, unk_token=unk, bos_token=bos, eos_token=eos)
+    extra = [t for t in special_tokens if t not in named]
+    if extra:
+        tok.add_special_tokens({"additional_special_tokens": extra})
     tok.padding_side = "left"
     return tok
 
@@ -73,7 +83,7 @@ class TinyLlavaShape:
 EASYVQA_SHAPE = TinyLlavaShape(vision_hidden=128, text_hidden=128)
 
 
-def build_processor(tokenizer, shape: TinyLlavaShape):
+def build_processor(tokenizer, shape: TinyLlavaShape, chat_template: str | None = None):
     from transformers import LlavaProcessor
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
@@ -87,6 +97,7 @@ def build_processor(tokenizer, shape: TinyLlavaShape):
         vision_feature_select_strategy="default",
         num_additional_image_tokens=1,
         image_token="<image>",
+        chat_template=chat_template,
     )
 
 
@@ -123,7 +134,7 @@ def build_config(tokenizer, shape: TinyLlavaShape):
     )
 
 
-def new_tiny_llava(shape: TinyLlavaShape, seed: int):
+def new_tiny_llava(shape: TinyLlavaShape, seed: int, chat_template: str | None = None):
     """``(model, processor)``: a tiny LLaVA with eager attention whose weights are torch's
     initialisation after ``torch.manual_seed(seed)`` (the global generator is left there)."""
     import torch
@@ -132,26 +143,53 @@ def new_tiny_llava(shape: TinyLlavaShape, seed: int):
 
     hf_logging.disable_progress_bar()
     tokenizer = build_tokenizer(easyvqa_vocabulary())
-    processor = build_processor(tokenizer, shape)
+    processor = build_processor(tokenizer, shape, chat_template)
     config = build_config(tokenizer, shape)
     config._attn_implementation = "eager"
     torch.manual_seed(seed)
     return LlavaForConditionalGeneration(config), processor
 
 
-def build_tiny_llava(out_dir: Path, shape: TinyLlavaShape = TinyLlavaShape(), seed: int = 0):
-    """Write a randomly initialised tiny LLaVA (weights, tokenizer, processor) to ``out_dir``; return the model."""
+def build_tiny_llava(out_dir: Path, shape: TinyLlavaShape = TinyLlavaShape(), seed: int = 0,
+                     chat_template: str | None = None, public_layout: bool = False, max_shard_size: str | int = "5GB"):
+    """Write a randomly initialised tiny LLaVA (weights, tokenizer, processor with ``chat_template``)
+    to ``out_dir`` (in the hub's file layout with ``public_layout``); return the model."""
     import torch
 
     with torch.random.fork_rng(devices=[]):
-        model, processor = new_tiny_llava(shape, seed)
-    save_model(model.eval(), processor, out_dir)
+        model, processor = new_tiny_llava(shape, seed, chat_template)
+    (save_public_layout if public_layout else save_model)(model.eval(), processor, out_dir, max_shard_size)
     return model
 
 
-def save_model(model, processor, out_dir: Path) -> None:
-    """Save weights as safetensors plus tokenizer and processor in Hugging Face layout."""
+def save_model(model, processor, out_dir: Path, max_shard_size: str | int = "5GB") -> None:
+    """Save weights as safetensors plus tokenizer and processor in Hugging Face layout (transformers 5's
+    single ``processor_config.json``; :func:`save_public_layout` writes the layout of the hub's repos)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_dir, safe_serialization=True)
+    model.save_pretrained(out_dir, safe_serialization=True, max_shard_size=max_shard_size)
     processor.save_pretrained(out_dir)
+
+
+def save_public_layout(model, processor, out_dir: Path, max_shard_size: str | int = "5GB") -> None:
+    """Save as the public llava-hf repositories lay their files out: weights (sharded with an index
+    beyond ``max_shard_size``), tokenizer files, ``preprocessor_config.json`` (the image processor),
+    ``processor_config.json`` (the processor's own settings) and ``chat_template.json``."""
+    import json
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir, safe_serialization=True, max_shard_size=max_shard_size)
+    processor.tokenizer.save_pretrained(out_dir)
+    image = processor.image_processor.to_dict()
+    image["image_processor_type"] = type(processor.image_processor).__name__.removesuffix("Pil")
+    image["processor_class"] = type(processor).__name__
+    own = {k: v for k, v in processor.to_dict().items() if k not in ("image_processor", "tokenizer", "chat_template")}
+    own["processor_class"] = type(processor).__name__
+    write = lambda name, data: (out_dir / name).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")  # noqa: E731
+    write("preprocessor_config.json", image)
+    write("processor_config.json", own)
+    if processor.chat_template:
+        write("chat_template.json", {"chat_template": processor.chat_template})
+    for stale in ("chat_template.jinja",):
+        (out_dir / stale).unlink(missing_ok=True)
