@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from xbench.api import MetricContext, RelevanceMap
-from xbench.metrics.confidence import AnswerProbabilityAUROC, ConfidenceAUROC
+from xbench.metrics.confidence import AnswerProbabilityAUROC, ConfidenceAUROC, answer_log_probability
 
 TASK_PARAMS = {"corruption": "contrast", "severity": 0.85}  # the default model errs on ~40% of these
 
@@ -21,17 +21,20 @@ def mann_whitney_auroc(wrong, scores) -> float:
     return wins / (len(pos) * len(neg))
 
 
-def independent_probability(vlm, generation) -> float:
-    """The answer's probability: the HF model called directly on prompt + answer, a float64 numpy
-    softmax at each position that predicted an answer token, the product of the picked entries."""
+def independent_probability(vlm, generation, greedy: bool = True) -> float:
+    """The answer's probability: the HF model called directly on prompt + answer (the adapter's
+    model inputs for the image), a float64 numpy softmax at each position that predicted an
+    answer token, the product of the picked entries. ``greedy``: check those are the argmax."""
     import torch
 
     ids = torch.tensor([generation.prompt_ids + generation.answer_ids])
     with torch.no_grad():
-        logits = vlm.model(input_ids=ids, pixel_values=generation.pixel_values).logits[0].double().numpy()
+        inputs = vlm.forward_inputs(generation, generation.pixel_values)
+        logits = vlm.model(input_ids=ids, **inputs, use_cache=False).logits[0].double().numpy()
     start = len(generation.prompt_ids) - 1
     rows = logits[start : start + len(generation.answer_ids)]
-    assert list(rows.argmax(axis=-1)) == generation.answer_ids  # greedy: these are the generated tokens
+    if greedy:
+        assert list(rows.argmax(axis=-1)) == generation.answer_ids  # these are the generated tokens
     probs = np.exp(rows - rows.max(axis=-1, keepdims=True))
     probs /= probs.sum(axis=-1, keepdims=True)
     return float(np.prod([probs[k, t] for k, t in enumerate(generation.answer_ids)]))
@@ -62,8 +65,11 @@ def test_answer_probability_equals_an_independent_computation(default_model, cor
     assert max(values) > 0.05  # not every answer near-certain: the comparison is not of zeros
     task, few = easyvqa_samples  # a random-weight model: low, varied probabilities of multi-token answers
     rand = tiny_vlm.generate(few[:4], [task.prompt(s) for s in few[:4]], task.max_new_tokens)
+    want = [independent_probability(tiny_vlm, g) for g in rand]
     got = [metric.compute(s, g, None, MetricContext(vlm=tiny_vlm)) for s, g in zip(few, rand)]
-    np.testing.assert_allclose(got, [1 - independent_probability(tiny_vlm, g) for g in rand], rtol=1e-5, atol=2e-6)
+    np.testing.assert_allclose(got, [1 - p for p in want], rtol=1e-5, atol=2e-6)
+    # 1 - p is near 1 for such small p: the log-probabilities tell the figures apart
+    np.testing.assert_allclose([answer_log_probability(tiny_vlm, g) for g in rand], np.log(want), rtol=1e-5)
 
 
 def test_auroc_equals_a_mann_whitney_count():
@@ -105,3 +111,24 @@ def test_run_records_and_summarises_the_answer_probability(plugins, tmp_path, co
     # uniform's map has maximal entropy everywhere: its confidence AUROC is chance, exactly
     assert summary["metrics"]["confidence_auroc"]["value"] == pytest.approx(0.5)
     assert all(math.isclose(r["metrics"]["confidence_auroc"], 1.0, abs_tol=1e-6) for r in records)
+
+
+def tiny_random_models():
+    from xbench.plugins import build
+
+    return [name for name in build().registries.models.names() if name.startswith("tiny-random-") and name != "tiny-random-llava"]
+
+
+@pytest.mark.parametrize("model", tiny_random_models())
+def test_answer_probability_on_every_family(plugins, easyvqa_samples, model):
+    """The same check on each family's tiny random model (their image inputs differ; the metric
+    reads only ``vlm.forward``)."""
+    from xbench.models import load_vlm
+
+    vlm = load_vlm(model, plugins.registries, needs=frozenset(), device="cpu")
+    task, samples = easyvqa_samples
+    gens = vlm.generate(samples[:2], [task.prompt(s) for s in samples[:2]], task.max_new_tokens)
+    want = [independent_probability(vlm, g, greedy=False) for g in gens]
+    got = [AnswerProbabilityAUROC().compute(s, g, None, MetricContext(vlm=vlm)) for s, g in zip(samples, gens)]
+    np.testing.assert_allclose(got, [1 - p for p in want], rtol=1e-5, atol=2e-6)
+    np.testing.assert_allclose([answer_log_probability(vlm, g) for g in gens], np.log(want), rtol=1e-5, atol=1e-5)
