@@ -11,6 +11,27 @@ answers stay right: a flipped copy of the training split is more data for traini
 proxy on (``xbench fastrm train --augment flip=horizontal``). Flipped samples' ids end in
 ``-flip-<flip>``.
 
+``corruption`` (``none``, ``noise``, ``occlusion``, ``contrast``) with ``severity`` in [0, 1]
+degrades every image in memory, after the flip and before the model's processor (no file is
+written), so that the default model errs often enough to measure a confidence signal on:
+
+* ``noise``: Gaussian noise of standard deviation ``severity * 255`` added to every channel
+  of every pixel, then rounded and clipped to 0..255;
+* ``occlusion``: ``round(severity * n)`` of the shape's ``n`` pixels (the ground-truth mask of
+  the clean image) are painted over in the background colour by a straight cut whose direction
+  is drawn at random: every pixel whose projection on that direction comes before the last
+  covered shape pixel's (ties in row-major order) is painted, halo pixels included;
+* ``contrast``: every channel pulled toward the image's mean grey ``g`` (mean luminance, ITU-R
+  601 weights): ``g + (1 - severity) * (pixel - g)``, rounded, so every channel's range shrinks
+  by ``1 - severity``.
+
+Severity 0 is the clean image. The draws come from the run seed (the ``seed`` of
+:meth:`EasyVQA.samples`) and the sample's id without its corruption suffix, never from the
+severity: one question at two severities gets the same draws scaled (the same noise pattern,
+the same cut direction), so accuracy across levels compares like with like. Corrupted samples'
+ids end in ``-<corruption>-<severity>``. The ground-truth mask is the clean image's shape minus
+the occluded pixels (noise would make every pixel differ from the background).
+
 The package's files (``data/<split>/questions.json``: ``[question, answer, image id]`` triples;
 ``data/<split>/images/<id>.png``) are read strictly, as the other tasks' files are: a triple whose
 question or answer is not a text or whose image id is not a JSON integer (``1.9``, ``1.0``,
@@ -23,20 +44,21 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
-from xbench.api import Sample, SampleError, Task
+from xbench.api import Sample, SampleError, Task, seeded_rng
 from xbench.datafiles import describe, integer, load_json, text
-from xbench.errors import DataError
+from xbench.errors import DataError, ParameterError
 from xbench.hookspecs import hookimpl
 from xbench.params import Param
 from xbench.taskdata import PROMPTS, fill_prompt, pick
 
 FLIPS = ("none", "horizontal", "vertical", "both")
+CORRUPTIONS = ("none", "noise", "occlusion", "contrast")
 COLOURS = ("black", "blue", "brown", "gray", "green", "red", "teal", "yellow")
 SHAPES = ("circle", "rectangle", "triangle")
 PROMPT = PROMPTS["llava15"]  # LLaVA-1.5's short-answer instruction after the question
@@ -87,30 +109,96 @@ def question_kind(question: str, answer: str) -> str:
     return "colour" if answer in COLOURS else "shape"
 
 
+def most_common_colour(arr: np.ndarray) -> np.ndarray:
+    """The most common RGB colour of an ``H x W x 3`` array (easy-vqa's background)."""
+    colours, counts = np.unique(arr.reshape(-1, 3), axis=0, return_counts=True)
+    return colours[counts.argmax()]
+
+
 def background_mask(image, tolerance: int = 16) -> np.ndarray:
     """Boolean H x W: pixels differing from the most common colour by more than ``tolerance``."""
     arr = np.asarray(image.convert("RGB"), dtype=np.int16)
-    colours, counts = np.unique(arr.reshape(-1, 3), axis=0, return_counts=True)
-    background = colours[counts.argmax()]
-    return np.abs(arr - background).max(axis=-1) > tolerance
+    return np.abs(arr - most_common_colour(arr)).max(axis=-1) > tolerance
+
+
+@dataclass(frozen=True)
+class Corruption:
+    """One image corruption (see the module docstring): ``kind`` in :data:`CORRUPTIONS`,
+    ``severity`` in [0, 1], draws from ``seed``; ``tolerance`` is the shape mask's (occlusion)."""
+
+    kind: str = "none"
+    severity: float = 0.0
+    seed: int = 0
+    tolerance: int = 16
+
+    @property
+    def suffix(self) -> str:
+        """What a corrupted sample's id ends with (empty without a corruption)."""
+        return "" if self.kind == "none" else f"-{self.kind}-{self.severity!r}"
+
+    def apply(self, image, key: str):
+        """``(corrupted RGB image, occluded H x W mask)`` of the clean ``image``; draws fixed by
+        the seed, the kind and ``key`` (the clean sample id). Severity 0 returns ``image`` itself."""
+        from PIL import Image
+
+        arr = np.asarray(image.convert("RGB"))
+        occluded = np.zeros(arr.shape[:2], dtype=bool)
+        if self.kind == "none" or self.severity == 0:
+            return image, occluded
+        rng = seeded_rng(self.seed, "easyvqa-corruption", self.kind, key)
+        if self.kind == "noise":
+            noisy = arr + rng.standard_normal(arr.shape) * (self.severity * 255.0)
+            out = np.clip(np.rint(noisy), 0, 255)
+        elif self.kind == "contrast":
+            grey = float((arr.astype(np.float64) @ np.array([0.299, 0.587, 0.114])).mean())
+            out = np.clip(np.rint(grey + (1.0 - self.severity) * (arr - grey)), 0, 255)
+        else:
+            occluded = occlusion_mask(background_mask(image, self.tolerance), self.severity, rng)
+            out = arr.copy()
+            out[occluded] = most_common_colour(arr)
+        return Image.fromarray(out.astype(np.uint8), "RGB"), occluded
+
+
+def occlusion_mask(shape: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
+    """A straight cut across the image in a direction drawn from ``rng``: every pixel up to (in the
+    order of their projection on that direction, ties row-major) the ``round(fraction * n)``-th of
+    the ``n`` True pixels of ``shape``, so exactly that many shape pixels are covered (and the
+    anti-aliasing halo beside them with them)."""
+    angle = rng.uniform(0.0, 2.0 * np.pi)
+    rows, cols = np.indices(shape.shape)
+    order = np.argsort((cols * np.cos(angle) + rows * np.sin(angle)).ravel(), kind="stable")
+    covered = int(round(fraction * int(shape.sum())))
+    mask = np.zeros(shape.size, dtype=bool)
+    if covered:
+        last = np.flatnonzero(shape.ravel()[order])[covered - 1]
+        mask[order[: last + 1]] = True
+    return mask.reshape(shape.shape)
 
 
 @dataclass
 class FlippedSample(Sample):
-    """A sample whose image is mirrored when it is loaded (``flip`` as in :data:`FLIPS`)."""
+    """A sample whose image is mirrored (``flip`` as in :data:`FLIPS`), then corrupted, when it is
+    loaded; :attr:`occluded` marks the pixels the corruption painted over (set on load)."""
 
     flip: str = "none"
+    corruption: Corruption = field(default_factory=Corruption)
+    occluded: np.ndarray | None = None
 
-    def load_image(self):
+    def clean_image(self):
+        """The mirrored image before any corruption (read again from the file each call)."""
         from PIL import ImageOps
 
+        image = Sample(self.id, self.question, self.answers, image_path=self.image_path).load_image()
+        if self.flip in ("horizontal", "both"):
+            image = ImageOps.mirror(image)
+        if self.flip in ("vertical", "both"):
+            image = ImageOps.flip(image)
+        return image
+
+    def load_image(self):
         if self.image is None:
-            image = super().load_image()
-            if self.flip in ("horizontal", "both"):
-                image = ImageOps.mirror(image)
-            if self.flip in ("vertical", "both"):
-                image = ImageOps.flip(image)
-            self.image = image
+            clean_id = self.id[: len(self.id) - len(self.corruption.suffix)]
+            self.image, self.occluded = self.corruption.apply(self.clean_image(), clean_id)
         return self.image
 
 
@@ -128,21 +216,31 @@ class EasyVQA(Task):
     parameters = {
         "mask_tolerance": Param(16, min=0, max=255, doc="how far a pixel's colour may be from the background's and not count"),
         "flip": Param("none", choices=FLIPS, doc="mirror every image: none, horizontal, vertical or both"),
+        "corruption": Param("none", choices=CORRUPTIONS, doc="degrade every image: none, noise, occlusion or contrast"),
+        "severity": Param(0.0, min=0.0, max=1.0, doc="how much: noise sd / 255, share of the shape occluded, contrast lost"),
     }
 
     def __init__(self, split=None, data_dir=None, **params) -> None:
-        """``data_dir`` is not used: the data ships with the ``easy-vqa`` package."""
+        """``data_dir`` is not used: the data ships with the ``easy-vqa`` package. A ``severity``
+        above 0 without a ``corruption`` is refused (it would change nothing)."""
         super().__init__(split, None, **params)
+        if self.params["corruption"] == "none" and self.params["severity"] != 0:
+            raise ParameterError(
+                f"task 'easyvqa': severity={self.params['severity']!r} needs a corruption "
+                f"(one of {list(CORRUPTIONS[1:])}); corruption is 'none'"
+            )
         folder = package_folder() / self.split
         self._questions_path = folder / "questions.json"
         self._questions = read_questions(self._questions_path)
         self._paths = read_image_paths(folder / "images")
 
     def samples(self, limit=None, seed=0) -> Iterator[Sample | SampleError]:
-        """Questions in a seeded shuffled order (the same ids for the same seed), first ``limit``."""
+        """Questions in a seeded shuffled order (the same ids for the same seed), first ``limit``;
+        ``seed`` also fixes the corruption's draws."""
         texts, answers, image_ids = self._questions
         flip = self.params["flip"]
-        suffix = "" if flip == "none" else f"-flip-{flip}"
+        corruption = Corruption(self.params["corruption"], self.params["severity"], seed, self.params["mask_tolerance"])
+        suffix = ("" if flip == "none" else f"-flip-{flip}") + corruption.suffix
         for idx in pick(texts, limit, seed):
             sid = f"{self.split}-{idx}{suffix}"
             where = f"easy-vqa {self.split} {self._questions_path.name} [{idx}]"
@@ -165,13 +263,17 @@ class EasyVQA(Task):
                 image_path=self._paths[image_id],
                 meta={"image_id": image_id, "kind": question_kind(question, answer)},
                 flip=flip,
+                corruption=corruption,
             )
 
     def prompt(self, sample: Sample) -> str:
         return fill_prompt(PROMPT, sample.question)
 
     def ground_truth_mask(self, sample: Sample) -> np.ndarray:
-        return background_mask(sample.load_image(), self.params["mask_tolerance"])
+        """The clean (mirrored) image's shape pixels that no occlusion painted over."""
+        image = sample.load_image()
+        clean = image if sample.corruption.severity == 0 else sample.clean_image()
+        return background_mask(clean, self.params["mask_tolerance"]) & ~sample.occluded
 
     def score(self, sample: Sample, answer: str) -> dict[str, float]:
         return {"accuracy": float(normalise_answer(answer) in {normalise_answer(a) for a in sample.answers})}

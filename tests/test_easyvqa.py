@@ -87,7 +87,7 @@ def test_flip_mirrors_image_and_mask_and_keeps_the_question(flip, axes):
 
 
 def test_flip_is_recorded_and_checked():
-    assert EasyVQA().params == {"mask_tolerance": 16, "flip": "none"}
+    assert EasyVQA().params == {"mask_tolerance": 16, "flip": "none", "corruption": "none", "severity": 0.0}
     with pytest.raises(ParameterError, match=r"flip='sideways' is not one of \['none', 'horizontal'"):
         EasyVQA(flip="sideways")
 
