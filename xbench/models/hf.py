@@ -308,6 +308,22 @@ class HFAdapter(VLM):
             self.forward(generation)
         return captured[0][0, :-1]
 
+    # ------------------------------------------------------------------ hook points
+    @property
+    def image_feature_module(self) -> torch.nn.Module:
+        """The module whose output (the image features) enters the language model."""
+        raise self._cannot("name the module whose output enters its language model")
+
+    @contextlib.contextmanager
+    def image_features_as_leaf(self):
+        """Within the block, :attr:`image_feature_module`'s output is detached and made a leaf that
+        requires grad (see :meth:`VLM.image_features_as_leaf`)."""
+        handle = self.image_feature_module.register_forward_hook(lambda _m, _i, out: out.detach().requires_grad_(True))
+        try:
+            yield
+        finally:
+            handle.remove()
+
     # ------------------------------------------------------------------ controls
     @contextlib.contextmanager
     def attention(self, implementation: str):

@@ -18,7 +18,6 @@ Prompt: the checkpoint's chat template (no family fallback).
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any, Mapping
 
 import torch
@@ -158,14 +157,10 @@ class Idefics3Adapter(HFAdapter):
         return ForwardOutput(outputs.logits, tuple(atts), tuple(tower_atts))
 
     # ------------------------------------------------------------------ hook points
-    @contextlib.contextmanager
-    def image_features_as_leaf(self):
-        """Within the block, the connector's output is detached and made a leaf that requires grad."""
-        handle = self.model.model.connector.register_forward_hook(lambda _m, _i, out: out.detach().requires_grad_(True))
-        try:
-            yield
-        finally:
-            handle.remove()
+    @property
+    def image_feature_module(self) -> torch.nn.Module:
+        """The connector, whose output (the image tokens' features) enters the language model."""
+        return self.model.model.connector
 
     def vision_layers_read(self) -> int:
         """Every tower layer: the connector reads the last one (after the post-layernorm)."""

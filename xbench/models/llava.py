@@ -14,7 +14,6 @@ when the checkpoint has none.
 
 from __future__ import annotations
 
-import contextlib
 
 import numpy as np
 import torch
@@ -41,16 +40,10 @@ class LlavaBase(HFAdapter):
     first_vision_token: int = 0
 
     # ------------------------------------------------------------------ hook points
-    @contextlib.contextmanager
-    def image_features_as_leaf(self):
-        """Within the block, the projector's output is detached and made a leaf that requires grad."""
-        handle = self.model.model.multi_modal_projector.register_forward_hook(
-            lambda _m, _i, out: out.detach().requires_grad_(True)
-        )
-        try:
-            yield
-        finally:
-            handle.remove()
+    @property
+    def image_feature_module(self) -> torch.nn.Module:
+        """The projector, whose output enters the language model."""
+        return self.model.model.multi_modal_projector
 
     def vision_layers_read(self) -> int:
         """The tower layers feeding ``vision_feature_layer`` (later ones get no gradient)."""

@@ -31,7 +31,6 @@ sampling settings and repetition penalty of the checkpoint's ``generation_config
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -165,14 +164,10 @@ class Qwen2VLAdapter(HFAdapter):
         return per_channel.expand(1, 1, self.channels, width).reshape(1, 1, -1)
 
     # ------------------------------------------------------------------ hook points
-    @contextlib.contextmanager
-    def image_features_as_leaf(self):
-        """Within the block, the merger's output (the image tokens' features) is detached and made a leaf."""
-        handle = self.visual.merger.register_forward_hook(lambda _m, _i, out: out.detach().requires_grad_(True))
-        try:
-            yield
-        finally:
-            handle.remove()
+    @property
+    def image_feature_module(self) -> torch.nn.Module:
+        """The merger, whose output (the image tokens' features) enters the language model."""
+        return self.visual.merger
 
     def vision_attentions(self, outputs) -> None:
         """None: what transformers records as the tower's "attentions" are its attention modules'

@@ -116,16 +116,10 @@ class SiglipGridAdapter(HFAdapter):
     def vision_tower(self) -> torch.nn.Module:
         return self.model.model.vision_tower
 
-    @contextlib.contextmanager
-    def image_features_as_leaf(self):
-        """Within the block, the projector's output is detached and made a leaf that requires grad."""
-        handle = self.model.model.multi_modal_projector.register_forward_hook(
-            lambda _m, _i, out: out.detach().requires_grad_(True)
-        )
-        try:
-            yield
-        finally:
-            handle.remove()
+    @property
+    def image_feature_module(self) -> torch.nn.Module:
+        """The projector, whose output enters the language model."""
+        return self.model.model.multi_modal_projector
 
     def vision_layers_read(self) -> int:
         """Every tower layer: the language model reads the tower's last hidden state."""
