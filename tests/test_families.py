@@ -16,6 +16,7 @@ import torch
 
 from xbench.api import ATTENTIONS
 from xbench.plugins import build
+from _hooks import module_hooks
 
 _REGISTRIES = build().registries
 FAMILY_MODELS = sorted(n for n in _REGISTRIES.models.names() if n.startswith("tiny-random-"))
@@ -23,17 +24,6 @@ METHODS = sorted(_REGISTRIES.methods.names())
 N = 4
 
 
-def module_hooks(model) -> dict:
-    """Every forward / pre / backward hook on every module, and the global module hooks."""
-    from torch.nn.modules import module as nn_module
-
-    table = {
-        name: tuple(tuple(d) for d in (m._forward_hooks, m._forward_pre_hooks, m._backward_hooks, m._backward_pre_hooks))
-        for name, m in model.named_modules()
-    }
-    for g in ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks", "_global_backward_pre_hooks"):
-        table[g] = tuple(getattr(nn_module, g))
-    return table
 
 
 @pytest.fixture(scope="module", params=FAMILY_MODELS)

@@ -13,21 +13,11 @@ import pytest
 import torch
 
 from xbench.errors import ParameterError
+from _hooks import module_hooks
 
 TOL = 1e-5
 
 
-def module_hooks(model) -> dict:
-    """Every forward / pre / backward hook on every module (by id), and the global module hooks."""
-    from torch.nn.modules import module as nn_module
-
-    table = {
-        name: tuple(tuple(d) for d in (m._forward_hooks, m._forward_pre_hooks, m._backward_hooks, m._backward_pre_hooks))
-        for name, m in model.named_modules()
-    }
-    for g in ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks", "_global_backward_pre_hooks"):
-        table[g] = tuple(getattr(nn_module, g))
-    return table
 
 
 def plain_relevancy(vlm, gen, scope="llm"):

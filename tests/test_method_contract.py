@@ -14,22 +14,11 @@ import torch
 
 from xbench.errors import ParameterError
 from xbench.plugins import build
+from _hooks import module_hooks
 
 METHODS = build(load_entry_points=True).registries.methods.names()
 
 
-def module_hooks(model) -> dict:
-    """Every forward / forward-pre / backward / backward-pre hook on every module (by id),
-    plus torch's global module hooks."""
-    from torch.nn.modules import module as nn_module
-
-    table = {
-        name: tuple(tuple(d) for d in (m._forward_hooks, m._forward_pre_hooks, m._backward_hooks, m._backward_pre_hooks))
-        for name, m in model.named_modules()
-    }
-    for g in ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks", "_global_backward_pre_hooks"):
-        table[g] = tuple(getattr(nn_module, g))
-    return table
 
 
 @pytest.fixture(scope="module")
