@@ -69,3 +69,18 @@ def benchmark_script():
         return module
 
     return load
+
+
+@pytest.fixture(autouse=True)
+def torch_threads_restored():
+    """In-process CLI calls may set torch's thread count (``--threads``); later tests (and the Ray
+    workers a sweep test starts, which compare their records with in-process ones bit for bit) must
+    not inherit it."""
+    import sys
+
+    torch = sys.modules.get("torch")  # never imported here: some tests check what a command imports
+    threads = torch.get_num_threads() if torch else None
+    yield
+    torch = sys.modules.get("torch")
+    if torch is not None and threads is not None and torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
