@@ -104,6 +104,10 @@ class TinyGemma3Shape:
 
 
 # ---------------------------------------------------------------------------------------- tokenizers
+#: both checkpoints' rescale and normalisation (mean = std = 0.5), as published
+SIGLIP_NORMALISATION = dict(do_resize=True, do_rescale=True, rescale_factor=1 / 255, do_normalize=True,
+                            image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
+
 def _gemma_tokenizer(extra_text: str, special_tokens: tuple[str, ...], plain_tokens: tuple[str, ...] = (), **named):
     """A word-level Gemma-style tokenizer: easy-vqa words plus ``extra_text``, the named
     tokens of :data:`GEMMA_NAMED`, ``special_tokens`` (never split; "\\n" among them keeps
@@ -144,12 +148,7 @@ def paligemma_processor(shape: TinyPaliGemmaShape = TinyPaliGemmaShape()):
     image_processor = SiglipImageProcessorPil(
         size={"height": shape.image_size, "width": shape.image_size},
         resample=3,
-        do_resize=True,
-        do_rescale=True,
-        rescale_factor=1 / 255,
-        do_normalize=True,
-        image_mean=[0.5, 0.5, 0.5],
-        image_std=[0.5, 0.5, 0.5],
+        **SIGLIP_NORMALISATION,
     )
     image_processor.image_seq_length = (shape.image_size // shape.patch_size) ** 2
     return PaliGemmaProcessor(image_processor=image_processor, tokenizer=tokenizer)
@@ -227,12 +226,7 @@ def gemma3_processor(shape: TinyGemma3Shape = TinyGemma3Shape()):
     image_processor = Gemma3ImageProcessorPil(
         size={"height": shape.image_size, "width": shape.image_size},
         resample=2,
-        do_resize=True,
-        do_rescale=True,
-        rescale_factor=1 / 255,
-        do_normalize=True,
-        image_mean=[0.5, 0.5, 0.5],
-        image_std=[0.5, 0.5, 0.5],
+        **SIGLIP_NORMALISATION,
     )
     image_processor.image_seq_length = shape.tokens_per_side**2  # published in preprocessor_config.json too
     return Gemma3Processor(
