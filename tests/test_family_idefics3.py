@@ -12,11 +12,11 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from xbench.api import ATTENTIONS, Sample
+from xbench.api import ATTENTIONS
 from xbench.errors import ModelLoadError
 from xbench.zoo.idefics3 import TILE_MARKERS, SmolVLMShape, build_tiny_smolvlm
+from _images import picture, samples_of
 
 #: what SmolVLM-Instruct's chat template renders for one user turn (image, then text) with the
 #: generation prompt
@@ -46,14 +46,6 @@ def smolvlm(plugins):
     return load("tiny-random-smolvlm", plugins)
 
 
-def picture(height: int, width: int, seed: int) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
-
-
-def samples_of(*sizes) -> list[Sample]:
-    return [Sample(id=f"s{i}", question="what shape is in the image?", answers=["circle"], image=picture(h, w, i))
-            for i, (h, w) in enumerate(sizes)]  # fmt: skip
 
 
 def expected_split(height: int, width: int, tile: int = SHAPE.tile, longest: int = SHAPE.tile * 4) -> tuple[int, int]:

@@ -15,6 +15,7 @@ from PIL import Image
 from xbench.api import ATTENTIONS, Sample
 from xbench.errors import ParameterError
 from xbench.zoo.qwen2_vl import DEFAULT_SYSTEM, MIRRORS, QWEN2_VL, build_mirror
+from _images import samples_of
 
 #: what the public Instruct checkpoints' templates render for one user turn (image + text), with
 #: the generation prompt: ChatML with the default system turn
@@ -43,14 +44,6 @@ def mirror_vlm(request, plugins):
     return load(request.param, plugins)
 
 
-def picture(height: int, width: int, seed: int) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
-
-
-def samples_of(*sizes) -> list[Sample]:
-    return [Sample(id=f"s{i}", question="what shape is in the image?", answers=["circle"], image=picture(h, w, i))
-            for i, (h, w) in enumerate(sizes)]  # fmt: skip
 
 
 def expected_grid(height: int, width: int) -> tuple[int, int]:
