@@ -10,6 +10,7 @@ from xbench.summary import TIMED_PHASES
 
 RSS_CHILD = """
 import json, numpy as np
+from xbench import cost
 with cost.measure("cpu") as m:
     block = np.ones(64 * 2**20 // 8)  # 64 MiB, every page touched
     block.sum()
